@@ -1,0 +1,75 @@
+//! The records kept in the metadata store.
+//!
+//! They are prost messages: the on-disk encoding is protobuf, so a field added later reads as its
+//! default from older records, and an upgrade step is needed only when meaning changes.
+
+use std::collections::BTreeMap;
+
+use prost_types::{Any, Timestamp};
+
+/// A namespace and its labels.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Namespace {
+    /// Not stored in the value (it is the key); filled in on read.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(btree_map = "string, string", tag = "2")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The runtime that runs a container or sandbox, with its options.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Runtime {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub options: Option<Any>,
+}
+
+/// A container record: containerd's `Container`, field for field.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Container {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(btree_map = "string, string", tag = "2")]
+    pub labels: BTreeMap<String, String>,
+    #[prost(string, tag = "3")]
+    pub image: String,
+    #[prost(message, optional, tag = "4")]
+    pub runtime: Option<Runtime>,
+    #[prost(message, optional, tag = "5")]
+    pub spec: Option<Any>,
+    #[prost(string, tag = "6")]
+    pub snapshotter: String,
+    #[prost(string, tag = "7")]
+    pub snapshot_key: String,
+    #[prost(message, optional, tag = "8")]
+    pub created_at: Option<Timestamp>,
+    #[prost(message, optional, tag = "9")]
+    pub updated_at: Option<Timestamp>,
+    #[prost(btree_map = "string, message", tag = "10")]
+    pub extensions: BTreeMap<String, Any>,
+    #[prost(string, tag = "11")]
+    pub sandbox: String,
+}
+
+/// A sandbox record: containerd's `types.Sandbox`, field for field.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Sandbox {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(message, optional, tag = "2")]
+    pub runtime: Option<Runtime>,
+    #[prost(message, optional, tag = "3")]
+    pub spec: Option<Any>,
+    #[prost(btree_map = "string, string", tag = "4")]
+    pub labels: BTreeMap<String, String>,
+    #[prost(message, optional, tag = "5")]
+    pub created_at: Option<Timestamp>,
+    #[prost(message, optional, tag = "6")]
+    pub updated_at: Option<Timestamp>,
+    #[prost(btree_map = "string, message", tag = "7")]
+    pub extensions: BTreeMap<String, Any>,
+    #[prost(string, tag = "10")]
+    pub sandboxer: String,
+}
