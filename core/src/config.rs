@@ -1,0 +1,306 @@
+//! berthd's configuration: one TOML file, embedded as the default (the repository's
+//! `config.toml`) and overridable with `berthd --config PATH`.
+//!
+//! Every problem is reported with the file, line, column and key it is about, so an operator can
+//! go straight to it: unknown keys, wrong types, bad values, and keys in a plugin's table that the
+//! plugin does not take.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::plugin::PluginId;
+use crate::registry::Registry;
+
+/// The default configuration, compiled into berthd.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config.toml");
+
+/// The config format version this berthd reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// The daemon's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Config format version; must be [`CONFIG_VERSION`].
+    pub version: u32,
+    /// Persistent data (the metadata store, plugin data).
+    pub root: PathBuf,
+    /// Runtime state that does not survive a reboot.
+    pub state: PathBuf,
+    /// Log filter when `RUST_LOG` is not set: a level (`info`) or a tracing filter
+    /// (`info,berth_core::store=debug`).
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Seconds to let in-flight requests finish on SIGTERM/SIGINT before stopping anyway.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_secs: u64,
+    /// The gRPC endpoint.
+    pub grpc: GrpcConfig,
+    /// Plugin ids (`kind.name`) not to start.
+    #[serde(default)]
+    pub disabled_plugins: Vec<String>,
+    /// Plugin ids that must load, or berthd does not start.
+    #[serde(default)]
+    pub required_plugins: Vec<String>,
+    /// One table per plugin, keyed by plugin id; validated by the plugin's own config type.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, toml::Value>,
+}
+
+/// The gRPC endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Absolute path of the unix socket.
+    pub address: PathBuf,
+    /// Owner uid of the socket (default: berthd's).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Owner gid of the socket (default: berthd's); members of this group may connect (mode 0660).
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// Largest request accepted, in bytes.
+    #[serde(default = "default_message_size")]
+    pub max_recv_message_size: usize,
+    /// Largest response sent, in bytes.
+    #[serde(default = "default_message_size")]
+    pub max_send_message_size: usize,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_shutdown_timeout() -> u64 {
+    10
+}
+fn default_message_size() -> usize {
+    16 << 20
+}
+
+/// A configuration problem, located.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file (or `<embedded default>`).
+    pub file: String,
+    /// 1-based line, 0 when the problem has no place in the file.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted key path, empty for syntax errors.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": key {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A parsed config together with its source, for locating later problems.
+struct Source<'a> {
+    file: &'a str,
+    text: &'a str,
+    doc: toml_edit::Document<&'a str>,
+}
+
+impl Source<'_> {
+    fn error(&self, path: &[String], span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
+        let span = span.or_else(|| self.span_of(path));
+        let (line, column) = span.map(|s| line_column(self.text, s.start)).unwrap_or((0, 0));
+        ConfigError { file: self.file.into(), line, column, key: key_path(path), message: message.into() }
+    }
+
+    /// The span of the key at `path` (or of its value when the key has none).
+    fn span_of(&self, path: &[String]) -> Option<Range<usize>> {
+        let mut table: &dyn toml_edit::TableLike = self.doc.as_table();
+        let mut best = None;
+        for (i, segment) in path.iter().enumerate() {
+            let (key, item) = table.get_key_value(segment)?;
+            best = key.span().or_else(|| item.span()).or(best);
+            if i + 1 < path.len() {
+                match item {
+                    toml_edit::Item::Table(t) => table = t,
+                    toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => table = t,
+                    _ => return best,
+                }
+            }
+        }
+        best
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Writes a key path as TOML would: `grpc.address`, `plugins."store.lmdb".map_size`.
+fn key_path(path: &[String]) -> String {
+    path.iter()
+        .map(|s| {
+            if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                s.clone()
+            } else {
+                format!("{s:?}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn segments(path: &serde_path_to_error::Path) -> Vec<String> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|s| match s {
+            Segment::Seq { index } => Some(index.to_string()),
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Enum { variant } => Some(variant.clone()),
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// serde reports an unknown field without putting it on the path; pull it out of the message.
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+impl Config {
+    /// The embedded default configuration, parsed and checked against `registry`.
+    pub fn default_config(registry: &Registry) -> Result<Config, ConfigError> {
+        Self::parse("<embedded default config.toml>", DEFAULT_CONFIG, registry)
+    }
+
+    /// Reads and checks the config file at `path`.
+    pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Self::parse(&file, &text, registry)
+    }
+
+    /// Parses `text` (from `file`, used in error messages) and checks every key and value,
+    /// plugin tables included.
+    pub fn parse(file: &str, text: &str, registry: &Registry) -> Result<Config, ConfigError> {
+        let doc = toml_edit::Document::parse(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_column(text, s.start)).unwrap_or((0, 0));
+            ConfigError {
+                file: file.into(),
+                line,
+                column,
+                key: String::new(),
+                message: format!("invalid TOML: {}", e.message().trim_end()),
+            }
+        })?;
+        let source = Source { file, text, doc };
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| source.error(&[], e.span(), e.message()))?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let mut path = segments(e.path());
+            let message = e.inner().message().to_string();
+            let span = if let Some(field) = unknown_field(&message) {
+                path.push(field);
+                None
+            } else {
+                e.inner().span()
+            };
+            source.error(&path, span, message)
+        })?;
+        config.check(&source, registry)?;
+        Ok(config)
+    }
+
+    fn check(&self, source: &Source<'_>, registry: &Registry) -> Result<(), ConfigError> {
+        let at = |path: &[&str], message: String| {
+            source.error(&path.iter().map(|s| s.to_string()).collect::<Vec<_>>(), None, message)
+        };
+        if self.version != CONFIG_VERSION {
+            return Err(at(&["version"], format!("unsupported config version {} (this berthd reads version {CONFIG_VERSION})", self.version)));
+        }
+        for (key, path) in [("root", &self.root), ("state", &self.state)] {
+            if !path.is_absolute() {
+                return Err(at(&[key], format!("must be an absolute path, got {:?}", path.display().to_string())));
+            }
+        }
+        if !self.grpc.address.is_absolute() {
+            return Err(at(
+                &["grpc", "address"],
+                format!("must be the absolute path of a unix socket, got {:?}", self.grpc.address.display().to_string()),
+            ));
+        }
+        if self.grpc.address.as_os_str().len() > 107 {
+            return Err(at(&["grpc", "address"], "unix socket path is longer than the 107 bytes the kernel allows".into()));
+        }
+        if let Err(e) = tracing_filter_check(&self.log_level) {
+            return Err(at(&["log_level"], e));
+        }
+        for (list_name, list) in [("disabled_plugins", &self.disabled_plugins), ("required_plugins", &self.required_plugins)] {
+            for (i, entry) in list.iter().enumerate() {
+                let path = [list_name.to_string(), i.to_string()];
+                let id: PluginId = entry.parse().map_err(|e: String| source.error(&path[..1], None, e))?;
+                if registry.get(&id).is_none() {
+                    return Err(source.error(&path[..1], None, format!("no plugin {id} is registered (known: {})", known_ids(registry))));
+                }
+            }
+        }
+        for (name, table) in &self.plugins {
+            let path = vec!["plugins".to_string(), name.clone()];
+            let id: PluginId = name.parse().map_err(|e: String| source.error(&path, None, e))?;
+            let registration = registry
+                .get(&id)
+                .ok_or_else(|| source.error(&path, None, format!("no plugin {id} is registered (known: {})", known_ids(registry))))?;
+            if !table.is_table() {
+                return Err(source.error(&path, None, format!("must be a table, got a {}", table.type_str())));
+            }
+            (registration.parse_config)(table.clone()).map_err(|e| {
+                let mut full = path.clone();
+                full.extend(segments(e.path()));
+                let message = e.inner().message().to_string();
+                if let Some(field) = unknown_field(&message) {
+                    full.push(field);
+                }
+                source.error(&full, None, message)
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn known_ids(registry: &Registry) -> String {
+    registry.registrations().iter().map(|r| r.id.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Checks a log filter without depending on tracing-subscriber: levels and `target=level` pairs.
+fn tracing_filter_check(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    if filter.trim().is_empty() {
+        return Err("must name a log level: trace, debug, info, warn, error or off".into());
+    }
+    for directive in filter.split(',') {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l).trim();
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!("{level:?} is not a log level (expected trace, debug, info, warn, error or off)"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! The plugin registry: orders plugins by their requirements, starts them, and keeps the status
+//! of every one (loaded, skipped with a reason, failed with an error) for introspection.
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::config::Config;
+use crate::plugin::{InitError, Instance, PluginDirs, PluginId, PluginKind, Registration, Requirement, SharedPluginTable};
+
+/// Why the registry could not start berthd.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Two registrations share an id.
+    #[error("plugin {0} is registered twice")]
+    Duplicate(PluginId),
+    /// Requirements form a cycle; the path is listed from and back to one plugin.
+    #[error("plugin requirements form a cycle: {}", .0.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(" -> "))]
+    Cycle(Vec<PluginId>),
+    /// A plugin named in `required_plugins` did not load.
+    #[error("required plugin {id} did not load: {reason}")]
+    RequiredFailed {
+        /// The plugin.
+        id: PluginId,
+        /// Its skip reason or error.
+        reason: String,
+    },
+}
+
+/// The state a plugin ended up in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginState {
+    /// Not started yet (or start-up is still running).
+    Pending,
+    /// Running.
+    Loaded,
+    /// Cannot run on this host or disabled in config; the reason says which.
+    Skipped(String),
+    /// Failed to start.
+    Failed(String),
+}
+
+/// One row of the status table.
+#[derive(Debug, Clone)]
+pub struct PluginStatus {
+    /// Kind and name.
+    pub id: PluginId,
+    /// Its requirements, as written in its registration.
+    pub requires: Vec<Requirement>,
+    /// Its description.
+    pub description: String,
+    /// Where it stands.
+    pub state: PluginState,
+}
+
+/// The status of every registered plugin, in init order.
+#[derive(Debug, Clone, Default)]
+pub struct PluginTable {
+    /// Rows in init order.
+    pub plugins: Vec<PluginStatus>,
+}
+
+/// What a plugin's init function gets: its config, its directories, and the plugins it required.
+pub struct InitContext {
+    id: PluginId,
+    config: Arc<dyn Any + Send + Sync>,
+    dirs: PluginDirs,
+    loaded: Arc<BTreeMap<PluginId, Arc<dyn Any + Send + Sync>>>,
+    table: SharedPluginTable,
+    daemon: Arc<Config>,
+}
+
+impl InitContext {
+    /// This plugin's id.
+    pub fn id(&self) -> &PluginId {
+        &self.id
+    }
+
+    /// This plugin's typed config (the type given to [`Registration::new`]).
+    pub fn config<C: Any + Send + Sync>(&self) -> Arc<C> {
+        Arc::clone(&self.config)
+            .downcast::<C>()
+            .unwrap_or_else(|_| panic!("plugin {}: config requested with a type other than its registration's", self.id))
+    }
+
+    /// This plugin's directories (not created: create them if you need them).
+    pub fn dirs(&self) -> &PluginDirs {
+        &self.dirs
+    }
+
+    /// The daemon's whole config (root, state, gRPC address).
+    pub fn daemon_config(&self) -> &Config {
+        &self.daemon
+    }
+
+    /// A loaded plugin's exported value, if it loaded and exports a `T`.
+    pub fn get<T: Any + Send + Sync>(&self, id: &PluginId) -> Option<Arc<T>> {
+        self.loaded.get(id).and_then(|v| Arc::clone(v).downcast::<T>().ok())
+    }
+
+    /// Every loaded plugin of `kind` that exports a `T`, by name.
+    pub fn get_all<T: Any + Send + Sync>(&self, kind: PluginKind) -> Vec<(PluginId, Arc<T>)> {
+        self.loaded
+            .iter()
+            .filter(|(id, _)| id.kind == kind)
+            .filter_map(|(id, v)| Arc::clone(v).downcast::<T>().ok().map(|v| (id.clone(), v)))
+            .collect()
+    }
+
+    /// The live status table of all plugins, for introspection.
+    pub fn plugin_table(&self) -> SharedPluginTable {
+        Arc::clone(&self.table)
+    }
+}
+
+/// Registered plugins, before start-up.
+#[derive(Default)]
+pub struct Registry {
+    registrations: Vec<Registration>,
+}
+
+/// Plugins after start-up: the exported values of the loaded ones and the status of all.
+pub struct Started {
+    loaded: BTreeMap<PluginId, Arc<dyn Any + Send + Sync>>,
+    shutdown: Vec<(PluginId, Box<dyn FnOnce() + Send>)>,
+    /// The status table, shared with introspection.
+    pub table: SharedPluginTable,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one plugin.
+    pub fn register(&mut self, registration: Registration) -> Result<(), RegistryError> {
+        if self.registrations.iter().any(|r| r.id == registration.id) {
+            return Err(RegistryError::Duplicate(registration.id));
+        }
+        self.registrations.push(registration);
+        Ok(())
+    }
+
+    /// The registration of `id`, if any.
+    pub fn get(&self, id: &PluginId) -> Option<&Registration> {
+        self.registrations.iter().find(|r| &r.id == id)
+    }
+
+    /// All registrations, in registration order.
+    pub fn registrations(&self) -> &[Registration] {
+        &self.registrations
+    }
+
+    /// The init order: requirements first, ties broken by kind and then name so start-up is
+    /// deterministic. Fails with the cycle if there is one.
+    pub fn init_order(&self) -> Result<Vec<PluginId>, RegistryError> {
+        let ids: BTreeSet<&PluginId> = self.registrations.iter().map(|r| &r.id).collect();
+        // Edges only to registered plugins: a missing Plugin requirement fails that plugin at init.
+        let deps: HashMap<&PluginId, BTreeSet<&PluginId>> = self
+            .registrations
+            .iter()
+            .map(|r| {
+                let mut d = BTreeSet::new();
+                for req in &r.requires {
+                    match req {
+                        Requirement::Kind(k) => d.extend(ids.iter().copied().filter(|i| i.kind == *k && **i != r.id)),
+                        Requirement::Plugin(p) => d.extend(ids.get(p).copied()),
+                    }
+                }
+                (&r.id, d)
+            })
+            .collect();
+        let mut order = Vec::with_capacity(ids.len());
+        let mut done: BTreeSet<&PluginId> = BTreeSet::new();
+        while done.len() < ids.len() {
+            let ready: Vec<&PluginId> =
+                ids.iter().copied().filter(|id| !done.contains(id) && deps[id].iter().all(|d| done.contains(d))).collect();
+            if ready.is_empty() {
+                let remaining: BTreeSet<&PluginId> = ids.iter().copied().filter(|id| !done.contains(id)).collect();
+                return Err(RegistryError::Cycle(find_cycle(&remaining, &deps)));
+            }
+            for id in ready {
+                done.insert(id);
+                order.push(id.clone());
+            }
+        }
+        Ok(order)
+    }
+
+    /// Starts every plugin in dependency order. A plugin that cannot run here is skipped with a
+    /// logged reason; one that fails is recorded; start-up fails only when a plugin named in
+    /// `required_plugins` did not load.
+    pub async fn start(&self, config: Arc<Config>) -> Result<Started, RegistryError> {
+        let order = self.init_order()?;
+        let table: SharedPluginTable = Arc::new(RwLock::new(PluginTable {
+            plugins: order
+                .iter()
+                .map(|id| {
+                    let r = self.get(id).expect("ordered ids are registered");
+                    PluginStatus {
+                        id: id.clone(),
+                        requires: r.requires.clone(),
+                        description: r.description.clone(),
+                        state: PluginState::Pending,
+                    }
+                })
+                .collect(),
+        }));
+        let mut loaded: BTreeMap<PluginId, Arc<dyn Any + Send + Sync>> = BTreeMap::new();
+        let mut shutdown = Vec::new();
+        for (index, id) in order.iter().enumerate() {
+            let registration = self.get(id).expect("ordered ids are registered");
+            let state = self.start_one(registration, &config, &loaded, &table).await;
+            let state = match state {
+                Ok(instance) => {
+                    tracing::info!(plugin = %id, "loaded plugin");
+                    loaded.insert(id.clone(), instance.value);
+                    if let Some(hook) = instance.shutdown {
+                        shutdown.push((id.clone(), hook));
+                    }
+                    PluginState::Loaded
+                }
+                Err(InitError::Skip(reason)) => {
+                    tracing::info!(plugin = %id, %reason, "skipped plugin");
+                    PluginState::Skipped(reason)
+                }
+                Err(InitError::Failed(error)) => {
+                    tracing::error!(plugin = %id, %error, "plugin failed to load");
+                    PluginState::Failed(error)
+                }
+            };
+            let required = config.required_plugins.iter().any(|r| r == &id.to_string());
+            table.write().expect("plugin table lock").plugins[index].state = state.clone();
+            if required {
+                let reason = match state {
+                    PluginState::Skipped(r) => format!("skipped: {r}"),
+                    PluginState::Failed(e) => e,
+                    _ => continue,
+                };
+                let started = Started { loaded, shutdown, table };
+                started.shutdown();
+                return Err(RegistryError::RequiredFailed { id: id.clone(), reason });
+            }
+        }
+        Ok(Started { loaded, shutdown, table })
+    }
+
+    async fn start_one(
+        &self,
+        registration: &Registration,
+        config: &Arc<Config>,
+        loaded: &BTreeMap<PluginId, Arc<dyn Any + Send + Sync>>,
+        table: &SharedPluginTable,
+    ) -> Result<Instance, InitError> {
+        let id = &registration.id;
+        if config.disabled_plugins.iter().any(|d| d == &id.to_string()) {
+            return Err(InitError::Skip("disabled by disabled_plugins in the config".into()));
+        }
+        for req in &registration.requires {
+            if let Requirement::Plugin(dep) = req {
+                if loaded.contains_key(dep) {
+                    continue;
+                }
+                let why = match self.get(dep) {
+                    None => "it is not registered".to_string(),
+                    Some(_) => {
+                        let t = table.read().expect("plugin table lock");
+                        match t.plugins.iter().find(|p| &p.id == dep).map(|p| &p.state) {
+                            Some(PluginState::Skipped(r)) => format!("it was skipped: {r}"),
+                            Some(PluginState::Failed(e)) => format!("it failed: {e}"),
+                            _ => "it did not load".to_string(),
+                        }
+                    }
+                };
+                return Err(InitError::Failed(format!("requires plugin {dep}, but {why}")));
+            }
+        }
+        let table_value = config.plugins.get(&id.to_string()).cloned().unwrap_or_else(|| toml::Value::Table(Default::default()));
+        // Config was validated at load time; a failure here means the registration changed since.
+        let plugin_config = (registration.parse_config)(table_value)
+            .map_err(|e| InitError::Failed(format!("invalid config at {}: {}", e.path(), e.inner().message())))?;
+        let ctx = InitContext {
+            id: id.clone(),
+            config: plugin_config,
+            dirs: plugin_dirs(&config.root, &config.state, id),
+            loaded: Arc::new(loaded.clone()),
+            table: Arc::clone(table),
+            daemon: Arc::clone(config),
+        };
+        (registration.init)(ctx).await
+    }
+}
+
+fn plugin_dirs(root: &Path, state: &Path, id: &PluginId) -> PluginDirs {
+    let name = id.to_string();
+    PluginDirs { root: root.join(&name), state: state.join(PathBuf::from(name)) }
+}
+
+/// Finds one cycle among `remaining` (every node there has an unmet dependency inside the set).
+fn find_cycle(remaining: &BTreeSet<&PluginId>, deps: &HashMap<&PluginId, BTreeSet<&PluginId>>) -> Vec<PluginId> {
+    let start = *remaining.iter().next().expect("a cycle has members");
+    let mut path = vec![start];
+    let mut current = start;
+    loop {
+        let next = *deps[current].iter().find(|d| remaining.contains(*d)).expect("every remaining plugin waits on another");
+        if let Some(pos) = path.iter().position(|p| *p == next) {
+            let mut cycle: Vec<PluginId> = path[pos..].iter().map(|p| (*p).clone()).collect();
+            cycle.push(next.clone());
+            return cycle;
+        }
+        path.push(next);
+        current = next;
+    }
+}
+
+impl Started {
+    /// A loaded plugin's exported value.
+    pub fn get<T: Any + Send + Sync>(&self, id: &PluginId) -> Option<Arc<T>> {
+        self.loaded.get(id).and_then(|v| Arc::clone(v).downcast::<T>().ok())
+    }
+
+    /// Every loaded plugin's value of type `T`, in id order.
+    pub fn all<T: Any + Send + Sync>(&self) -> Vec<(PluginId, Arc<T>)> {
+        self.loaded.iter().filter_map(|(id, v)| Arc::clone(v).downcast::<T>().ok().map(|v| (id.clone(), v))).collect()
+    }
+
+    /// Runs shutdown hooks in reverse init order and drops every instance.
+    pub fn shutdown(mut self) {
+        self.loaded.clear();
+        while let Some((id, hook)) = self.shutdown.pop() {
+            tracing::debug!(plugin = %id, "shutting down plugin");
+            hook();
+        }
+    }
+}
