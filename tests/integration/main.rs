@@ -1,1 +1,14 @@
-fn main(){}
+//! berth's end-to-end tests: a real berthd on temporary directories, driven by the
+//! `containerd-client` crate, the real `ctr` (Debian package `containerd`) and the `berth` CLI.
+//!
+//! One test binary with a module per area, as the style guide asks. Tests that need root call
+//! `requires_root()` first.
+
+mod harness;
+
+mod cli;
+mod config;
+mod containerd_client;
+mod ctr;
+mod lifecycle;
+mod persistence;

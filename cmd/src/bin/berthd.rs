@@ -1,1 +1,86 @@
-fn main() {}
+//! berthd: the berth daemon.
+//!
+//! `berthd` runs on the embedded default config, `berthd --config PATH` on another;
+//! `berthd config default` prints the default and `berthd config check FILE` validates a file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth_core::config::{Config, DEFAULT_CONFIG};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "berthd", version, about = "berth container daemon, speaking containerd's v1 gRPC API")]
+struct Args {
+    /// Config file to use instead of the embedded default.
+    #[arg(long, short = 'c', value_name = "PATH", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the embedded default configuration.
+    Default,
+    /// Check a configuration file and report the first problem with its line, column and key.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let registry = berth_core::builtin::registry()?;
+    match args.command {
+        Some(Command::Config { command: ConfigCommand::Default }) => {
+            print!("{DEFAULT_CONFIG}");
+            return Ok(());
+        }
+        Some(Command::Config { command: ConfigCommand::Check { file } }) => {
+            Config::load(&file, &registry)?;
+            println!("{}: ok", file.display());
+            return Ok(());
+        }
+        None => {}
+    }
+    let config = match &args.config {
+        Some(path) => Config::load(path, &registry)?,
+        None => Config::default_config(&registry)?,
+    };
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    tracing::info!(
+        version = berth_core::services::version::VERSION,
+        config = %args.config.as_ref().map_or("<embedded default>".to_string(), |p| p.display().to_string()),
+        "berthd starting"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("berthd").build()?;
+    runtime.block_on(berth_core::daemon::run(config, registry))?;
+    Ok(())
+}

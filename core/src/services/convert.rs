@@ -1,0 +1,86 @@
+//! Conversions between the wire messages and the store's records. The records mirror
+//! containerd's messages field for field; only map types and nested runtime types differ.
+
+use berth_proto::containerd::services::containers::v1 as containers;
+use berth_proto::containerd::services::namespaces::v1 as namespaces;
+use berth_proto::containerd::types;
+
+use crate::store::records::{Container, Namespace, Runtime, Sandbox};
+
+impl From<namespaces::Namespace> for Namespace {
+    fn from(n: namespaces::Namespace) -> Self {
+        Namespace { name: n.name, labels: n.labels.into_iter().collect() }
+    }
+}
+
+impl From<Namespace> for namespaces::Namespace {
+    fn from(n: Namespace) -> Self {
+        namespaces::Namespace { name: n.name, labels: n.labels.into_iter().collect() }
+    }
+}
+
+impl From<containers::Container> for Container {
+    fn from(c: containers::Container) -> Self {
+        Container {
+            id: c.id,
+            labels: c.labels.into_iter().collect(),
+            image: c.image,
+            runtime: c.runtime.map(|r| Runtime { name: r.name, options: r.options }),
+            spec: c.spec,
+            snapshotter: c.snapshotter,
+            snapshot_key: c.snapshot_key,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            extensions: c.extensions.into_iter().collect(),
+            sandbox: c.sandbox,
+        }
+    }
+}
+
+impl From<Container> for containers::Container {
+    fn from(c: Container) -> Self {
+        containers::Container {
+            id: c.id,
+            labels: c.labels.into_iter().collect(),
+            image: c.image,
+            runtime: c.runtime.map(|r| containers::container::Runtime { name: r.name, options: r.options }),
+            spec: c.spec,
+            snapshotter: c.snapshotter,
+            snapshot_key: c.snapshot_key,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            extensions: c.extensions.into_iter().collect(),
+            sandbox: c.sandbox,
+        }
+    }
+}
+
+impl From<types::Sandbox> for Sandbox {
+    fn from(s: types::Sandbox) -> Self {
+        Sandbox {
+            id: s.sandbox_id,
+            runtime: s.runtime.map(|r| Runtime { name: r.name, options: r.options }),
+            spec: s.spec,
+            labels: s.labels.into_iter().collect(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            extensions: s.extensions.into_iter().collect(),
+            sandboxer: s.sandboxer,
+        }
+    }
+}
+
+impl From<Sandbox> for types::Sandbox {
+    fn from(s: Sandbox) -> Self {
+        types::Sandbox {
+            sandbox_id: s.id,
+            runtime: s.runtime.map(|r| types::sandbox::Runtime { name: r.name, options: r.options }),
+            spec: s.spec,
+            labels: s.labels.into_iter().collect(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            extensions: s.extensions.into_iter().collect(),
+            sandboxer: s.sandboxer,
+        }
+    }
+}

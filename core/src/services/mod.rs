@@ -1,0 +1,103 @@
+//! The gRPC services berthd serves, each a plugin of kind `service`.
+//!
+//! They speak containerd's v1 API: the namespace of a request comes from the
+//! `containerd-namespace` metadata key, errors become the status codes containerd clients expect
+//! (in [`status`], the one place that mapping lives), and messages are containerd's.
+
+pub mod containers;
+pub mod convert;
+pub mod introspection;
+pub mod namespaces;
+pub mod sandboxes;
+pub mod status;
+pub mod version;
+
+use std::sync::Arc;
+
+use tonic::service::RoutesBuilder;
+
+use crate::ident;
+use crate::plugin::{NoConfig, PluginId, PluginKind, Registration, Requirement};
+use crate::store::MetadataStore;
+use crate::{Error, Result};
+
+/// The gRPC metadata key that carries the namespace, as in containerd.
+pub const NAMESPACE_HEADER: &str = "containerd-namespace";
+
+/// What a `service` plugin exports: a gRPC service the daemon mounts on its server.
+pub struct GrpcService {
+    /// The full gRPC service name, e.g. `containerd.services.containers.v1.Containers`.
+    pub name: &'static str,
+    add: Box<dyn Fn(&mut RoutesBuilder) + Send + Sync>,
+}
+
+impl GrpcService {
+    /// Wraps a tonic server (`FooServer::new(..)`).
+    pub fn new<S>(name: &'static str, server: S) -> Self
+    where
+        S: tower::Service<
+                tonic::codegen::http::Request<tonic::body::Body>,
+                Response = tonic::codegen::http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        Self { name, add: Box::new(move |routes| {
+            routes.add_service(server.clone());
+        }) }
+    }
+
+    /// Mounts the service.
+    pub fn add_to(&self, routes: &mut RoutesBuilder) {
+        (self.add)(routes)
+    }
+}
+
+/// The namespace a request is for.
+pub fn namespace<T>(request: &tonic::Request<T>) -> Result<String> {
+    let ns = request
+        .metadata()
+        .get(NAMESPACE_HEADER)
+        .ok_or_else(|| Error::FailedPrecondition(format!("namespace is required: set the {NAMESPACE_HEADER} gRPC metadata key")))?
+        .to_str()
+        .map_err(|_| Error::InvalidArgument(format!("{NAMESPACE_HEADER} metadata is not valid ASCII")))?;
+    ident::validate(ns).map_err(|e| e.context("namespace"))?;
+    Ok(ns.to_string())
+}
+
+/// The id of the metadata store plugin every stateful service requires.
+pub fn store_id() -> PluginId {
+    PluginId::new(PluginKind::Store, "lmdb")
+}
+
+/// Registers a service that needs only the metadata store.
+fn store_service(name: &str, description: &str, make: fn(MetadataStore, usize, usize) -> GrpcService) -> Registration {
+    Registration::new::<NoConfig, _, _>(PluginKind::Service, name, move |ctx| {
+        let store = ctx.get::<MetadataStore>(&store_id());
+        let grpc = ctx.daemon_config().grpc.clone();
+        async move {
+            let store = store.ok_or_else(|| crate::plugin::InitError::Failed("metadata store not loaded".into()))?;
+            Ok(crate::plugin::Instance::new(make((*store).clone(), grpc.max_recv_message_size, grpc.max_send_message_size)))
+        }
+    })
+    .requires(Requirement::Plugin(store_id()))
+    .describe(description)
+}
+
+/// The registrations of every built-in service.
+pub fn registrations() -> Vec<Registration> {
+    vec![
+        version::registration(),
+        store_service("namespaces", "containerd.services.namespaces.v1.Namespaces", namespaces::service),
+        store_service("containers", "containerd.services.containers.v1.Containers", containers::service),
+        store_service("sandboxes", "containerd.services.sandbox.v1.Store", sandboxes::service),
+        introspection::registration(),
+    ]
+}
+
+/// Shared handle type for services.
+pub type Shared<T> = Arc<T>;
