@@ -15,5 +15,7 @@
 
 include!(concat!(env!("OUT_DIR"), "/berth_api.rs"));
 
+pub use prost_types;
+
 /// The `type_url` prefix containerd uses for types it registers (OCI spec, runtime options).
 pub const TYPE_URL_PREFIX: &str = "types.containerd.io";
