@@ -181,6 +181,13 @@ fn unknown_field(message: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
+/// Puts an unknown field on its path, unless serde already did.
+fn push_unknown(path: &mut Vec<String>, field: String) {
+    if path.last() != Some(&field) {
+        path.push(field);
+    }
+}
+
 impl Config {
     /// The embedded default configuration, parsed and checked against `registry`.
     pub fn default_config(registry: &Registry) -> Result<Config, ConfigError> {
@@ -219,7 +226,7 @@ impl Config {
             let mut path = segments(e.path());
             let message = e.inner().message().to_string();
             let span = if let Some(field) = unknown_field(&message) {
-                path.push(field);
+                push_unknown(&mut path, field);
                 None
             } else {
                 e.inner().span()
@@ -277,7 +284,7 @@ impl Config {
                 full.extend(segments(e.path()));
                 let message = e.inner().message().to_string();
                 if let Some(field) = unknown_field(&message) {
-                    full.push(field);
+                    push_unknown(&mut full, field);
                 }
                 source.error(&full, None, message)
             })?;
@@ -303,4 +310,65 @@ fn tracing_filter_check(filter: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        crate::builtin::registry().unwrap()
+    }
+
+    fn error(text: &str) -> ConfigError {
+        Config::parse("c.toml", text, &registry()).unwrap_err()
+    }
+
+    #[test]
+    fn embedded_default_parses() {
+        let config = Config::default_config(&registry()).unwrap();
+        assert_eq!(config.grpc.address, Path::new("/run/berth/berth.sock"));
+        assert_eq!(config.required_plugins, ["store.lmdb"]);
+        assert!(config.plugins.contains_key("store.lmdb"));
+    }
+
+    #[test]
+    fn locates_errors_in_plugin_tables() {
+        let text = "version = 1\nroot = \"/r\"\nstate = \"/s\"\n[grpc]\naddress = \"/a.sock\"\n\n[plugins.\"store.lmdb\"]\nmap_size_mib = 8\n  max_bach = 3\n";
+        let e = error(text);
+        assert_eq!((e.line, e.column, e.key.as_str()), (9, 3, "plugins.\"store.lmdb\".max_bach"), "{e}");
+        assert!(e.message.starts_with("unknown field `max_bach`"), "{e}");
+        assert_eq!(e.to_string().split(": ").next().unwrap(), "c.toml:9:3");
+
+        let e = error(&text.replace("  max_bach = 3", "max_batch = -1"));
+        assert_eq!((e.line, e.key.as_str()), (9, "plugins.\"store.lmdb\".max_batch"), "{e}");
+    }
+
+    #[test]
+    fn locates_type_errors_and_syntax_errors() {
+        let e = error("version = 1\nroot = \"/r\"\nstate = \"/s\"\n[grpc]\naddress = 5\n");
+        assert_eq!((e.line, e.key.as_str()), (5, "grpc.address"), "{e}");
+        assert!(e.message.contains("invalid type"), "{e}");
+
+        let e = error("version = 1\nroot = \"/r\"\nstate = [\n");
+        assert_eq!((e.line, e.column), (3, 10), "{e}");
+        assert!(e.message.starts_with("invalid TOML"), "{e}");
+        assert!(e.key.is_empty());
+
+        let e = error("version = 1\nroot = \"/r\"\nstate = \"/s\"\n");
+        assert!(e.message.contains("missing field `grpc`"), "{e}");
+    }
+
+    #[test]
+    fn checks_values() {
+        let base = "version = 1\nroot = \"/r\"\nstate = \"/s\"\n[grpc]\naddress = \"/a.sock\"\n";
+        let e = error(&base.replace("root = \"/r\"", "root = \"relative\""));
+        assert_eq!((e.line, e.key.as_str()), (2, "root"), "{e}");
+        let long = format!("/{}", "x".repeat(120));
+        let e = error(&base.replace("/a.sock", &long));
+        assert_eq!(e.key, "grpc.address", "{e}");
+        let e = error(&format!("log_level = \"info,berth=verbose\"\n{base}"));
+        assert_eq!((e.line, e.key.as_str()), (1, "log_level"), "{e}");
+        Config::parse("c.toml", &format!("log_level = \"warn,berth_core::store=trace\"\n{base}"), &registry()).unwrap();
+    }
 }

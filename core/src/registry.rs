@@ -335,3 +335,159 @@ impl Started {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::NoConfig;
+
+    fn config(disabled: &[&str], required: &[&str]) -> Arc<Config> {
+        let text = format!(
+            "version = 1\nroot = \"/nonexistent/root\"\nstate = \"/nonexistent/state\"\ndisabled_plugins = {disabled:?}\nrequired_plugins = {required:?}\n[grpc]\naddress = \"/nonexistent/s.sock\"\n"
+        );
+        let mut registry = Registry::new();
+        for r in test_plugins() {
+            registry.register(r).unwrap();
+        }
+        Arc::new(Config::parse("test.toml", &text, &registry).unwrap())
+    }
+
+    /// A plugin that records nothing and exports its own name.
+    fn plugin(kind: PluginKind, name: &'static str, requires: &[Requirement]) -> Registration {
+        let mut r = Registration::new::<NoConfig, _, _>(kind, name, move |_| async move { Ok(Instance::new(name)) });
+        for req in requires {
+            r = r.requires(req.clone());
+        }
+        r
+    }
+
+    fn skipping(kind: PluginKind, name: &'static str) -> Registration {
+        Registration::new::<NoConfig, _, _>(kind, name, |_| async { Err(InitError::Skip("no such kernel feature".into())) })
+    }
+
+    fn id(s: &str) -> PluginId {
+        s.parse().unwrap()
+    }
+
+    fn test_plugins() -> Vec<Registration> {
+        vec![
+            plugin(PluginKind::Service, "api", &[Requirement::Kind(PluginKind::Snapshot), Requirement::Plugin(id("store.db"))]),
+            plugin(PluginKind::Snapshot, "b", &[Requirement::Plugin(id("store.db"))]),
+            plugin(PluginKind::Snapshot, "a", &[]),
+            skipping(PluginKind::Snapshot, "exotic"),
+            plugin(PluginKind::Runtime, "needs-exotic", &[Requirement::Plugin(id("snapshot.exotic"))]),
+            plugin(PluginKind::Store, "db", &[]),
+        ]
+    }
+
+    fn registry_of(plugins: Vec<Registration>) -> Registry {
+        let mut registry = Registry::new();
+        for r in plugins {
+            registry.register(r).unwrap();
+        }
+        registry
+    }
+
+    #[test]
+    fn orders_by_requirements_then_kind_and_name() {
+        let order: Vec<String> = registry_of(test_plugins()).init_order().unwrap().iter().map(ToString::to_string).collect();
+        let pos = |s: &str| order.iter().position(|o| o == s).unwrap();
+        assert!(pos("store.db") < pos("snapshot.b"));
+        for snapshot in ["snapshot.a", "snapshot.b", "snapshot.exotic"] {
+            assert!(pos(snapshot) < pos("service.api"), "{order:?}");
+        }
+        assert!(pos("snapshot.exotic") < pos("runtime.needs-exotic"));
+        assert_eq!(order[0], "store.db");
+    }
+
+    #[test]
+    fn reports_cycles_with_their_path() {
+        let registry = registry_of(vec![
+            plugin(PluginKind::Snapshot, "x", &[Requirement::Plugin(id("runtime.y"))]),
+            plugin(PluginKind::Runtime, "y", &[Requirement::Kind(PluginKind::Monitor)]),
+            plugin(PluginKind::Monitor, "z", &[Requirement::Plugin(id("snapshot.x"))]),
+            plugin(PluginKind::Store, "free", &[]),
+        ]);
+        let err = registry.init_order().unwrap_err();
+        let message = err.to_string();
+        assert!(message.starts_with("plugin requirements form a cycle: "), "{message}");
+        for member in ["snapshot.x", "runtime.y", "monitor.z"] {
+            assert!(message.contains(member), "{message}");
+        }
+        assert!(!message.contains("store.free"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_registration_is_refused() {
+        let mut registry = Registry::new();
+        registry.register(plugin(PluginKind::Store, "db", &[])).unwrap();
+        let err = registry.register(plugin(PluginKind::Store, "db", &[])).unwrap_err();
+        assert_eq!(err.to_string(), "plugin store.db is registered twice");
+    }
+
+    fn state(started: &Started, plugin: &str) -> PluginState {
+        let table = started.table.read().unwrap();
+        table.plugins.iter().find(|p| p.id.to_string() == plugin).unwrap().state.clone()
+    }
+
+    #[tokio::test]
+    async fn skips_and_failures_are_recorded_and_dependents_fail() {
+        let registry = registry_of(test_plugins());
+        let started = registry.start(config(&["snapshot.a"], &[])).await.unwrap();
+        assert_eq!(state(&started, "store.db"), PluginState::Loaded);
+        assert_eq!(*started.get::<&str>(&id("store.db")).unwrap(), "db");
+        assert_eq!(state(&started, "snapshot.a"), PluginState::Skipped("disabled by disabled_plugins in the config".into()));
+        assert_eq!(state(&started, "snapshot.exotic"), PluginState::Skipped("no such kernel feature".into()));
+        assert_eq!(
+            state(&started, "runtime.needs-exotic"),
+            PluginState::Failed("requires plugin snapshot.exotic, but it was skipped: no such kernel feature".into())
+        );
+        // A kind requirement is about order only: api loads with one snapshot plugin skipped.
+        assert_eq!(state(&started, "service.api"), PluginState::Loaded);
+        started.shutdown();
+    }
+
+    #[tokio::test]
+    async fn required_plugin_that_fails_stops_startup() {
+        let registry = registry_of(test_plugins());
+        let Err(err) = registry.start(config(&[], &["runtime.needs-exotic"])).await else { panic!("started") };
+        assert_eq!(
+            err.to_string(),
+            "required plugin runtime.needs-exotic did not load: requires plugin snapshot.exotic, but it was skipped: no such kernel feature"
+        );
+    }
+
+    #[tokio::test]
+    async fn plugin_config_reaches_init_and_shutdown_hooks_run_in_reverse() {
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        struct Greeting {
+            word: String,
+        }
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (l1, l2) = (log.clone(), log.clone());
+        let registry = registry_of(vec![
+            Registration::new::<Greeting, _, _>(PluginKind::Store, "first", move |ctx| {
+                let log = l1.clone();
+                async move {
+                    let word = ctx.config::<Greeting>().word.clone();
+                    Ok(Instance::new(word).on_shutdown(move || log.lock().unwrap().push("first")))
+                }
+            }),
+            Registration::new::<NoConfig, _, _>(PluginKind::Service, "second", move |ctx| {
+                let log = l2.clone();
+                async move {
+                    let word = ctx.get::<String>(&id("store.first")).unwrap();
+                    assert_eq!(*word, "hello");
+                    Ok(Instance::new(()).on_shutdown(move || log.lock().unwrap().push("second")))
+                }
+            })
+            .requires(Requirement::Plugin(id("store.first"))),
+        ]);
+        let text = "version = 1\nroot = \"/r\"\nstate = \"/s\"\n[grpc]\naddress = \"/s.sock\"\n[plugins.\"store.first\"]\nword = \"hello\"\n";
+        let config = Arc::new(Config::parse("t.toml", text, &registry).unwrap());
+        let started = registry.start(config).await.unwrap();
+        started.shutdown();
+        assert_eq!(*log.lock().unwrap(), ["second", "first"]);
+    }
+}
