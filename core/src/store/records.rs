@@ -3,6 +3,8 @@
 //! They are prost messages: the on-disk encoding is protobuf, so a field added later reads as its
 //! default from older records, and an upgrade step is needed only when meaning changes.
 
+#![allow(missing_docs)] // fields mirror containerd's messages, documented in proto/
+
 use std::collections::BTreeMap;
 
 use prost_types::{Any, Timestamp};

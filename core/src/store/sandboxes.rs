@@ -1,0 +1,235 @@
+//! Sandboxes: `sandboxes/<namespace>/<id>` → Sandbox.
+
+use super::objects::{self, Object};
+use super::paths::{cannot_update, copy_key, map_key};
+use super::records::Sandbox;
+use super::{MetadataStore, now, validate_namespace};
+use crate::error::{Error, Result};
+use crate::ident;
+
+/// What an update with no field paths replaces (containerd's list). The sandboxer changes only
+/// when named explicitly.
+const FULL_REPLACE: [&str; 4] = ["labels", "extensions", "spec", "runtime"];
+
+impl MetadataStore {
+    /// Creates sandbox `sb.id` in namespace `ns` (creating the namespace if needed), stamping its
+    /// creation and update times; AlreadyExists if the id is taken.
+    pub async fn create_sandbox(&self, ns: &str, mut sb: Sandbox) -> Result<Sandbox> {
+        validate_namespace(ns)?;
+        validate(&sb)?;
+        let created = now();
+        sb.created_at = Some(created);
+        sb.updated_at = Some(created);
+        let ns = ns.to_owned();
+        self.write(move |txn, tables| {
+            objects::insert(txn, tables, &ns, &sb)?;
+            Ok(sb)
+        })
+        .await
+    }
+
+    /// Sandbox `id` in namespace `ns`; NotFound if there is none.
+    pub fn get_sandbox(&self, ns: &str, id: &str) -> Result<Sandbox> {
+        self.get_object(ns, id)
+    }
+
+    /// The sandboxes of namespace `ns` that `keep` accepts, sorted by id.
+    pub fn list_sandboxes(&self, ns: &str, keep: &dyn Fn(&Sandbox) -> bool) -> Result<Vec<Sandbox>> {
+        self.list_objects(ns, keep)
+    }
+
+    /// Updates sandbox `sb.id` from `sb`: the fields named by `paths`, or with no paths the
+    /// labels, extensions, spec and runtime (whose name must then be unchanged). Returns the
+    /// stored sandbox.
+    pub async fn update_sandbox(&self, ns: &str, sb: Sandbox, paths: Vec<String>) -> Result<Sandbox> {
+        validate_namespace(ns)?;
+        if sb.id.is_empty() {
+            return Err(Error::InvalidArgument("sandbox id must be set".into()));
+        }
+        let ns = ns.to_owned();
+        self.write(move |txn, tables| {
+            let mut stored: Sandbox = objects::load(txn, tables, &ns, &sb.id)?;
+            apply_update(&mut stored, &sb, &paths)?;
+            validate(&stored)?;
+            stored.updated_at = Some(now());
+            objects::put(txn, tables, &ns, &stored)?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    /// Deletes sandbox `id` from namespace `ns`; NotFound if there is none.
+    pub async fn delete_sandbox(&self, ns: &str, id: &str) -> Result<()> {
+        self.delete_object::<Sandbox>(ns, id).await
+    }
+}
+
+/// Applies the update request `req` to `stored` along `paths`, as containerd's sandbox store
+/// does.
+fn apply_update(stored: &mut Sandbox, req: &Sandbox, paths: &[String]) -> Result<()> {
+    let id = &req.id;
+    let paths: Vec<&str> = if paths.is_empty() {
+        if runtime_name(req) != runtime_name(stored) {
+            return Err(Error::InvalidArgument(format!("sandbox \"{id}\": runtime.name is immutable")));
+        }
+        FULL_REPLACE.to_vec()
+    } else {
+        paths.iter().map(String::as_str).collect()
+    };
+    for path in paths {
+        if let Some(key) = map_key(path, "labels") {
+            copy_key(&mut stored.labels, &req.labels, key);
+            continue;
+        }
+        if let Some(key) = map_key(path, "extensions") {
+            copy_key(&mut stored.extensions, &req.extensions, key);
+            continue;
+        }
+        match path {
+            "labels" => stored.labels.clone_from(&req.labels),
+            "extensions" => stored.extensions.clone_from(&req.extensions),
+            "spec" => stored.spec.clone_from(&req.spec),
+            "runtime" => stored.runtime.clone_from(&req.runtime),
+            "sandboxer" => stored.sandboxer.clone_from(&req.sandboxer),
+            _ => return Err(cannot_update(path, Sandbox::KIND, id)),
+        }
+    }
+    Ok(())
+}
+
+fn runtime_name(sb: &Sandbox) -> &str {
+    sb.runtime.as_ref().map_or("", |r| &r.name)
+}
+
+/// containerd's sandbox store `validate`: checked on create and on the result of every update.
+fn validate(sb: &Sandbox) -> Result<()> {
+    let id = &sb.id;
+    ident::validate(id).map_err(|e| e.context("sandbox id"))?;
+    let invalid = |what: &str| Err(Error::InvalidArgument(format!("sandbox \"{id}\": {what}")));
+    ident::validate_labels(&sb.labels).map_err(|e| e.context(format!("sandbox \"{id}\"")))?;
+    if sb.extensions.keys().any(String::is_empty) {
+        return invalid("extension keys must not be empty");
+    }
+    if runtime_name(sb).is_empty() {
+        return invalid("runtime name must be set");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Runtime;
+    use crate::store::testutil::*;
+
+    fn sandbox(id: &str) -> Sandbox {
+        Sandbox {
+            id: id.into(),
+            runtime: runtime("io.containerd.runc.v2"),
+            spec: Some(any("spec", b"1")),
+            labels: labels(&[("a", "1"), ("b", "2")]),
+            extensions: [("ext".to_string(), any("t/ext", b"1"))].into(),
+            sandboxer: "podsandbox".into(),
+            ..Default::default()
+        }
+    }
+
+    fn paths(p: &[&str]) -> Vec<String> {
+        p.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn crud() {
+        let (_dir, store) = open_temp();
+        let created = store.create_sandbox("k8s.io", sandbox("s2")).await.unwrap();
+        assert!(created.created_at.is_some() && created.updated_at == created.created_at);
+        assert_eq!(Sandbox { created_at: None, updated_at: None, ..created.clone() }, sandbox("s2"));
+        store.create_sandbox("k8s.io", sandbox("s1")).await.unwrap();
+        assert!(store.get_namespace("k8s.io").unwrap().labels.is_empty(), "namespace created");
+
+        assert_eq!(store.get_sandbox("k8s.io", "s2").unwrap(), created);
+        let ids: Vec<_> = store.list_sandboxes("k8s.io", &|_| true).unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["s1", "s2"]);
+        assert_eq!(store.list_sandboxes("k8s.io", &|s| s.id == "s2").unwrap(), [created]);
+        // Sandboxes and containers live in separate tables.
+        assert!(store.list_containers("k8s.io", &|_| true).unwrap().is_empty());
+
+        let err = store.create_sandbox("k8s.io", sandbox("s1")).await.unwrap_err();
+        assert_eq!(err, Error::AlreadyExists("sandbox \"s1\" in namespace \"k8s.io\"".into()));
+
+        store.delete_sandbox("k8s.io", "s2").await.unwrap();
+        let err = store.get_sandbox("k8s.io", "s2").unwrap_err();
+        assert_eq!(err.to_string(), "sandbox \"s2\" in namespace \"k8s.io\": not found");
+        assert!(matches!(store.delete_sandbox("k8s.io", "s2").await, Err(Error::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn create_validates() {
+        let (_dir, store) = open_temp();
+        let err = store.create_sandbox("default", Sandbox { runtime: None, ..sandbox("s") }).await.unwrap_err();
+        assert_eq!(err, Error::InvalidArgument("sandbox \"s\": runtime name must be set".into()));
+        let err = store.create_sandbox("default", sandbox("")).await.unwrap_err();
+        assert!(err.to_string().starts_with("sandbox id: identifier must not be empty"), "{err}");
+        let err = store.create_sandbox("", sandbox("s")).await.unwrap_err();
+        assert!(err.to_string().starts_with("namespace: "), "{err}");
+        assert!(store.list_namespaces().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn update_paths() {
+        let (_dir, store) = open_temp();
+        let created = store.create_sandbox("default", sandbox("s")).await.unwrap();
+        let req = Sandbox {
+            labels: labels(&[("a", "10")]),
+            spec: Some(any("spec", b"2")),
+            runtime: Some(Runtime { name: "io.containerd.runc.v2".into(), options: Some(any("o", b"")) }),
+            extensions: Default::default(),
+            sandboxer: "shim".into(),
+            ..sandbox("s")
+        };
+
+        let got = store.update_sandbox("default", req.clone(), paths(&["labels.a", "labels.b"])).await.unwrap();
+        assert_eq!(got.labels, labels(&[("a", "10")]));
+        assert_eq!(got.spec, created.spec);
+        assert_eq!(got.created_at, created.created_at);
+        assert_eq!(store.get_sandbox("default", "s").unwrap(), got);
+
+        let got = store.update_sandbox("default", req.clone(), paths(&["extensions.ext"])).await.unwrap();
+        assert!(got.extensions.is_empty());
+
+        let got = store.update_sandbox("default", req.clone(), paths(&["spec", "sandboxer"])).await.unwrap();
+        assert_eq!((&got.spec, got.sandboxer.as_str()), (&req.spec, "shim"));
+
+        // No paths: labels, extensions, spec and runtime; the sandboxer stays.
+        let full = Sandbox { labels: labels(&[("z", "26")]), sandboxer: "ignored".into(), ..req.clone() };
+        let got = store.update_sandbox("default", full, vec![]).await.unwrap();
+        assert_eq!(got.labels, labels(&[("z", "26")]));
+        assert_eq!(got.runtime, req.runtime);
+        assert_eq!(got.sandboxer, "shim");
+
+        // The runtime may change by path, not by full replace.
+        let other = Sandbox { runtime: runtime("other"), ..req.clone() };
+        let err = store.update_sandbox("default", other.clone(), vec![]).await.unwrap_err();
+        assert_eq!(err, Error::InvalidArgument("sandbox \"s\": runtime.name is immutable".into()));
+        let got = store.update_sandbox("default", other, paths(&["runtime"])).await.unwrap();
+        assert_eq!(got.runtime, runtime("other"));
+    }
+
+    #[tokio::test]
+    async fn failed_updates_write_nothing() {
+        let (_dir, store) = open_temp();
+        let before = store.create_sandbox("default", sandbox("s")).await.unwrap();
+        let req = Sandbox { labels: labels(&[]), ..sandbox("s") };
+        let err = store.update_sandbox("default", req.clone(), paths(&["labels", "image"])).await.unwrap_err();
+        assert_eq!(err, Error::InvalidArgument("cannot update \"image\" field on sandbox \"s\"".into()));
+        let err = store
+            .update_sandbox("default", Sandbox { runtime: None, ..req.clone() }, paths(&["runtime"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err, Error::InvalidArgument("sandbox \"s\": runtime name must be set".into()));
+        assert_eq!(store.get_sandbox("default", "s").unwrap(), before);
+
+        let err = store.update_sandbox("default", sandbox("nope"), vec![]).await.unwrap_err();
+        assert_eq!(err.to_string(), "sandbox \"nope\" in namespace \"default\": not found");
+    }
+}

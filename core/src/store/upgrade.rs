@@ -1,0 +1,164 @@
+//! Schema versions and the ordered upgrade steps between them.
+//!
+//! A store without a `meta` table (or without `schema_version` in it) is version 0. Opening runs
+//! every step from the stored version up to [`CURRENT_VERSION`] in the same write transaction
+//! that records the new version, so an upgrade either happens completely or not at all. A store
+//! written by a newer berth is refused rather than misread.
+
+use heed::{CommitOrAbort, DatabaseOpener, Env, RwTxn, WithoutTls};
+
+use super::internal;
+use super::tables::{MetaTable, Tables, db_name, meta_key};
+use crate::error::{Error, Result};
+
+/// The schema version this binary reads and writes.
+pub const CURRENT_VERSION: u32 = 1;
+
+type StepFn = for<'e> fn(&DatabaseOpener<'e, WithoutTls>, &mut RwTxn<'e>) -> heed::Result<()>;
+
+/// One upgrade step, from version `from` to `from + 1`.
+struct Step {
+    from: u32,
+    what: &'static str,
+    run: StepFn,
+}
+
+/// Every step, in order; step `n` upgrades version `n` to `n + 1`.
+const STEPS: &[Step] = &[Step { from: 0, what: "create tables", run: create_tables }];
+
+/// 0→1: the first schema has the `namespaces`, `containers` and `sandboxes` tables.
+fn create_tables<'e>(opener: &DatabaseOpener<'e, WithoutTls>, wtxn: &mut RwTxn<'e>) -> heed::Result<()> {
+    Tables::create(opener, wtxn)
+}
+
+/// Brings the store in `env` to [`CURRENT_VERSION`] and returns handles to its tables.
+pub fn open_and_upgrade(env: &Env<WithoutTls>) -> Result<Tables<'static>> {
+    let wtxn = env.write_txn().map_err(internal("opening the schema upgrade transaction"))?;
+    let outcome = env
+        .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<CommitOrAbort<_, Error>> {
+            let meta: MetaTable = opener.create_database(wtxn, Some(db_name::META))?;
+            let found = meta.get(wtxn, meta_key::SCHEMA_VERSION)?.unwrap_or(0);
+            if found > CURRENT_VERSION {
+                return Ok(CommitOrAbort::Abort(too_new(found)));
+            }
+            for step in STEPS.iter().filter(|step| step.from >= found) {
+                tracing::info!(from = step.from, to = step.from + 1, "upgrading the metadata store: {}", step.what);
+                (step.run)(opener, wtxn)?;
+            }
+            if found != CURRENT_VERSION {
+                meta.put(wtxn, meta_key::SCHEMA_VERSION, &CURRENT_VERSION)?;
+            }
+            Ok(match Tables::open(opener, wtxn, meta)? {
+                Ok(tables) => CommitOrAbort::Commit(tables),
+                Err(missing) => CommitOrAbort::Abort(Error::Internal(format!(
+                    "metadata store: table \"{missing}\" is missing from a store at schema version \
+                     {CURRENT_VERSION}"
+                ))),
+            })
+        })
+        .map_err(internal("upgrading the schema"))?;
+    outcome.into()
+}
+
+fn too_new(found: u32) -> Error {
+    Error::FailedPrecondition(format!(
+        "metadata store: schema version {found} is newer than version {CURRENT_VERSION}, the newest \
+         this berth supports; run a newer berth on this store"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use heed::EnvOpenOptions;
+
+    use super::*;
+    use crate::store::records::Namespace;
+    use crate::store::tables::NamespaceTable;
+
+    fn raw_env(dir: &std::path::Path) -> Env<WithoutTls> {
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(16 << 20).max_dbs(8);
+        // SAFETY: a fresh temporary directory that nothing else maps.
+        unsafe { options.open(dir) }.unwrap()
+    }
+
+    fn stored_version(env: &Env<WithoutTls>, tables: &Tables) -> Option<u32> {
+        let rtxn = env.read_txn().unwrap();
+        tables.meta.get(&rtxn, meta_key::SCHEMA_VERSION).unwrap()
+    }
+
+    #[test]
+    fn steps_are_contiguous_and_end_at_current() {
+        for (n, step) in STEPS.iter().enumerate() {
+            assert_eq!(step.from, n as u32, "step {:?} out of order", step.what);
+        }
+        assert_eq!(STEPS.len() as u32, CURRENT_VERSION);
+    }
+
+    #[test]
+    fn empty_env_is_upgraded_to_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = raw_env(dir.path());
+        let tables = open_and_upgrade(&env).unwrap();
+        assert_eq!(stored_version(&env, &tables), Some(CURRENT_VERSION));
+        // A second open finds the current version and changes nothing.
+        let again = open_and_upgrade(&env).unwrap();
+        assert_eq!(stored_version(&env, &again), Some(CURRENT_VERSION));
+    }
+
+    #[test]
+    fn version_0_store_with_data_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = raw_env(dir.path());
+        // A version-0 store: a data table, no meta table.
+        let wtxn = env.write_txn().unwrap();
+        let namespaces: NamespaceTable = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| {
+                let db: NamespaceTable = opener.create_database(wtxn, Some(db_name::NAMESPACES))?;
+                let ns = Namespace { name: "old".into(), labels: [("a".into(), "b".into())].into() };
+                db.put(wtxn, "old", &ns)?;
+                Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(db))
+            })
+            .unwrap()
+            .unwrap_commit();
+        {
+            let rtxn = env.read_txn().unwrap();
+            let opened = env
+                .open_databases_and_commit(rtxn, |opener, rtxn| {
+                    opener
+                        .open_database::<heed::types::Str, heed::types::U32<heed::byteorder::BigEndian>>(
+                            rtxn,
+                            Some(db_name::META),
+                        )
+                        .map(CommitOrAbort::<_, ()>::Commit)
+                })
+                .unwrap()
+                .unwrap_commit();
+            assert!(opened.is_none(), "the meta table must not exist yet");
+        }
+
+        let tables = open_and_upgrade(&env).unwrap();
+        assert_eq!(stored_version(&env, &tables), Some(1));
+        let rtxn = env.read_txn().unwrap();
+        assert_eq!(tables.namespaces.get(&rtxn, "old").unwrap().unwrap().labels["a"], "b");
+        assert_eq!(namespaces.len(&rtxn).unwrap(), 1);
+        assert!(tables.containers.is_empty(&rtxn).unwrap());
+        assert!(tables.sandboxes.is_empty(&rtxn).unwrap());
+    }
+
+    #[test]
+    fn newer_store_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = raw_env(dir.path());
+        let tables = open_and_upgrade(&env).unwrap();
+        let mut wtxn = env.write_txn().unwrap();
+        tables.meta.put(&mut wtxn, meta_key::SCHEMA_VERSION, &99).unwrap();
+        wtxn.commit().unwrap();
+
+        let err = open_and_upgrade(&env).unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("schema version 99") && msg.contains("version 1"), "{msg}");
+        assert_eq!(stored_version(&env, &tables), Some(99));
+    }
+}
