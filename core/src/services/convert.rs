@@ -2,10 +2,11 @@
 //! containerd's messages field for field; only map types and nested runtime types differ.
 
 use berth_proto::containerd::services::containers::v1 as containers;
+use berth_proto::containerd::services::leases::v1 as leases;
 use berth_proto::containerd::services::namespaces::v1 as namespaces;
 use berth_proto::containerd::types;
 
-use crate::store::records::{Container, Namespace, Runtime, Sandbox};
+use crate::store::records::{Container, Lease, LeaseResource, Namespace, Runtime, Sandbox};
 
 impl From<namespaces::Namespace> for Namespace {
     fn from(n: namespaces::Namespace) -> Self {
@@ -82,5 +83,29 @@ impl From<Sandbox> for types::Sandbox {
             extensions: s.extensions.into_iter().collect(),
             sandboxer: s.sandboxer,
         }
+    }
+}
+
+impl From<leases::Lease> for Lease {
+    fn from(l: leases::Lease) -> Self {
+        Lease { id: l.id, created_at: l.created_at, labels: l.labels.into_iter().collect() }
+    }
+}
+
+impl From<Lease> for leases::Lease {
+    fn from(l: Lease) -> Self {
+        leases::Lease { id: l.id, created_at: l.created_at, labels: l.labels.into_iter().collect() }
+    }
+}
+
+impl From<leases::Resource> for LeaseResource {
+    fn from(r: leases::Resource) -> Self {
+        LeaseResource { id: r.id, kind: r.r#type }
+    }
+}
+
+impl From<LeaseResource> for leases::Resource {
+    fn from(r: LeaseResource) -> Self {
+        leases::Resource { id: r.id, r#type: r.kind }
     }
 }

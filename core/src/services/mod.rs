@@ -7,6 +7,7 @@
 pub mod containers;
 pub mod convert;
 pub mod introspection;
+pub mod leases;
 pub mod namespaces;
 pub mod sandboxes;
 pub mod status;
@@ -46,9 +47,12 @@ impl GrpcService {
             + 'static,
         S::Future: Send + 'static,
     {
-        Self { name, add: Box::new(move |routes| {
-            routes.add_service(server.clone());
-        }) }
+        Self {
+            name,
+            add: Box::new(move |routes| {
+                routes.add_service(server.clone());
+            }),
+        }
     }
 
     /// Mounts the service.
@@ -62,7 +66,9 @@ pub fn namespace<T>(request: &tonic::Request<T>) -> Result<String> {
     let ns = request
         .metadata()
         .get(NAMESPACE_HEADER)
-        .ok_or_else(|| Error::FailedPrecondition(format!("namespace is required: set the {NAMESPACE_HEADER} gRPC metadata key")))?
+        .ok_or_else(|| {
+            Error::FailedPrecondition(format!("namespace is required: set the {NAMESPACE_HEADER} gRPC metadata key"))
+        })?
         .to_str()
         .map_err(|_| Error::InvalidArgument(format!("{NAMESPACE_HEADER} metadata is not valid ASCII")))?;
     ident::validate(ns).map_err(|e| e.context("namespace"))?;
@@ -81,7 +87,11 @@ fn store_service(name: &str, description: &str, make: fn(MetadataStore, usize, u
         let grpc = ctx.daemon_config().grpc.clone();
         async move {
             let store = store.ok_or_else(|| crate::plugin::InitError::Failed("metadata store not loaded".into()))?;
-            Ok(crate::plugin::Instance::new(make((*store).clone(), grpc.max_recv_message_size, grpc.max_send_message_size)))
+            Ok(crate::plugin::Instance::new(make(
+                (*store).clone(),
+                grpc.max_recv_message_size,
+                grpc.max_send_message_size,
+            )))
         }
     })
     .requires(Requirement::Plugin(store_id()))
@@ -95,6 +105,7 @@ pub fn registrations() -> Vec<Registration> {
         store_service("namespaces", "containerd.services.namespaces.v1.Namespaces", namespaces::service),
         store_service("containers", "containerd.services.containers.v1.Containers", containers::service),
         store_service("sandboxes", "containerd.services.sandbox.v1.Store", sandboxes::service),
+        store_service("leases", "containerd.services.leases.v1.Leases", leases::service),
         introspection::registration(),
     ]
 }

@@ -1,8 +1,8 @@
-//! The metadata store: namespaces, containers and sandboxes in one LMDB environment (through
-//! heed), with containerd's metadata semantics.
+//! The metadata store: namespaces, containers, sandboxes and leases in one LMDB environment
+//! (through heed), with containerd's metadata semantics.
 //!
 //! Key schema, one LMDB sub-database per table; values are the protobuf encoding of the records in
-//! [`records`]:
+//! [`records`] (or empty):
 //!
 //! ```text
 //! <dir>/data.mdb, <dir>/lock.mdb
@@ -12,13 +12,21 @@
 //! │   └── <namespace>               → Namespace
 //! ├── containers
 //! │   └── <namespace>/<id>          → Container
-//! └── sandboxes
-//!     └── <namespace>/<id>          → Sandbox
+//! ├── sandboxes
+//! │   └── <namespace>/<id>          → Sandbox
+//! ├── leases                                            (since version 2)
+//! │   └── <namespace>/<lease>       → Lease
+//! └── lease_resources                                   (since version 2)
+//!     └── <namespace>/<lease>/<type>\0<resource id>
+//!                                   → empty: the key is the record
 //! ```
 //!
 //! Identifiers cannot contain `/`, so the prefix `<namespace>/` selects exactly one namespace's
-//! objects, and LMDB's byte order lists them sorted by id. The `name`/`id` field of a record is
-//! stored too, but reads always take it from the key.
+//! objects, and LMDB's byte order lists them sorted by id. Lease ids cannot contain `/` either, so
+//! `<namespace>/<lease>/` selects exactly one lease's resources; a resource type (which may
+//! contain `/`, as in `snapshots/overlayfs`) and a resource id never contain NUL, so the first NUL
+//! ends the type. The `name`/`id` field of a record is stored too, but reads always take it from
+//! the key.
 //!
 //! Reads open a read transaction on the calling thread: they are cheap and never wait for writes.
 //! Writes go to one writer thread that commits them in groups (see `writer.rs`), so they are
@@ -29,6 +37,7 @@ pub mod records;
 
 mod codec;
 mod containers;
+mod leases;
 mod namespaces;
 mod objects;
 mod paths;
@@ -46,7 +55,7 @@ use std::time::SystemTime;
 use heed::{Env, EnvOpenOptions, RoTxn, WithoutTls};
 use prost_types::Timestamp;
 
-pub use self::records::{Container, Namespace, Runtime, Sandbox};
+pub use self::records::{Container, Lease, LeaseResource, Namespace, Runtime, Sandbox};
 use self::tables::{Tables, db_name, meta_key};
 pub use self::upgrade::CURRENT_VERSION as SCHEMA_VERSION;
 use self::writer::Writer;
@@ -195,9 +204,15 @@ mod tests {
     fn fresh_store_is_current_version_in_a_private_directory() {
         let (dir, store) = open_temp();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 1);
+        assert_eq!(SCHEMA_VERSION, 2);
         let mode = std::fs::metadata(dir.path().join("meta")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn max_key_size_is_lmdbs() {
+        let (_dir, store) = open_temp();
+        assert_eq!(store.inner.env.max_key_size(), tables::MAX_KEY_SIZE);
     }
 
     #[test]
@@ -222,7 +237,7 @@ mod tests {
         let err = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("99") && msg.contains("version 1,"), "{msg}");
+        assert!(msg.contains("99") && msg.contains("version 2,"), "{msg}");
     }
 
     #[tokio::test]
@@ -242,6 +257,10 @@ mod tests {
             store.create_container("kept", c).await.unwrap();
             let sb = Sandbox { id: "s1".into(), runtime: runtime("rt"), ..Default::default() };
             store.create_sandbox("kept", sb).await.unwrap();
+            let lease = Lease { id: "l1".into(), labels: labels(&[("b", "2")]), ..Default::default() };
+            store.create_lease("kept", lease).await.unwrap();
+            let r = LeaseResource { id: "k".into(), kind: "snapshots/overlayfs".into() };
+            store.add_lease_resource("kept", "l1", r).await.unwrap();
             // Dropping the last handle (no close) must flush and close the environment too.
             let clone = store.clone();
             drop(store);
@@ -251,7 +270,10 @@ mod tests {
         assert_eq!(store.get_namespace("kept").unwrap().labels, labels(&[("a", "1")]));
         assert_eq!(store.get_container("kept", "c1").unwrap().runtime, runtime("io.containerd.runc.v2"));
         assert_eq!(store.get_sandbox("kept", "s1").unwrap().runtime, runtime("rt"));
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.get_lease("kept", "l1").unwrap().labels, labels(&[("b", "2")]));
+        let r = LeaseResource { id: "k".into(), kind: "snapshots/overlayfs".into() };
+        assert_eq!(store.list_lease_resources("kept", "l1").unwrap(), [r]);
+        assert_eq!(store.schema_version().unwrap(), 2);
         store.close();
         // close() also leaves the environment closed: it opens again at once.
         MetadataStore::open(&path, StoreOptions::default()).unwrap();

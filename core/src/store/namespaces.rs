@@ -78,7 +78,7 @@ impl MetadataStore {
     }
 
     /// Deletes namespace `name`; NotFound if there is none, FailedPrecondition while it still
-    /// holds containers or sandboxes.
+    /// holds containers, leases or sandboxes (named in that order, containerd's).
     pub async fn delete_namespace(&self, name: &str) -> Result<()> {
         let name = name.to_owned();
         self.write(move |txn, tables| {
@@ -91,6 +91,10 @@ impl MetadataStore {
             let containers = tables.containers.remap_data_type::<DecodeIgnore>();
             if containers.prefix_iter(txn, &prefix).map_err(reading())?.next().is_some() {
                 holds.push("containers");
+            }
+            let leases = tables.leases.remap_data_type::<DecodeIgnore>();
+            if leases.prefix_iter(txn, &prefix).map_err(reading())?.next().is_some() {
+                holds.push("leases");
             }
             let sandboxes = tables.sandboxes.remap_data_type::<DecodeIgnore>();
             if sandboxes.prefix_iter(txn, &prefix).map_err(reading())?.next().is_some() {
@@ -141,7 +145,7 @@ fn not_found(name: &str) -> Error {
 mod tests {
     use super::*;
     use crate::store::testutil::*;
-    use crate::store::{Container, Sandbox};
+    use crate::store::{Container, Lease, LeaseResource, Sandbox};
 
     fn ns(name: &str, pairs: &[(&str, &str)]) -> Namespace {
         Namespace { name: name.into(), labels: labels(pairs) }
@@ -235,6 +239,36 @@ mod tests {
         assert!(err.to_string().ends_with("still has sandboxes"), "{err}");
         store.delete_sandbox("busy-2", "s").await.unwrap();
         store.delete_namespace("busy-2").await.unwrap();
+        assert!(store.list_namespaces().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn delete_refused_while_it_holds_leases() {
+        let (_dir, store) = open_temp();
+        store.create_lease("leased", Lease { id: "l".into(), ..Default::default() }).await.unwrap();
+        let c =
+            Container { id: "c".into(), runtime: runtime("rt"), spec: Some(any("spec", b"")), ..Default::default() };
+        store.create_container("leased", c).await.unwrap();
+        let err = store.delete_namespace("leased").await.unwrap_err();
+        assert_eq!(
+            err,
+            Error::FailedPrecondition("namespace \"leased\" must be empty, but it still has containers, leases".into())
+        );
+        let sb = Sandbox { id: "s".into(), runtime: runtime("rt"), ..Default::default() };
+        store.create_sandbox("leased", sb).await.unwrap();
+        let err = store.delete_namespace("leased").await.unwrap_err();
+        assert!(err.to_string().ends_with("still has containers, leases, sandboxes"), "{err}");
+        store.delete_container("leased", "c").await.unwrap();
+        store.delete_sandbox("leased", "s").await.unwrap();
+
+        let r = LeaseResource { id: "ingest-1".into(), kind: "ingests".into() };
+        store.add_lease_resource("leased", "l", r).await.unwrap();
+        let err = store.delete_namespace("leased").await.unwrap_err();
+        assert!(err.to_string().ends_with("still has leases"), "{err}");
+        assert!(store.get_namespace("leased").is_ok());
+        // Deleting the lease takes its resources with it, and the namespace can go.
+        store.delete_lease("leased", "l").await.unwrap();
+        store.delete_namespace("leased").await.unwrap();
         assert!(store.list_namespaces().unwrap().is_empty());
     }
 }

@@ -75,3 +75,24 @@ pub struct Sandbox {
     #[prost(string, tag = "10")]
     pub sandboxer: String,
 }
+
+/// A lease: containerd's `leases.Lease`. The resources it holds are not part of the record; each
+/// is a key of the `lease_resources` table.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Lease {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(message, optional, tag = "2")]
+    pub created_at: Option<Timestamp>,
+    #[prost(btree_map = "string, string", tag = "3")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A resource held by a lease: containerd's `leases.Resource`. `kind` is containerd's `type`:
+/// `content`, `ingests` or `snapshots/<snapshotter>`. Not a stored message: it is stored as (part
+/// of) a key of the `lease_resources` table.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LeaseResource {
+    pub id: String,
+    pub kind: String,
+}

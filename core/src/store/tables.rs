@@ -1,11 +1,11 @@
 //! The named tables (LMDB sub-databases) and their typed handles.
 
 use heed::byteorder::BigEndian;
-use heed::types::{Str, U32};
-use heed::{CommitToken, Database, DatabaseOpener, OnCommit, RoTxn, RwTxn, WithoutTls};
+use heed::types::{Str, U32, Unit};
+use heed::{CommitToken, Database, DatabaseOpener, OnCommit, RoTxn, WithoutTls};
 
 use super::codec::Proto;
-use super::records::{Container, Namespace, Sandbox};
+use super::records::{Container, Lease, LeaseResource, Namespace, Sandbox};
 
 /// Table names as they appear in the LMDB file; never rename one without an upgrade step.
 pub mod db_name {
@@ -13,9 +13,13 @@ pub mod db_name {
     pub const NAMESPACES: &str = "namespaces";
     pub const CONTAINERS: &str = "containers";
     pub const SANDBOXES: &str = "sandboxes";
+    /// Since schema version 2.
+    pub const LEASES: &str = "leases";
+    /// Since schema version 2.
+    pub const LEASE_RESOURCES: &str = "lease_resources";
 
     /// Every table, for sizing `max_dbs`.
-    pub const ALL: [&str; 4] = [META, NAMESPACES, CONTAINERS, SANDBOXES];
+    pub const ALL: [&str; 6] = [META, NAMESPACES, CONTAINERS, SANDBOXES, LEASES, LEASE_RESOURCES];
 }
 
 /// Keys of the `meta` table.
@@ -28,6 +32,13 @@ pub type MetaTable<'t> = Database<'t, Str, U32<BigEndian>>;
 pub type NamespaceTable<'t> = Database<'t, Str, Proto<Namespace>>;
 pub type ContainerTable<'t> = Database<'t, Str, Proto<Container>>;
 pub type SandboxTable<'t> = Database<'t, Str, Proto<Sandbox>>;
+pub type LeaseTable<'t> = Database<'t, Str, Proto<Lease>>;
+/// The key is everything; the value is empty.
+pub type LeaseResourceTable<'t> = Database<'t, Str, Unit>;
+
+/// The longest key LMDB stores (its default `MDB_MAXKEYSIZE`); longer keys are refused with
+/// `MDB_BAD_VALSIZE`.
+pub const MAX_KEY_SIZE: usize = 511;
 
 /// Typed handles to every table. Handles are plain dbi numbers: copying them is free.
 #[derive(Clone, Copy, Debug)]
@@ -36,17 +47,11 @@ pub struct Tables<'t> {
     pub namespaces: NamespaceTable<'t>,
     pub containers: ContainerTable<'t>,
     pub sandboxes: SandboxTable<'t>,
+    pub leases: LeaseTable<'t>,
+    pub lease_resources: LeaseResourceTable<'t>,
 }
 
 impl<'t> Tables<'t> {
-    /// Creates the data tables that do not exist yet (the `meta` table is the upgrader's).
-    pub fn create(opener: &DatabaseOpener<'t, WithoutTls>, wtxn: &mut RwTxn<'t>) -> heed::Result<()> {
-        opener.create_database::<Str, Proto<Namespace>>(wtxn, Some(db_name::NAMESPACES))?;
-        opener.create_database::<Str, Proto<Container>>(wtxn, Some(db_name::CONTAINERS))?;
-        opener.create_database::<Str, Proto<Sandbox>>(wtxn, Some(db_name::SANDBOXES))?;
-        Ok(())
-    }
-
     /// Opens the data tables, which must exist; `Err(name)` names the first missing one.
     pub fn open(
         opener: &DatabaseOpener<'t, WithoutTls>,
@@ -62,7 +67,13 @@ impl<'t> Tables<'t> {
         let Some(sandboxes) = opener.open_database(txn, Some(db_name::SANDBOXES))? else {
             return Ok(Err(db_name::SANDBOXES));
         };
-        Ok(Ok(Tables { meta, namespaces, containers, sandboxes }))
+        let Some(leases) = opener.open_database(txn, Some(db_name::LEASES))? else {
+            return Ok(Err(db_name::LEASES));
+        };
+        let Some(lease_resources) = opener.open_database(txn, Some(db_name::LEASE_RESOURCES))? else {
+            return Ok(Err(db_name::LEASE_RESOURCES));
+        };
+        Ok(Ok(Tables { meta, namespaces, containers, sandboxes, leases, lease_resources }))
     }
 }
 
@@ -76,11 +87,13 @@ impl OnCommit for Tables<'_> {
             namespaces: self.namespaces.on_commit(token),
             containers: self.containers.on_commit(token),
             sandboxes: self.sandboxes.on_commit(token),
+            leases: self.leases.on_commit(token),
+            lease_resources: self.lease_resources.on_commit(token),
         }
     }
 }
 
-/// The key of a container or sandbox: `<namespace>/<id>`.
+/// The key of a container, sandbox or lease: `<namespace>/<id>`.
 pub fn object_key(namespace: &str, id: &str) -> String {
     format!("{namespace}/{id}")
 }
@@ -89,6 +102,25 @@ pub fn object_key(namespace: &str, id: &str) -> String {
 /// `default/` never matches keys of a namespace `default-2`.
 pub fn namespace_prefix(namespace: &str) -> String {
     format!("{namespace}/")
+}
+
+/// The prefix of every resource key of lease `lease`: `<namespace>/<lease>/`. Neither part can
+/// contain `/`, so the scan is exact.
+pub fn lease_resources_prefix(namespace: &str, lease: &str) -> String {
+    format!("{namespace}/{lease}/")
+}
+
+/// The key of a resource held by a lease: `<namespace>/<lease>/<type>\0<resource id>`. The type
+/// may contain `/` (`snapshots/overlayfs`) and the id anything, but neither contains NUL, so the
+/// first NUL after the prefix splits them again ([`split_lease_resource`]).
+pub fn lease_resource_key(namespace: &str, lease: &str, resource: &LeaseResource) -> String {
+    format!("{}{}\0{}", lease_resources_prefix(namespace, lease), resource.kind, resource.id)
+}
+
+/// The resource named by the part of a `lease_resources` key after its lease's prefix.
+pub fn split_lease_resource(rest: &str) -> Option<LeaseResource> {
+    let (kind, id) = rest.split_once('\0')?;
+    Some(LeaseResource { id: id.to_owned(), kind: kind.to_owned() })
 }
 
 #[cfg(test)]
@@ -100,5 +132,16 @@ mod tests {
         assert_eq!(object_key("default", "c1"), "default/c1");
         assert_eq!(namespace_prefix("k8s.io"), "k8s.io/");
         assert!(!object_key("default-2", "c").starts_with(&namespace_prefix("default")));
+
+        let r = LeaseResource { id: "default/3/sha256:ab".into(), kind: "snapshots/overlayfs".into() };
+        let key = lease_resource_key("k8s.io", "l1", &r);
+        assert_eq!(key, "k8s.io/l1/snapshots/overlayfs\0default/3/sha256:ab");
+        let prefix = lease_resources_prefix("k8s.io", "l1");
+        assert_eq!(prefix, "k8s.io/l1/");
+        assert_eq!(split_lease_resource(&key[prefix.len()..]), Some(r));
+        assert_eq!(split_lease_resource("no-separator"), None);
+        // Lease "l1" does not see the resources of lease "l1-2", nor of namespace "k8s.io-2".
+        assert!(!lease_resource_key("k8s.io", "l1-2", &LeaseResource::default()).starts_with(&prefix));
+        assert!(!lease_resource_key("k8s.io-2", "l1", &LeaseResource::default()).starts_with("k8s.io/"));
     }
 }

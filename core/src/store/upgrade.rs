@@ -5,14 +5,17 @@
 //! that records the new version, so an upgrade either happens completely or not at all. A store
 //! written by a newer berth is refused rather than misread.
 
+use heed::types::{Str, Unit};
 use heed::{CommitOrAbort, DatabaseOpener, Env, RwTxn, WithoutTls};
 
+use super::codec::Proto;
 use super::internal;
+use super::records::{Container, Lease, Namespace, Sandbox};
 use super::tables::{MetaTable, Tables, db_name, meta_key};
 use crate::error::{Error, Result};
 
 /// The schema version this binary reads and writes.
-pub const CURRENT_VERSION: u32 = 1;
+pub const CURRENT_VERSION: u32 = 2;
 
 type StepFn = for<'e> fn(&DatabaseOpener<'e, WithoutTls>, &mut RwTxn<'e>) -> heed::Result<()>;
 
@@ -23,12 +26,27 @@ struct Step {
     run: StepFn,
 }
 
-/// Every step, in order; step `n` upgrades version `n` to `n + 1`.
-const STEPS: &[Step] = &[Step { from: 0, what: "create tables", run: create_tables }];
+/// Every step, in order; step `n` upgrades version `n` to `n + 1`. A step is history: once
+/// released it never changes, since stores at its version exist. Each creates its tables by name
+/// rather than through [`Tables`], which always describes the current version.
+const STEPS: &[Step] = &[
+    Step { from: 0, what: "create tables", run: create_tables },
+    Step { from: 1, what: "create the lease tables", run: create_lease_tables },
+];
 
 /// 0→1: the first schema has the `namespaces`, `containers` and `sandboxes` tables.
 fn create_tables<'e>(opener: &DatabaseOpener<'e, WithoutTls>, wtxn: &mut RwTxn<'e>) -> heed::Result<()> {
-    Tables::create(opener, wtxn)
+    opener.create_database::<Str, Proto<Namespace>>(wtxn, Some(db_name::NAMESPACES))?;
+    opener.create_database::<Str, Proto<Container>>(wtxn, Some(db_name::CONTAINERS))?;
+    opener.create_database::<Str, Proto<Sandbox>>(wtxn, Some(db_name::SANDBOXES))?;
+    Ok(())
+}
+
+/// 1→2: leases (`leases`) and the resources they hold (`lease_resources`), both empty.
+fn create_lease_tables<'e>(opener: &DatabaseOpener<'e, WithoutTls>, wtxn: &mut RwTxn<'e>) -> heed::Result<()> {
+    opener.create_database::<Str, Proto<Lease>>(wtxn, Some(db_name::LEASES))?;
+    opener.create_database::<Str, Unit>(wtxn, Some(db_name::LEASE_RESOURCES))?;
+    Ok(())
 }
 
 /// Brings the store in `env` to [`CURRENT_VERSION`] and returns handles to its tables.
@@ -72,7 +90,6 @@ mod tests {
     use heed::EnvOpenOptions;
 
     use super::*;
-    use crate::store::records::Namespace;
     use crate::store::tables::NamespaceTable;
 
     fn raw_env(dir: &std::path::Path) -> Env<WithoutTls> {
@@ -138,12 +155,90 @@ mod tests {
         }
 
         let tables = open_and_upgrade(&env).unwrap();
-        assert_eq!(stored_version(&env, &tables), Some(1));
+        assert_eq!(stored_version(&env, &tables), Some(CURRENT_VERSION));
         let rtxn = env.read_txn().unwrap();
         assert_eq!(tables.namespaces.get(&rtxn, "old").unwrap().unwrap().labels["a"], "b");
         assert_eq!(namespaces.len(&rtxn).unwrap(), 1);
         assert!(tables.containers.is_empty(&rtxn).unwrap());
         assert!(tables.sandboxes.is_empty(&rtxn).unwrap());
+        assert!(tables.leases.is_empty(&rtxn).unwrap());
+        assert!(tables.lease_resources.is_empty(&rtxn).unwrap());
+    }
+
+    /// Writes what berth at schema version 1 left on disk: the `meta` table saying 1, the
+    /// `namespaces`, `containers` and `sandboxes` tables, and container `default/c1`.
+    fn write_version_1_store(dir: &std::path::Path) -> Container {
+        let env = raw_env(dir);
+        let c = Container {
+            id: "c1".into(),
+            runtime: Some(crate::store::Runtime { name: "io.containerd.runc.v2".into(), options: None }),
+            spec: Some(prost_types::Any { type_url: "spec".into(), value: b"{}".to_vec() }),
+            labels: [("k".into(), "v".into())].into(),
+            ..Default::default()
+        };
+        let wtxn = env.write_txn().unwrap();
+        let stored = c.clone();
+        env.create_databases_and_commit(wtxn, move |opener, wtxn| {
+            let meta: MetaTable = opener.create_database(wtxn, Some(db_name::META))?;
+            meta.put(wtxn, meta_key::SCHEMA_VERSION, &1)?;
+            let namespaces = opener.create_database::<Str, Proto<Namespace>>(wtxn, Some(db_name::NAMESPACES))?;
+            namespaces.put(wtxn, "default", &Namespace { name: "default".into(), labels: Default::default() })?;
+            let containers = opener.create_database::<Str, Proto<Container>>(wtxn, Some(db_name::CONTAINERS))?;
+            containers.put(wtxn, "default/c1", &stored)?;
+            opener.create_database::<Str, Proto<Sandbox>>(wtxn, Some(db_name::SANDBOXES))?;
+            Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(()))
+        })
+        .unwrap()
+        .unwrap_commit();
+        let rtxn = env.read_txn().unwrap();
+        let leases = env
+            .open_databases_and_commit(rtxn, |opener, rtxn| {
+                opener
+                    .open_database::<Str, Proto<Lease>>(rtxn, Some(db_name::LEASES))
+                    .map(CommitOrAbort::<_, ()>::Commit)
+            })
+            .unwrap()
+            .unwrap_commit();
+        assert!(leases.is_none(), "a version-1 store has no lease tables");
+        c
+    }
+
+    #[test]
+    fn version_1_store_gets_the_lease_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let container = write_version_1_store(dir.path());
+        let env = raw_env(dir.path());
+        let tables = open_and_upgrade(&env).unwrap();
+        assert_eq!(stored_version(&env, &tables), Some(2));
+        let rtxn = env.read_txn().unwrap();
+        assert_eq!(tables.containers.get(&rtxn, "default/c1").unwrap(), Some(container));
+        assert_eq!(tables.namespaces.len(&rtxn).unwrap(), 1);
+        assert!(tables.leases.is_empty(&rtxn).unwrap());
+        assert!(tables.lease_resources.is_empty(&rtxn).unwrap());
+    }
+
+    #[tokio::test]
+    async fn version_1_store_opens_upgraded_and_keeps_its_container() {
+        use crate::store::{LeaseResource, MetadataStore, StoreOptions};
+
+        let dir = tempfile::tempdir().unwrap();
+        let container = write_version_1_store(dir.path());
+        let store = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.get_container("default", "c1").unwrap(), container);
+        assert!(store.list_leases("default", &|_| true).unwrap().is_empty());
+        let lease = Lease { id: "l1".into(), ..Default::default() };
+        store.create_lease("default", lease).await.unwrap();
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let r = LeaseResource { id: digest, kind: "content".into() };
+        store.add_lease_resource("default", "l1", r.clone()).await.unwrap();
+        store.close();
+
+        // Reopened, it is version 2 already and nothing is upgraded again.
+        let store = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.list_lease_resources("default", "l1").unwrap(), [r]);
+        assert_eq!(store.get_container("default", "c1").unwrap(), container);
     }
 
     #[test]
@@ -158,7 +253,7 @@ mod tests {
         let err = open_and_upgrade(&env).unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("schema version 99") && msg.contains("version 1"), "{msg}");
+        assert!(msg.contains("schema version 99") && msg.contains("version 2,"), "{msg}");
         assert_eq!(stored_version(&env, &tables), Some(99));
     }
 }
