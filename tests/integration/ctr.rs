@@ -34,7 +34,7 @@ fn ctr_containers_create_ls_info_label_rm() {
     let daemon = Daemon::start();
     let rootfs = rootfs(&daemon);
     let rootfs = rootfs.to_str().unwrap();
-    daemon.ctr_ok(&["containers", "create", "--rootfs", rootfs, "--label", "app=web", "c1", "/bin/sh"]);
+    daemon.ctr_ok(&["containers", "create", "--rootfs", "--label", "app=web", rootfs, "c1", "/bin/sh"]);
     daemon.ctr_ok(&["-n", "other", "containers", "create", "--rootfs", rootfs, "c2", "/bin/true"]);
 
     let ls = daemon.ctr_ok(&["containers", "ls"]);
@@ -54,9 +54,12 @@ fn ctr_containers_create_ls_info_label_rm() {
     assert_eq!(json["Spec"]["root"]["path"], rootfs, "{info}");
     assert_eq!(json["Spec"]["process"]["args"][0], "/bin/sh");
 
-    daemon.ctr_ok(&["containers", "label", "c1", "tier=front"]);
-    let labels = daemon.ctr_ok(&["containers", "label", "c1"]);
+    let labels = daemon.ctr_ok(&["containers", "label", "c1", "tier=front"]);
     assert!(labels.contains("tier=front") && labels.contains("app=web"), "{labels}");
+    // `key=` removes a label, as in containerd.
+    daemon.ctr_ok(&["containers", "label", "c1", "tier="]);
+    let info: serde_json::Value = serde_json::from_str(&daemon.ctr_ok(&["containers", "info", "c1"])).unwrap();
+    assert_eq!(info["Labels"], serde_json::json!({"app": "web"}));
 
     let dup = fails(daemon.ctr(&["containers", "create", "--rootfs", rootfs, "c1", "/bin/sh"]), "duplicate container");
     assert!(dup.contains("already exists"), "{dup}");

@@ -21,7 +21,7 @@ impl MetadataStore {
         c.updated_at = Some(created);
         let ns = ns.to_owned();
         self.write(move |txn, tables| {
-            objects::insert(txn, tables, &ns, &c)?;
+            objects::insert(txn, tables, &ns, &mut c)?;
             Ok(c)
         })
         .await
@@ -51,7 +51,7 @@ impl MetadataStore {
             apply_update(&mut stored, &c, &paths)?;
             validate(&stored)?;
             stored.updated_at = Some(now());
-            objects::put(txn, tables, &ns, &stored)?;
+            objects::put(txn, tables, &ns, &mut stored)?;
             Ok(stored)
         })
         .await

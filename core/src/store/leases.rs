@@ -32,6 +32,9 @@ impl Object for Lease {
     fn set_id(&mut self, id: &str) {
         id.clone_into(&mut self.id);
     }
+    fn labels_mut(&mut self) -> &mut std::collections::BTreeMap<String, String> {
+        &mut self.labels
+    }
 }
 
 impl MetadataStore {
@@ -44,7 +47,7 @@ impl MetadataStore {
         lease.created_at = Some(now());
         let ns = ns.to_owned();
         self.write(move |txn, tables| {
-            objects::insert(txn, tables, &ns, &lease)?;
+            objects::insert(txn, tables, &ns, &mut lease)?;
             Ok(lease)
         })
         .await

@@ -12,13 +12,13 @@ use crate::ident;
 
 impl MetadataStore {
     /// Creates a namespace; AlreadyExists if it exists.
-    pub async fn create_namespace(&self, ns: Namespace) -> Result<Namespace> {
+    pub async fn create_namespace(&self, mut ns: Namespace) -> Result<Namespace> {
         validate(&ns)?;
         self.write(move |txn, tables| {
             if exists(txn, tables, &ns.name)? {
                 return Err(Error::AlreadyExists(format!("namespace \"{}\"", ns.name)));
             }
-            put(txn, tables, &ns)?;
+            put(txn, tables, &mut ns)?;
             Ok(ns)
         })
         .await
@@ -71,7 +71,7 @@ impl MetadataStore {
                 }
             }
             validate(&stored)?;
-            put(txn, tables, &stored)?;
+            put(txn, tables, &mut stored)?;
             Ok(stored)
         })
         .await
@@ -117,7 +117,7 @@ impl MetadataStore {
 /// created in a namespace nobody created, as with containerd.
 pub(super) fn ensure(txn: &mut RwTxn<'_>, tables: &Tables<'static>, name: &str) -> Result<()> {
     if !exists(txn, tables, name)? {
-        put(txn, tables, &Namespace { name: name.to_owned(), labels: Default::default() })?;
+        put(txn, tables, &mut Namespace { name: name.to_owned(), labels: Default::default() })?;
     }
     Ok(())
 }
@@ -127,7 +127,8 @@ fn exists(txn: &RwTxn<'_>, tables: &Tables<'static>, name: &str) -> Result<bool>
     Ok(found.map_err(internal(format_args!("reading namespace \"{name}\"")))?.is_some())
 }
 
-fn put(txn: &mut RwTxn<'_>, tables: &Tables<'static>, ns: &Namespace) -> Result<()> {
+fn put(txn: &mut RwTxn<'_>, tables: &Tables<'static>, ns: &mut Namespace) -> Result<()> {
+    super::paths::drop_empty_labels(&mut ns.labels);
     let name = &ns.name;
     tables.namespaces.put(txn, name, ns).map_err(internal(format_args!("writing namespace \"{name}\"")))
 }
@@ -270,5 +271,27 @@ mod tests {
         store.delete_lease("leased", "l").await.unwrap();
         store.delete_namespace("leased").await.unwrap();
         assert!(store.list_namespaces().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn empty_label_values_are_not_stored() {
+        let (_dir, store) = open_temp();
+        let created = store.create_namespace(ns("n", &[("a", "1"), ("gone", "")])).await.unwrap();
+        assert_eq!(created, ns("n", &[("a", "1")]));
+        let updated = store.update_namespace(ns("n", &[("a", "")]), vec!["labels.a".into()]).await.unwrap();
+        assert!(updated.labels.is_empty());
+        assert!(store.get_namespace("n").unwrap().labels.is_empty());
+
+        let c = Container {
+            id: "c".into(),
+            runtime: runtime("rt"),
+            spec: Some(any("spec", b"")),
+            labels: labels(&[("k", "v"), ("e", "")]),
+            ..Default::default()
+        };
+        assert_eq!(store.create_container("n", c.clone()).await.unwrap().labels, labels(&[("k", "v")]));
+        let c = Container { labels: labels(&[("k", "")]), ..c };
+        assert!(store.update_container("n", c, vec!["labels.k".into()]).await.unwrap().labels.is_empty());
+        assert!(store.get_container("n", "c").unwrap().labels.is_empty());
     }
 }

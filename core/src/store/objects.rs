@@ -17,6 +17,7 @@ pub trait Object: prost::Message + Default + Send + 'static {
     fn table(tables: &Tables<'static>) -> Database<'static, Str, Proto<Self>>;
     fn id(&self) -> &str;
     fn set_id(&mut self, id: &str);
+    fn labels_mut(&mut self) -> &mut std::collections::BTreeMap<String, String>;
 }
 
 impl Object for Container {
@@ -30,6 +31,9 @@ impl Object for Container {
     fn set_id(&mut self, id: &str) {
         id.clone_into(&mut self.id);
     }
+    fn labels_mut(&mut self) -> &mut std::collections::BTreeMap<String, String> {
+        &mut self.labels
+    }
 }
 
 impl Object for Sandbox {
@@ -42,6 +46,9 @@ impl Object for Sandbox {
     }
     fn set_id(&mut self, id: &str) {
         id.clone_into(&mut self.id);
+    }
+    fn labels_mut(&mut self) -> &mut std::collections::BTreeMap<String, String> {
+        &mut self.labels
     }
 }
 
@@ -96,7 +103,7 @@ impl MetadataStore {
 }
 
 /// Stores a new object, creating its namespace if needed; AlreadyExists if the id is taken.
-pub fn insert<O: Object>(txn: &mut RwTxn<'_>, tables: &Tables<'static>, ns: &str, object: &O) -> Result<()> {
+pub fn insert<O: Object>(txn: &mut RwTxn<'_>, tables: &Tables<'static>, ns: &str, object: &mut O) -> Result<()> {
     let (id, table) = (object.id(), O::table(tables));
     let key = object_key(ns, id);
     let found = table.remap_data_type::<DecodeIgnore>().get(txn, &key);
@@ -117,8 +124,9 @@ pub fn load<O: Object>(txn: &RwTxn<'_>, tables: &Tables<'static>, ns: &str, id: 
     Ok(object)
 }
 
-/// Writes `object` under its key, replacing what was there.
-pub fn put<O: Object>(txn: &mut RwTxn<'_>, tables: &Tables<'static>, ns: &str, object: &O) -> Result<()> {
+/// Writes `object` under its key, replacing what was there; labels set to "" are dropped.
+pub fn put<O: Object>(txn: &mut RwTxn<'_>, tables: &Tables<'static>, ns: &str, object: &mut O) -> Result<()> {
+    super::paths::drop_empty_labels(object.labels_mut());
     let id = object.id();
     O::table(tables)
         .put(txn, &object_key(ns, id), object)

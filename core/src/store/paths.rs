@@ -22,6 +22,12 @@ pub fn copy_key<V: Clone>(into: &mut BTreeMap<String, V>, from: &BTreeMap<String
     }
 }
 
+/// containerd never stores a label with an empty value (its bolt writer skips them), so setting
+/// a label to "" removes it: `ctr namespaces label ns key=` deletes `key`.
+pub fn drop_empty_labels(labels: &mut BTreeMap<String, String>) {
+    labels.retain(|_, value| !value.is_empty());
+}
+
 /// The error for a path the object does not have (or that may not be changed).
 pub fn cannot_update(path: &str, kind: &str, name: &str) -> Error {
     Error::InvalidArgument(format!("cannot update \"{path}\" field on {kind} \"{name}\""))

@@ -22,7 +22,7 @@ impl MetadataStore {
         sb.updated_at = Some(created);
         let ns = ns.to_owned();
         self.write(move |txn, tables| {
-            objects::insert(txn, tables, &ns, &sb)?;
+            objects::insert(txn, tables, &ns, &mut sb)?;
             Ok(sb)
         })
         .await
@@ -52,7 +52,7 @@ impl MetadataStore {
             apply_update(&mut stored, &sb, &paths)?;
             validate(&stored)?;
             stored.updated_at = Some(now());
-            objects::put(txn, tables, &ns, &stored)?;
+            objects::put(txn, tables, &ns, &mut stored)?;
             Ok(stored)
         })
         .await
