@@ -20,7 +20,10 @@ pub struct LmdbConfig {
 
 impl Default for LmdbConfig {
     fn default() -> Self {
-        Self { map_size_mib: NonZeroUsize::new(1024).expect("nonzero"), max_batch: NonZeroUsize::new(256).expect("nonzero") }
+        Self {
+            map_size_mib: NonZeroUsize::new(1024).expect("nonzero"),
+            max_batch: NonZeroUsize::new(256).expect("nonzero"),
+        }
     }
 }
 

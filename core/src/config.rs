@@ -242,7 +242,10 @@ impl Config {
             source.error(&path.iter().map(|s| s.to_string()).collect::<Vec<_>>(), None, message)
         };
         if self.version != CONFIG_VERSION {
-            return Err(at(&["version"], format!("unsupported config version {} (this berthd reads version {CONFIG_VERSION})", self.version)));
+            return Err(at(
+                &["version"],
+                format!("unsupported config version {} (this berthd reads version {CONFIG_VERSION})", self.version),
+            ));
         }
         for (key, path) in [("root", &self.root), ("state", &self.state)] {
             if !path.is_absolute() {
@@ -252,30 +255,42 @@ impl Config {
         if !self.grpc.address.is_absolute() {
             return Err(at(
                 &["grpc", "address"],
-                format!("must be the absolute path of a unix socket, got {:?}", self.grpc.address.display().to_string()),
+                format!(
+                    "must be the absolute path of a unix socket, got {:?}",
+                    self.grpc.address.display().to_string()
+                ),
             ));
         }
         if self.grpc.address.as_os_str().len() > 107 {
-            return Err(at(&["grpc", "address"], "unix socket path is longer than the 107 bytes the kernel allows".into()));
+            return Err(at(
+                &["grpc", "address"],
+                "unix socket path is longer than the 107 bytes the kernel allows".into(),
+            ));
         }
         if let Err(e) = tracing_filter_check(&self.log_level) {
             return Err(at(&["log_level"], e));
         }
-        for (list_name, list) in [("disabled_plugins", &self.disabled_plugins), ("required_plugins", &self.required_plugins)] {
+        for (list_name, list) in
+            [("disabled_plugins", &self.disabled_plugins), ("required_plugins", &self.required_plugins)]
+        {
             for (i, entry) in list.iter().enumerate() {
                 let path = [list_name.to_string(), i.to_string()];
                 let id: PluginId = entry.parse().map_err(|e: String| source.error(&path[..1], None, e))?;
                 if registry.get(&id).is_none() {
-                    return Err(source.error(&path[..1], None, format!("no plugin {id} is registered (known: {})", known_ids(registry))));
+                    return Err(source.error(
+                        &path[..1],
+                        None,
+                        format!("no plugin {id} is registered (known: {})", known_ids(registry)),
+                    ));
                 }
             }
         }
         for (name, table) in &self.plugins {
             let path = vec!["plugins".to_string(), name.clone()];
             let id: PluginId = name.parse().map_err(|e: String| source.error(&path, None, e))?;
-            let registration = registry
-                .get(&id)
-                .ok_or_else(|| source.error(&path, None, format!("no plugin {id} is registered (known: {})", known_ids(registry))))?;
+            let registration = registry.get(&id).ok_or_else(|| {
+                source.error(&path, None, format!("no plugin {id} is registered (known: {})", known_ids(registry)))
+            })?;
             if !table.is_table() {
                 return Err(source.error(&path, None, format!("must be a table, got a {}", table.type_str())));
             }

@@ -53,7 +53,9 @@ fn ensure_dir(dir: &Path, mode: u32) -> Result<(), DaemonError> {
 /// Prepares the socket path: its directory must exist and not be writable by others (someone
 /// could swap the socket), and a socket left by a dead berthd is removed, a live one refused.
 fn prepare_socket(path: &Path) -> Result<(), DaemonError> {
-    let dir = path.parent().ok_or_else(|| DaemonError::Refused(format!("socket path {} has no directory", path.display())))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| DaemonError::Refused(format!("socket path {} has no directory", path.display())))?;
     ensure_dir(dir, 0o711)?;
     let meta = std::fs::metadata(dir).map_err(io(format!("checking {}", dir.display())))?;
     if meta.mode() & 0o002 != 0 {
@@ -91,7 +93,7 @@ fn bind_socket(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<UnixLi
 
 /// Waits for SIGTERM or SIGINT.
 async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
     tokio::select! {

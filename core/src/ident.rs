@@ -69,10 +69,7 @@ mod tests {
     #[test]
     fn rejects_bad_identifiers() {
         for id in ["", "-a", "a-", "a..b", "a/b", "a b", "ä", ".", "a_-b", &"x".repeat(77)] {
-            assert!(
-                matches!(validate(id), Err(Error::InvalidArgument(_))),
-                "{id:?} accepted"
-            );
+            assert!(matches!(validate(id), Err(Error::InvalidArgument(_))), "{id:?} accepted");
         }
     }
 

@@ -72,10 +72,9 @@ impl fmt::Display for PluginKind {
 impl FromStr for PluginKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown plugin kind {s:?} (expected one of store, snapshot, runtime, monitor, service)"))
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            format!("unknown plugin kind {s:?} (expected one of store, snapshot, runtime, monitor, service)")
+        })
     }
 }
 

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
-use crate::plugin::{InitError, Instance, PluginDirs, PluginId, PluginKind, Registration, Requirement, SharedPluginTable};
+use crate::plugin::{
+    InitError, Instance, PluginDirs, PluginId, PluginKind, Registration, Requirement, SharedPluginTable,
+};
 
 /// Why the registry could not start berthd.
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +81,9 @@ impl InitContext {
 
     /// This plugin's typed config (the type given to [`Registration::new`]).
     pub fn config<C: Any + Send + Sync>(&self) -> Arc<C> {
-        Arc::clone(&self.config)
-            .downcast::<C>()
-            .unwrap_or_else(|_| panic!("plugin {}: config requested with a type other than its registration's", self.id))
+        Arc::clone(&self.config).downcast::<C>().unwrap_or_else(|_| {
+            panic!("plugin {}: config requested with a type other than its registration's", self.id)
+        })
     }
 
     /// This plugin's directories (not created: create them if you need them).
@@ -175,8 +177,11 @@ impl Registry {
         let mut order = Vec::with_capacity(ids.len());
         let mut done: BTreeSet<&PluginId> = BTreeSet::new();
         while done.len() < ids.len() {
-            let ready: Vec<&PluginId> =
-                ids.iter().copied().filter(|id| !done.contains(id) && deps[id].iter().all(|d| done.contains(d))).collect();
+            let ready: Vec<&PluginId> = ids
+                .iter()
+                .copied()
+                .filter(|id| !done.contains(id) && deps[id].iter().all(|d| done.contains(d)))
+                .collect();
             if ready.is_empty() {
                 let remaining: BTreeSet<&PluginId> = ids.iter().copied().filter(|id| !done.contains(id)).collect();
                 return Err(RegistryError::Cycle(find_cycle(&remaining, &deps)));
@@ -277,7 +282,8 @@ impl Registry {
                 return Err(InitError::Failed(format!("requires plugin {dep}, but {why}")));
             }
         }
-        let table_value = config.plugins.get(&id.to_string()).cloned().unwrap_or_else(|| toml::Value::Table(Default::default()));
+        let table_value =
+            config.plugins.get(&id.to_string()).cloned().unwrap_or_else(|| toml::Value::Table(Default::default()));
         // Config was validated at load time; a failure here means the registration changed since.
         let plugin_config = (registration.parse_config)(table_value)
             .map_err(|e| InitError::Failed(format!("invalid config at {}: {}", e.path(), e.inner().message())))?;
@@ -304,7 +310,8 @@ fn find_cycle(remaining: &BTreeSet<&PluginId>, deps: &HashMap<&PluginId, BTreeSe
     let mut path = vec![start];
     let mut current = start;
     loop {
-        let next = *deps[current].iter().find(|d| remaining.contains(*d)).expect("every remaining plugin waits on another");
+        let next =
+            *deps[current].iter().find(|d| remaining.contains(*d)).expect("every remaining plugin waits on another");
         if let Some(pos) = path.iter().position(|p| *p == next) {
             let mut cycle: Vec<PluginId> = path[pos..].iter().map(|p| (*p).clone()).collect();
             cycle.push(next.clone());
@@ -362,7 +369,9 @@ mod tests {
     }
 
     fn skipping(kind: PluginKind, name: &'static str) -> Registration {
-        Registration::new::<NoConfig, _, _>(kind, name, |_| async { Err(InitError::Skip("no such kernel feature".into())) })
+        Registration::new::<NoConfig, _, _>(kind, name, |_| async {
+            Err(InitError::Skip("no such kernel feature".into()))
+        })
     }
 
     fn id(s: &str) -> PluginId {
@@ -371,7 +380,11 @@ mod tests {
 
     fn test_plugins() -> Vec<Registration> {
         vec![
-            plugin(PluginKind::Service, "api", &[Requirement::Kind(PluginKind::Snapshot), Requirement::Plugin(id("store.db"))]),
+            plugin(
+                PluginKind::Service,
+                "api",
+                &[Requirement::Kind(PluginKind::Snapshot), Requirement::Plugin(id("store.db"))],
+            ),
             plugin(PluginKind::Snapshot, "b", &[Requirement::Plugin(id("store.db"))]),
             plugin(PluginKind::Snapshot, "a", &[]),
             skipping(PluginKind::Snapshot, "exotic"),
@@ -390,7 +403,8 @@ mod tests {
 
     #[test]
     fn orders_by_requirements_then_kind_and_name() {
-        let order: Vec<String> = registry_of(test_plugins()).init_order().unwrap().iter().map(ToString::to_string).collect();
+        let order: Vec<String> =
+            registry_of(test_plugins()).init_order().unwrap().iter().map(ToString::to_string).collect();
         let pos = |s: &str| order.iter().position(|o| o == s).unwrap();
         assert!(pos("store.db") < pos("snapshot.b"));
         for snapshot in ["snapshot.a", "snapshot.b", "snapshot.exotic"] {
@@ -436,7 +450,10 @@ mod tests {
         let started = registry.start(config(&["snapshot.a"], &[])).await.unwrap();
         assert_eq!(state(&started, "store.db"), PluginState::Loaded);
         assert_eq!(*started.get::<&str>(&id("store.db")).unwrap(), "db");
-        assert_eq!(state(&started, "snapshot.a"), PluginState::Skipped("disabled by disabled_plugins in the config".into()));
+        assert_eq!(
+            state(&started, "snapshot.a"),
+            PluginState::Skipped("disabled by disabled_plugins in the config".into())
+        );
         assert_eq!(state(&started, "snapshot.exotic"), PluginState::Skipped("no such kernel feature".into()));
         assert_eq!(
             state(&started, "runtime.needs-exotic"),

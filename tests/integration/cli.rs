@@ -14,7 +14,8 @@ fn berth_version_namespaces_and_plugins() {
     let row = ls.lines().find(|l| l.starts_with("dev")).unwrap_or_else(|| panic!("{ls}"));
     assert!(row.contains("owner=bob") && row.contains("tier=gold"), "{row}");
     daemon.berth_ok(&["namespaces", "label", "dev", "tier="]);
-    let json: serde_json::Value = serde_json::from_str(&daemon.berth_ok(&["--format", "json", "namespaces", "ls"])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&daemon.berth_ok(&["--format", "json", "namespaces", "ls"])).unwrap();
     let dev = json.as_array().unwrap().iter().find(|n| n["name"] == "dev").unwrap();
     assert_eq!(dev["labels"], serde_json::json!({"owner": "bob"}));
 
@@ -33,17 +34,32 @@ fn berth_version_namespaces_and_plugins() {
 fn berth_containers_made_by_ctr() {
     let daemon = Daemon::start();
     let rootfs = rootfs(&daemon);
-    daemon.ctr_ok(&["-n", "ns1", "containers", "create", "--rootfs", "--label", "app=web", rootfs.to_str().unwrap(), "web", "/bin/sh"]);
+    daemon.ctr_ok(&[
+        "-n",
+        "ns1",
+        "containers",
+        "create",
+        "--rootfs",
+        "--label",
+        "app=web",
+        rootfs.to_str().unwrap(),
+        "web",
+        "/bin/sh",
+    ]);
     let ls = daemon.berth_ok(&["-n", "ns1", "containers", "ls"]);
     assert!(ls.lines().any(|l| l.starts_with("web") && l.contains("io.containerd.runc.v2")), "{ls}");
-    assert!(daemon.berth_ok(&["-n", "ns1", "containers", "ls", "labels.app==db"]).lines().all(|l| !l.starts_with("web")));
+    assert!(
+        daemon.berth_ok(&["-n", "ns1", "containers", "ls", "labels.app==db"]).lines().all(|l| !l.starts_with("web"))
+    );
 
-    let info: serde_json::Value = serde_json::from_str(&daemon.berth_ok(&["-n", "ns1", "containers", "info", "web"])).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&daemon.berth_ok(&["-n", "ns1", "containers", "info", "web"])).unwrap();
     assert_eq!(info["id"], "web");
     assert_eq!(info["labels"]["app"], "web");
 
     daemon.berth_ok(&["-n", "ns1", "containers", "label", "web", "tier=front"]);
-    let info: serde_json::Value = serde_json::from_str(&daemon.ctr_ok(&["-n", "ns1", "containers", "info", "web"])).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&daemon.ctr_ok(&["-n", "ns1", "containers", "info", "web"])).unwrap();
     assert_eq!(info["Labels"]["tier"], "front");
 
     // BERTH_NAMESPACE picks the namespace when -n is not given.
@@ -62,7 +78,8 @@ fn berth_containers_made_by_ctr() {
 
 #[test]
 fn berth_reports_an_unreachable_daemon() {
-    let out = std::process::Command::new(BERTH).args(["--address", "/nonexistent/berth.sock", "version"]).output().unwrap();
+    let out =
+        std::process::Command::new(BERTH).args(["--address", "/nonexistent/berth.sock", "version"]).output().unwrap();
     let err = fails(out, "berth against no daemon");
     assert!(err.contains("/nonexistent/berth.sock"), "{err}");
 }

@@ -28,18 +28,62 @@ fn bad_configs_name_file_line_column_and_key() {
     let default = include_str!("../../config.toml");
     let cases: &[(&str, String, &str)] = &[
         ("malformed TOML", "version = 1\nroot = \"/x\nstate = 2\n".into(), "FILE:2:"),
-        ("unknown top-level key", default.replace("log_level = \"info\"", "log_level = \"info\"\nlog_levle = \"debug\""), "key log_levle: unknown field"),
-        ("wrong type", default.replace("shutdown_timeout_secs = 10", "shutdown_timeout_secs = \"ten\""), "key shutdown_timeout_secs: invalid type"),
-        ("bad value", default.replace("log_level = \"info\"", "log_level = \"loud\""), "key log_level: \"loud\" is not a log level"),
-        ("relative socket", default.replace("address = \"/run/berth/berth.sock\"", "address = \"berth.sock\""), "key grpc.address: must be the absolute path"),
+        (
+            "unknown top-level key",
+            default.replace("log_level = \"info\"", "log_level = \"info\"\nlog_levle = \"debug\""),
+            "key log_levle: unknown field",
+        ),
+        (
+            "wrong type",
+            default.replace("shutdown_timeout_secs = 10", "shutdown_timeout_secs = \"ten\""),
+            "key shutdown_timeout_secs: invalid type",
+        ),
+        (
+            "bad value",
+            default.replace("log_level = \"info\"", "log_level = \"loud\""),
+            "key log_level: \"loud\" is not a log level",
+        ),
+        (
+            "relative socket",
+            default.replace("address = \"/run/berth/berth.sock\"", "address = \"berth.sock\""),
+            "key grpc.address: must be the absolute path",
+        ),
         ("unknown grpc key", default.replace("[grpc]", "[grpc]\nport = 1"), "key grpc.port: unknown field"),
-        ("unknown plugin", format!("{default}\n[plugins.\"snapshot.nosuch\"]\n"), "key plugins.\"snapshot.nosuch\": no plugin snapshot.nosuch is registered"),
-        ("unknown plugin key", default.replace("max_batch = 256", "max_batch = 256\nmax_bathc = 1"), "key plugins.\"store.lmdb\".max_bathc: unknown field"),
-        ("plugin value wrong type", default.replace("max_batch = 256", "max_batch = \"many\""), "key plugins.\"store.lmdb\".max_batch: invalid type"),
-        ("plugin bad value", default.replace("max_batch = 256", "max_batch = 0"), "key plugins.\"store.lmdb\".max_batch"),
-        ("bad plugin id in list", default.replace("disabled_plugins = []", "disabled_plugins = [\"nodots\"]"), "key disabled_plugins"),
-        ("unknown required plugin", default.replace("required_plugins = [\"store.lmdb\"]", "required_plugins = [\"runtime.nosuch\"]"), "no plugin runtime.nosuch is registered"),
-        ("unsupported version", default.replace("version = 1", "version = 7"), "key version: unsupported config version 7"),
+        (
+            "unknown plugin",
+            format!("{default}\n[plugins.\"snapshot.nosuch\"]\n"),
+            "key plugins.\"snapshot.nosuch\": no plugin snapshot.nosuch is registered",
+        ),
+        (
+            "unknown plugin key",
+            default.replace("max_batch = 256", "max_batch = 256\nmax_bathc = 1"),
+            "key plugins.\"store.lmdb\".max_bathc: unknown field",
+        ),
+        (
+            "plugin value wrong type",
+            default.replace("max_batch = 256", "max_batch = \"many\""),
+            "key plugins.\"store.lmdb\".max_batch: invalid type",
+        ),
+        (
+            "plugin bad value",
+            default.replace("max_batch = 256", "max_batch = 0"),
+            "key plugins.\"store.lmdb\".max_batch",
+        ),
+        (
+            "bad plugin id in list",
+            default.replace("disabled_plugins = []", "disabled_plugins = [\"nodots\"]"),
+            "key disabled_plugins",
+        ),
+        (
+            "unknown required plugin",
+            default.replace("required_plugins = [\"store.lmdb\"]", "required_plugins = [\"runtime.nosuch\"]"),
+            "no plugin runtime.nosuch is registered",
+        ),
+        (
+            "unsupported version",
+            default.replace("version = 1", "version = 7"),
+            "key version: unsupported config version 7",
+        ),
     ];
     for (what, text, expected) in cases {
         let (passed, stderr) = check(text);

@@ -65,7 +65,9 @@ async fn namespaces_crud() {
         .into_inner();
     assert_eq!(created.namespace.unwrap().labels, labels);
 
-    let dup = ns.create(CreateNamespaceRequest { namespace: Some(Namespace { name: "web".into(), labels: HashMap::new() }) }).await;
+    let dup = ns
+        .create(CreateNamespaceRequest { namespace: Some(Namespace { name: "web".into(), labels: HashMap::new() }) })
+        .await;
     let status = dup.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     assert!(status.message().contains("web"), "{}", status.message());
@@ -83,7 +85,10 @@ async fn namespaces_crud() {
     assert_eq!(updated.labels.get("tier").map(String::as_str), Some("front"));
 
     let bad = ns
-        .update(UpdateNamespaceRequest { namespace: Some(Namespace { name: "web".into(), labels: HashMap::new() }), update_mask: mask(&["name"]) })
+        .update(UpdateNamespaceRequest {
+            namespace: Some(Namespace { name: "web".into(), labels: HashMap::new() }),
+            update_mask: mask(&["name"]),
+        })
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
@@ -96,12 +101,20 @@ async fn namespaces_crud() {
 
     let missing = ns.get(GetNamespaceRequest { name: "nope".into() }).await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
-    let invalid = ns.create(CreateNamespaceRequest { namespace: Some(Namespace { name: "bad/name".into(), labels: HashMap::new() }) }).await.unwrap_err();
+    let invalid = ns
+        .create(CreateNamespaceRequest {
+            namespace: Some(Namespace { name: "bad/name".into(), labels: HashMap::new() }),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(invalid.code(), Code::InvalidArgument);
 
     // A namespace holding a container cannot be deleted.
     let mut containers = daemon.client().await.containers();
-    containers.create(ns_request("web", CreateContainerRequest { container: Some(container("c1", &[])) })).await.unwrap();
+    containers
+        .create(ns_request("web", CreateContainerRequest { container: Some(container("c1", &[])) }))
+        .await
+        .unwrap();
     let busy = ns.delete(DeleteNamespaceRequest { name: "web".into() }).await.unwrap_err();
     assert_eq!(busy.code(), Code::FailedPrecondition, "{busy:?}");
     assert!(busy.message().contains("containers"), "{}", busy.message());
@@ -114,8 +127,18 @@ async fn namespaces_crud() {
 async fn containers_crud_and_filters() {
     let daemon = Daemon::start();
     let mut c = daemon.client().await.containers();
-    for (id, labels) in [("web-1", &[("app", "web"), ("com.example.tier", "front")][..]), ("web-2", &[("app", "web")][..]), ("db", &[("app", "db")][..])] {
-        let created = c.create(ns_request("default", CreateContainerRequest { container: Some(container(id, labels)) })).await.unwrap().into_inner().container.unwrap();
+    for (id, labels) in [
+        ("web-1", &[("app", "web"), ("com.example.tier", "front")][..]),
+        ("web-2", &[("app", "web")][..]),
+        ("db", &[("app", "db")][..]),
+    ] {
+        let created = c
+            .create(ns_request("default", CreateContainerRequest { container: Some(container(id, labels)) }))
+            .await
+            .unwrap()
+            .into_inner()
+            .container
+            .unwrap();
         assert_eq!(created.id, id);
         assert!(created.created_at.is_some() && created.updated_at.is_some());
     }
@@ -124,18 +147,60 @@ async fn containers_crud_and_filters() {
     other.runtime = Some(Runtime { name: "io.containerd.berth.v1".into(), options: None });
     c.create(ns_request("other", CreateContainerRequest { container: Some(other) })).await.unwrap();
 
-    let got = c.get(ns_request("default", GetContainerRequest { id: "web-1".into() })).await.unwrap().into_inner().container.unwrap();
+    let got = c
+        .get(ns_request("default", GetContainerRequest { id: "web-1".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap();
     assert_eq!(got.labels["com.example.tier"], "front");
     assert_eq!(got.spec.unwrap().type_url, "types.containerd.io/opencontainers/runtime-spec/1/Spec");
 
     let ids = |list: Vec<Container>| list.into_iter().map(|c| c.id).collect::<Vec<_>>();
     let list = |filters: &[&str]| ListContainersRequest { filters: filters.iter().map(|f| f.to_string()).collect() };
-    assert_eq!(ids(c.list(ns_request("default", list(&[]))).await.unwrap().into_inner().containers), ["db", "web-1", "web-2"]);
-    assert_eq!(ids(c.list(ns_request("default", list(&["labels.app==web"]))).await.unwrap().into_inner().containers), ["web-1", "web-2"]);
-    assert_eq!(ids(c.list(ns_request("default", list(&["id==db", "id==web-2"]))).await.unwrap().into_inner().containers), ["db", "web-2"]);
-    assert_eq!(ids(c.list(ns_request("default", list(&[r#"labels."com.example.tier"==front"#]))).await.unwrap().into_inner().containers), ["web-1"]);
-    assert_eq!(ids(c.list(ns_request("other", list(&["image~=postgres", "runtime.name==io.containerd.berth.v1"]))).await.unwrap().into_inner().containers), ["db"]);
-    assert_eq!(ids(c.list(ns_request("other", list(&["image~=^docker.io/library/postgres,runtime.name==io.containerd.runc.v2"]))).await.unwrap().into_inner().containers), Vec::<String>::new());
+    assert_eq!(
+        ids(c.list(ns_request("default", list(&[]))).await.unwrap().into_inner().containers),
+        ["db", "web-1", "web-2"]
+    );
+    assert_eq!(
+        ids(c.list(ns_request("default", list(&["labels.app==web"]))).await.unwrap().into_inner().containers),
+        ["web-1", "web-2"]
+    );
+    assert_eq!(
+        ids(c.list(ns_request("default", list(&["id==db", "id==web-2"]))).await.unwrap().into_inner().containers),
+        ["db", "web-2"]
+    );
+    assert_eq!(
+        ids(c
+            .list(ns_request("default", list(&[r#"labels."com.example.tier"==front"#])))
+            .await
+            .unwrap()
+            .into_inner()
+            .containers),
+        ["web-1"]
+    );
+    assert_eq!(
+        ids(c
+            .list(ns_request("other", list(&["image~=postgres", "runtime.name==io.containerd.berth.v1"])))
+            .await
+            .unwrap()
+            .into_inner()
+            .containers),
+        ["db"]
+    );
+    assert_eq!(
+        ids(c
+            .list(ns_request(
+                "other",
+                list(&["image~=^docker.io/library/postgres,runtime.name==io.containerd.runc.v2"])
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .containers),
+        Vec::<String>::new()
+    );
     let bad_filter = c.list(ns_request("default", list(&["labels.app=="]))).await.unwrap_err();
     assert_eq!(bad_filter.code(), Code::InvalidArgument);
 
@@ -150,7 +215,10 @@ async fn containers_crud_and_filters() {
     let mut change = container("web-1", &[("app", "api")]);
     change.image = "ignored-because-not-in-mask".into();
     let updated = c
-        .update(ns_request("default", UpdateContainerRequest { container: Some(change), update_mask: mask(&["labels.app"]) }))
+        .update(ns_request(
+            "default",
+            UpdateContainerRequest { container: Some(change), update_mask: mask(&["labels.app"]) },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -162,19 +230,34 @@ async fn containers_crud_and_filters() {
     assert!(updated.updated_at.unwrap().seconds >= got.created_at.unwrap().seconds);
 
     let unknown_path = c
-        .update(ns_request("default", UpdateContainerRequest { container: Some(container("web-1", &[])), update_mask: mask(&["labels", "nosuchfield"]) }))
+        .update(ns_request(
+            "default",
+            UpdateContainerRequest {
+                container: Some(container("web-1", &[])),
+                update_mask: mask(&["labels", "nosuchfield"]),
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(unknown_path.code(), Code::InvalidArgument);
     assert!(unknown_path.message().contains("nosuchfield"), "{}", unknown_path.message());
-    let after = c.get(ns_request("default", GetContainerRequest { id: "web-1".into() })).await.unwrap().into_inner().container.unwrap();
+    let after = c
+        .get(ns_request("default", GetContainerRequest { id: "web-1".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap();
     assert_eq!(after.labels.len(), 2, "refused update wrote something: {:?}", after.labels);
 
     c.delete(ns_request("default", DeleteContainerRequest { id: "web-2".into() })).await.unwrap();
     let gone = c.get(ns_request("default", GetContainerRequest { id: "web-2".into() })).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     assert!(gone.message().contains("web-2"), "{}", gone.message());
-    assert_eq!(c.delete(ns_request("default", DeleteContainerRequest { id: "web-2".into() })).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        c.delete(ns_request("default", DeleteContainerRequest { id: "web-2".into() })).await.unwrap_err().code(),
+        Code::NotFound
+    );
 }
 
 #[tokio::test]
@@ -183,41 +266,75 @@ async fn container_bad_input_is_refused_and_nothing_written() {
     let mut c = daemon.client().await.containers();
 
     // No namespace at all.
-    let no_ns = c.create(Request::new(CreateContainerRequest { container: Some(container("a", &[])) })).await.unwrap_err();
+    let no_ns =
+        c.create(Request::new(CreateContainerRequest { container: Some(container("a", &[])) })).await.unwrap_err();
     assert_eq!(no_ns.code(), Code::FailedPrecondition, "{no_ns:?}");
     assert!(no_ns.message().contains("namespace"), "{}", no_ns.message());
-    let bad_ns = c.create(ns_request("-bad", CreateContainerRequest { container: Some(container("a", &[])) })).await.unwrap_err();
+    let bad_ns = c
+        .create(ns_request("-bad", CreateContainerRequest { container: Some(container("a", &[])) }))
+        .await
+        .unwrap_err();
     assert_eq!(bad_ns.code(), Code::InvalidArgument);
 
     for id in ["", "a..b", "with space", "-lead", &"x".repeat(77)] {
-        let err = c.create(ns_request("default", CreateContainerRequest { container: Some(container(id, &[])) })).await.unwrap_err();
+        let err = c
+            .create(ns_request("default", CreateContainerRequest { container: Some(container(id, &[])) }))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "id {id:?}: {err:?}");
     }
     let big = "v".repeat(5000);
-    let err = c.create(ns_request("default", CreateContainerRequest { container: Some(container("big", &[("k", &big)])) })).await.unwrap_err();
+    let err = c
+        .create(ns_request("default", CreateContainerRequest { container: Some(container("big", &[("k", &big)])) }))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("4096"), "{}", err.message());
 
     let mut no_runtime = container("nort", &[]);
     no_runtime.runtime = None;
-    let err = c.create(ns_request("default", CreateContainerRequest { container: Some(no_runtime) })).await.unwrap_err();
+    let err =
+        c.create(ns_request("default", CreateContainerRequest { container: Some(no_runtime) })).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("runtime"), "{}", err.message());
     let mut no_spec = container("nospec", &[]);
     no_spec.spec = None;
-    assert_eq!(c.create(ns_request("default", CreateContainerRequest { container: Some(no_spec) })).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(c.create(ns_request("default", CreateContainerRequest { container: None })).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        c.create(ns_request("default", CreateContainerRequest { container: Some(no_spec) })).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        c.create(ns_request("default", CreateContainerRequest { container: None })).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
 
     c.create(ns_request("default", CreateContainerRequest { container: Some(container("once", &[])) })).await.unwrap();
-    let dup = c.create(ns_request("default", CreateContainerRequest { container: Some(container("once", &[("x", "y")])) })).await.unwrap_err();
+    let dup = c
+        .create(ns_request("default", CreateContainerRequest { container: Some(container("once", &[("x", "y")])) }))
+        .await
+        .unwrap_err();
     assert_eq!(dup.code(), Code::AlreadyExists);
-    let kept = c.get(ns_request("default", GetContainerRequest { id: "once".into() })).await.unwrap().into_inner().container.unwrap();
+    let kept = c
+        .get(ns_request("default", GetContainerRequest { id: "once".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap();
     assert!(kept.labels.is_empty(), "duplicate create overwrote the record");
 
     let all = c.list(ns_request("default", ListContainersRequest::default())).await.unwrap().into_inner().containers;
     assert_eq!(all.into_iter().map(|c| c.id).collect::<Vec<_>>(), ["once"], "refused creates left records behind");
     // Refused creates in a fresh namespace must not leave the namespace behind either.
-    let namespaces = daemon.client().await.namespaces().list(ListNamespacesRequest::default()).await.unwrap().into_inner().namespaces;
+    let namespaces = daemon
+        .client()
+        .await
+        .namespaces()
+        .list(ListNamespacesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .namespaces;
     assert_eq!(namespaces.into_iter().map(|n| n.name).collect::<Vec<_>>(), ["default"]);
 }
 
@@ -227,26 +344,55 @@ async fn sandbox_store_crud() {
     let mut s = daemon.client().await.sandbox_store();
     let sandbox = |id: &str, labels: &[(&str, &str)]| Sandbox {
         sandbox_id: id.into(),
-        runtime: Some(containerd_client::types::sandbox::Runtime { name: "io.containerd.runc.v2".into(), options: None }),
+        runtime: Some(containerd_client::types::sandbox::Runtime {
+            name: "io.containerd.runc.v2".into(),
+            options: None,
+        }),
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         sandboxer: "podsandbox".into(),
         ..Default::default()
     };
-    let created = s.create(ns_request("k8s.io", StoreCreateRequest { sandbox: Some(sandbox("pod-1", &[("app", "web")])) })).await.unwrap().into_inner().sandbox.unwrap();
+    let created = s
+        .create(ns_request("k8s.io", StoreCreateRequest { sandbox: Some(sandbox("pod-1", &[("app", "web")])) }))
+        .await
+        .unwrap()
+        .into_inner()
+        .sandbox
+        .unwrap();
     assert!(created.created_at.is_some());
-    s.create(ns_request("k8s.io", StoreCreateRequest { sandbox: Some(sandbox("pod-2", &[("app", "db")])) })).await.unwrap();
-    let dup = s.create(ns_request("k8s.io", StoreCreateRequest { sandbox: Some(sandbox("pod-1", &[])) })).await.unwrap_err();
+    s.create(ns_request("k8s.io", StoreCreateRequest { sandbox: Some(sandbox("pod-2", &[("app", "db")])) }))
+        .await
+        .unwrap();
+    let dup =
+        s.create(ns_request("k8s.io", StoreCreateRequest { sandbox: Some(sandbox("pod-1", &[])) })).await.unwrap_err();
     assert_eq!(dup.code(), Code::AlreadyExists);
 
-    let got = s.get(ns_request("k8s.io", StoreGetRequest { sandbox_id: "pod-1".into() })).await.unwrap().into_inner().sandbox.unwrap();
+    let got = s
+        .get(ns_request("k8s.io", StoreGetRequest { sandbox_id: "pod-1".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .sandbox
+        .unwrap();
     assert_eq!(got.labels["app"], "web");
     assert_eq!(got.sandboxer, "podsandbox");
 
-    let list = s.list(ns_request("k8s.io", StoreListRequest { filters: vec!["labels.app==db".into()] })).await.unwrap().into_inner().list;
+    let list = s
+        .list(ns_request("k8s.io", StoreListRequest { filters: vec!["labels.app==db".into()] }))
+        .await
+        .unwrap()
+        .into_inner()
+        .list;
     assert_eq!(list.into_iter().map(|s| s.sandbox_id).collect::<Vec<_>>(), ["pod-2"]);
 
     let updated = s
-        .update(ns_request("k8s.io", StoreUpdateRequest { sandbox: Some(sandbox("pod-1", &[("app", "api")])), fields: vec!["labels.app".into()] }))
+        .update(ns_request(
+            "k8s.io",
+            StoreUpdateRequest {
+                sandbox: Some(sandbox("pod-1", &[("app", "api")])),
+                fields: vec!["labels.app".into()],
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -254,17 +400,30 @@ async fn sandbox_store_crud() {
         .unwrap();
     assert_eq!(updated.labels["app"], "api");
     let bad = s
-        .update(ns_request("k8s.io", StoreUpdateRequest { sandbox: Some(sandbox("pod-1", &[])), fields: vec!["bogus".into()] }))
+        .update(ns_request(
+            "k8s.io",
+            StoreUpdateRequest { sandbox: Some(sandbox("pod-1", &[])), fields: vec!["bogus".into()] },
+        ))
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 
-    let ns = daemon.client().await.namespaces().delete(DeleteNamespaceRequest { name: "k8s.io".into() }).await.unwrap_err();
+    let ns =
+        daemon.client().await.namespaces().delete(DeleteNamespaceRequest { name: "k8s.io".into() }).await.unwrap_err();
     assert_eq!(ns.code(), Code::FailedPrecondition);
     assert!(ns.message().contains("sandboxes"), "{}", ns.message());
 
     s.delete(ns_request("k8s.io", StoreDeleteRequest { sandbox_id: "pod-1".into() })).await.unwrap();
-    assert_eq!(s.get(ns_request("k8s.io", StoreGetRequest { sandbox_id: "pod-1".into() })).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(s.delete(ns_request("k8s.io", StoreDeleteRequest { sandbox_id: "pod-1".into() })).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(s.get(Request::new(StoreGetRequest { sandbox_id: "pod-2".into() })).await.unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(
+        s.get(ns_request("k8s.io", StoreGetRequest { sandbox_id: "pod-1".into() })).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        s.delete(ns_request("k8s.io", StoreDeleteRequest { sandbox_id: "pod-1".into() })).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        s.get(Request::new(StoreGetRequest { sandbox_id: "pod-2".into() })).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
 }

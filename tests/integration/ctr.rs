@@ -21,7 +21,10 @@ fn ctr_namespaces() {
     assert!(ls.lines().any(|l| l.starts_with("team-a") && l.contains("owner=alice")), "{ls}");
     daemon.ctr_ok(&["namespaces", "label", "team-a", "tier=gold"]);
     let ls = daemon.ctr_ok(&["namespaces", "ls"]);
-    assert!(ls.lines().any(|l| l.starts_with("team-a") && l.contains("owner=alice") && l.contains("tier=gold")), "{ls}");
+    assert!(
+        ls.lines().any(|l| l.starts_with("team-a") && l.contains("owner=alice") && l.contains("tier=gold")),
+        "{ls}"
+    );
     let dup = fails(daemon.ctr(&["namespaces", "create", "team-a"]), "duplicate namespace");
     assert!(dup.contains("already exists"), "{dup}");
     daemon.ctr_ok(&["namespaces", "rm", "team-a"]);

@@ -78,3 +78,19 @@ fn world_writable_socket_directory_is_refused() {
     let stderr = fails(out, "berthd with a world-writable socket directory");
     assert!(stderr.contains("writable by others"), "{stderr}");
 }
+
+#[test]
+fn socket_owner_comes_from_grpc_uid_and_gid() {
+    if !requires_root() {
+        return;
+    }
+    let mut daemon = Daemon::configure("");
+    let text =
+        std::fs::read_to_string(&daemon.config).unwrap().replace("[grpc]\n", "[grpc]\nuid = 65534\ngid = 65533\n");
+    std::fs::write(&daemon.config, text).unwrap();
+    daemon.spawn();
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&daemon.socket).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65533));
+    assert_eq!(meta.mode() & 0o777, 0o660);
+}

@@ -19,16 +19,40 @@ fn container(id: &str) -> Container {
 async fn survives_clean_restart() {
     let mut daemon = Daemon::start();
     let client = daemon.client().await;
-    client.namespaces().create(CreateNamespaceRequest { namespace: Some(Namespace { name: "keep".into(), labels: [("a".to_string(), "b".to_string())].into() }) }).await.unwrap();
-    client.containers().create(ns_request("keep", CreateContainerRequest { container: Some(container("c1")) })).await.unwrap();
+    client
+        .namespaces()
+        .create(CreateNamespaceRequest {
+            namespace: Some(Namespace { name: "keep".into(), labels: [("a".to_string(), "b".to_string())].into() }),
+        })
+        .await
+        .unwrap();
+    client
+        .containers()
+        .create(ns_request("keep", CreateContainerRequest { container: Some(container("c1")) }))
+        .await
+        .unwrap();
     drop(client);
     daemon.stop();
     assert!(!daemon.socket.exists(), "socket left behind after SIGTERM");
     daemon.spawn();
     let client = daemon.client().await;
-    let ns = client.namespaces().get(GetNamespaceRequest { name: "keep".into() }).await.unwrap().into_inner().namespace.unwrap();
+    let ns = client
+        .namespaces()
+        .get(GetNamespaceRequest { name: "keep".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .namespace
+        .unwrap();
     assert_eq!(ns.labels["a"], "b");
-    let c = client.containers().get(ns_request("keep", GetContainerRequest { id: "c1".into() })).await.unwrap().into_inner().container.unwrap();
+    let c = client
+        .containers()
+        .get(ns_request("keep", GetContainerRequest { id: "c1".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap();
     assert_eq!(c.labels["n"], "c1");
 }
 
@@ -44,7 +68,10 @@ async fn survives_kill_9() {
             let mut acked = Vec::new();
             for i in 0..25 {
                 let id = format!("w{worker}-c{i}");
-                containers.create(ns_request("crash", CreateContainerRequest { container: Some(container(&id)) })).await.unwrap();
+                containers
+                    .create(ns_request("crash", CreateContainerRequest { container: Some(container(&id)) }))
+                    .await
+                    .unwrap();
                 acked.push(id);
             }
             acked
@@ -58,7 +85,13 @@ async fn survives_kill_9() {
     daemon.kill9();
     daemon.spawn();
     let client = daemon.client().await;
-    let list = client.containers().list(ns_request("crash", ListContainersRequest::default())).await.unwrap().into_inner().containers;
+    let list = client
+        .containers()
+        .list(ns_request("crash", ListContainersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
     let mut have: Vec<String> = list.into_iter().map(|c| c.id).collect();
     have.sort();
     acked.sort();
@@ -81,7 +114,10 @@ async fn kill_9_during_writes_keeps_acknowledged_writes() {
             let mut containers = client.containers();
             for i in 0.. {
                 let id = format!("w{worker}-c{i}");
-                match containers.create(ns_request("crash", CreateContainerRequest { container: Some(container(&id)) })).await {
+                match containers
+                    .create(ns_request("crash", CreateContainerRequest { container: Some(container(&id)) }))
+                    .await
+                {
                     Ok(_) => acked.lock().unwrap().push(id),
                     Err(_) => break,
                 }
@@ -95,7 +131,13 @@ async fn kill_9_during_writes_keeps_acknowledged_writes() {
     }
     daemon.spawn();
     let client = daemon.client().await;
-    let list = client.containers().list(ns_request("crash", ListContainersRequest::default())).await.unwrap().into_inner().containers;
+    let list = client
+        .containers()
+        .list(ns_request("crash", ListContainersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
     let have: std::collections::BTreeSet<String> = list.iter().map(|c| c.id.clone()).collect();
     let acked = acked.lock().unwrap().clone();
     assert!(!acked.is_empty(), "no write was acknowledged before the kill");
@@ -123,7 +165,10 @@ async fn sigterm_during_writes_finishes_in_flight_requests() {
             let mut containers = client.containers();
             for i in 0.. {
                 let id = format!("w{worker}-c{i}");
-                match containers.create(ns_request("term", CreateContainerRequest { container: Some(container(&id)) })).await {
+                match containers
+                    .create(ns_request("term", CreateContainerRequest { container: Some(container(&id)) }))
+                    .await
+                {
                     Ok(_) => acked.lock().unwrap().push(id),
                     Err(_) => break,
                 }
@@ -139,7 +184,13 @@ async fn sigterm_during_writes_finishes_in_flight_requests() {
     assert!(daemon.log_text().contains("berthd stopped"));
     daemon.spawn();
     let client = daemon.client().await;
-    let list = client.containers().list(ns_request("term", ListContainersRequest::default())).await.unwrap().into_inner().containers;
+    let list = client
+        .containers()
+        .list(ns_request("term", ListContainersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
     let have: std::collections::BTreeSet<String> = list.into_iter().map(|c| c.id).collect();
     let acked = acked.lock().unwrap().clone();
     assert!(!acked.is_empty());

@@ -7,10 +7,10 @@ use berth_proto::containerd::services::containers::v1::*;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{namespace, GrpcService};
+use super::{GrpcService, namespace};
+use crate::Error;
 use crate::filters::FilterSet;
 use crate::store::MetadataStore;
-use crate::Error;
 
 struct ContainersService {
     store: MetadataStore,
@@ -19,7 +19,9 @@ struct ContainersService {
 pub(super) fn service(store: MetadataStore, recv: usize, send: usize) -> GrpcService {
     GrpcService::new(
         "containerd.services.containers.v1.Containers",
-        ContainersServer::new(ContainersService { store }).max_decoding_message_size(recv).max_encoding_message_size(send),
+        ContainersServer::new(ContainersService { store })
+            .max_decoding_message_size(recv)
+            .max_encoding_message_size(send),
     )
 }
 
@@ -50,21 +52,31 @@ impl Containers for ContainersService {
 
     type ListStreamStream = Pin<Box<dyn Stream<Item = Result<ListContainerMessage, Status>> + Send>>;
 
-    async fn list_stream(&self, request: Request<ListContainersRequest>) -> Result<Response<Self::ListStreamStream>, Status> {
+    async fn list_stream(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<Self::ListStreamStream>, Status> {
         let ns = namespace(&request)?;
         let containers = self.list_matching(&ns, &request.into_inner().filters)?;
-        let stream = futures::stream::iter(containers.into_iter().map(|c| Ok(ListContainerMessage { container: Some(c) })));
+        let stream =
+            futures::stream::iter(containers.into_iter().map(|c| Ok(ListContainerMessage { container: Some(c) })));
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn create(&self, request: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
+    async fn create(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
         let ns = namespace(&request)?;
         let container = required(request.into_inner().container)?;
         let created = self.store.create_container(&ns, container.into()).await?;
         Ok(Response::new(CreateContainerResponse { container: Some(created.into()) }))
     }
 
-    async fn update(&self, request: Request<UpdateContainerRequest>) -> Result<Response<UpdateContainerResponse>, Status> {
+    async fn update(
+        &self,
+        request: Request<UpdateContainerRequest>,
+    ) -> Result<Response<UpdateContainerResponse>, Status> {
         let ns = namespace(&request)?;
         let request = request.into_inner();
         let container = required(request.container)?;

@@ -10,10 +10,10 @@ use berth_proto::google::rpc;
 use tonic::{Code, Request, Response, Status};
 
 use super::GrpcService;
+use crate::Error;
 use crate::filters::{Adaptor, FilterSet};
 use crate::plugin::{InitError, Instance, NoConfig, PluginKind, Registration, Requirement, SharedPluginTable};
 use crate::registry::{PluginState, PluginStatus};
-use crate::Error;
 
 struct IntrospectionService {
     table: SharedPluginTable,
@@ -45,7 +45,9 @@ fn to_proto(status: &PluginStatus) -> Plugin {
             message: InitError::Skip(reason.clone()).to_string(),
             details: vec![],
         }),
-        PluginState::Failed(error) => Some(rpc::Status { code: Code::Unknown as i32, message: error.clone(), details: vec![] }),
+        PluginState::Failed(error) => {
+            Some(rpc::Status { code: Code::Unknown as i32, message: error.clone(), details: vec![] })
+        }
         PluginState::Pending => {
             Some(rpc::Status { code: Code::Unavailable as i32, message: "not started yet".into(), details: vec![] })
         }
@@ -62,9 +64,12 @@ fn to_proto(status: &PluginStatus) -> Plugin {
             })
             .collect(),
         platforms: vec![host_platform()],
-        exports: [("berth.kind".to_string(), status.id.kind.to_string()), ("berth.description".to_string(), status.description.clone())]
-            .into_iter()
-            .collect(),
+        exports: [
+            ("berth.kind".to_string(), status.id.kind.to_string()),
+            ("berth.description".to_string(), status.description.clone()),
+        ]
+        .into_iter()
+        .collect(),
         capabilities: vec![],
         init_err,
     }
@@ -78,7 +83,12 @@ pub fn host_platform() -> Platform {
         "x86" => "386",
         other => other,
     };
-    Platform { os: "linux".into(), architecture: architecture.into(), variant: String::new(), os_version: String::new() }
+    Platform {
+        os: "linux".into(),
+        architecture: architecture.into(),
+        variant: String::new(),
+        os_version: String::new(),
+    }
 }
 
 #[tonic::async_trait]
@@ -105,7 +115,10 @@ impl Introspection for IntrospectionService {
         let plugin = table
             .plugins
             .iter()
-            .find(|p| p.id.name == request.id && (p.id.kind.containerd_type() == request.r#type || p.id.kind.as_str() == request.r#type))
+            .find(|p| {
+                p.id.name == request.id
+                    && (p.id.kind.containerd_type() == request.r#type || p.id.kind.as_str() == request.r#type)
+            })
             .ok_or_else(|| Error::NotFound(format!("plugin {}.{}", request.r#type, request.id)))?;
         Ok(Response::new(PluginInfoResponse { plugin: Some(to_proto(plugin)), extra: None }))
     }
@@ -146,7 +159,8 @@ pub(super) fn registration() -> Registration {
         let dir = ctx.dirs().root.clone();
         let grpc = ctx.daemon_config().grpc.clone();
         async move {
-            let uuid = server_uuid(&dir).map_err(|e| InitError::Failed(format!("server uuid in {}: {e}", dir.display())))?;
+            let uuid =
+                server_uuid(&dir).map_err(|e| InitError::Failed(format!("server uuid in {}: {e}", dir.display())))?;
             let server = IntrospectionServer::new(IntrospectionService { table, uuid })
                 .max_decoding_message_size(grpc.max_recv_message_size)
                 .max_encoding_message_size(grpc.max_send_message_size);
@@ -155,4 +169,3 @@ pub(super) fn registration() -> Registration {
     })
     .describe("containerd.services.introspection.v1.Introspection")
 }
-

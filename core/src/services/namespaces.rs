@@ -5,9 +5,9 @@ use berth_proto::containerd::services::namespaces::v1::*;
 use tonic::{Request, Response, Status};
 
 use super::GrpcService;
+use crate::Error;
 use crate::filters::{Adaptor, FilterSet, map_field};
 use crate::store::{MetadataStore, records};
-use crate::Error;
 
 struct NamespacesService {
     store: MetadataStore,
@@ -16,7 +16,9 @@ struct NamespacesService {
 pub(super) fn service(store: MetadataStore, recv: usize, send: usize) -> GrpcService {
     GrpcService::new(
         "containerd.services.namespaces.v1.Namespaces",
-        NamespacesServer::new(NamespacesService { store }).max_decoding_message_size(recv).max_encoding_message_size(send),
+        NamespacesServer::new(NamespacesService { store })
+            .max_decoding_message_size(recv)
+            .max_encoding_message_size(send),
     )
 }
 
@@ -49,13 +51,19 @@ impl Namespaces for NamespacesService {
         Ok(Response::new(ListNamespacesResponse { namespaces }))
     }
 
-    async fn create(&self, request: Request<CreateNamespaceRequest>) -> Result<Response<CreateNamespaceResponse>, Status> {
+    async fn create(
+        &self,
+        request: Request<CreateNamespaceRequest>,
+    ) -> Result<Response<CreateNamespaceResponse>, Status> {
         let ns = required(request.into_inner().namespace)?;
         let created = self.store.create_namespace(ns.into()).await?;
         Ok(Response::new(CreateNamespaceResponse { namespace: Some(created.into()) }))
     }
 
-    async fn update(&self, request: Request<UpdateNamespaceRequest>) -> Result<Response<UpdateNamespaceResponse>, Status> {
+    async fn update(
+        &self,
+        request: Request<UpdateNamespaceRequest>,
+    ) -> Result<Response<UpdateNamespaceResponse>, Status> {
         let request = request.into_inner();
         let ns = required(request.namespace)?;
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();

@@ -5,10 +5,10 @@ use berth_proto::containerd::services::sandbox::v1::*;
 use berth_proto::containerd::types::Sandbox;
 use tonic::{Request, Response, Status};
 
-use super::{namespace, GrpcService};
+use super::{GrpcService, namespace};
+use crate::Error;
 use crate::filters::FilterSet;
 use crate::store::MetadataStore;
-use crate::Error;
 
 struct SandboxStoreService {
     store: MetadataStore,

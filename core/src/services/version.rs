@@ -1,7 +1,7 @@
 //! `containerd.services.version.v1.Version`.
 
-use berth_proto::containerd::services::version::v1::version_server::{Version, VersionServer};
 use berth_proto::containerd::services::version::v1::VersionResponse;
+use berth_proto::containerd::services::version::v1::version_server::{Version, VersionServer};
 use tonic::{Request, Response, Status};
 
 use super::GrpcService;
@@ -26,7 +26,10 @@ impl Version for VersionService {
 
 pub(super) fn registration() -> Registration {
     Registration::new::<NoConfig, _, _>(PluginKind::Service, "version", |_| async {
-        Ok(Instance::new(GrpcService::new("containerd.services.version.v1.Version", VersionServer::new(VersionService))))
+        Ok(Instance::new(GrpcService::new(
+            "containerd.services.version.v1.Version",
+            VersionServer::new(VersionService),
+        )))
     })
     .describe("containerd.services.version.v1.Version")
 }

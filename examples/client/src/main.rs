@@ -9,10 +9,10 @@
 
 use berth_proto::containerd::services::containers::v1::containers_client::ContainersClient;
 use berth_proto::containerd::services::containers::v1::{
-    container, Container, CreateContainerRequest, DeleteContainerRequest, ListContainersRequest,
+    Container, CreateContainerRequest, DeleteContainerRequest, ListContainersRequest, container,
 };
-use berth_proto::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
 use berth_proto::containerd::services::namespaces::v1::ListNamespacesRequest;
+use berth_proto::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
 use tonic::Request;
 
 /// Every namespaced call carries the namespace in this metadata key, as with containerd.
@@ -28,7 +28,9 @@ async fn main() -> anyhow::Result<()> {
     let channel = berth_core::client::connect_unix(&socket).await?;
     let mut containers = ContainersClient::new(channel.clone());
 
-    let spec = prost_types_any(r#"{"ociVersion":"1.1.0","process":{"args":["/bin/true"],"cwd":"/"},"root":{"path":"rootfs"}}"#);
+    let spec = prost_types_any(
+        r#"{"ociVersion":"1.1.0","process":{"args":["/bin/true"],"cwd":"/"},"root":{"path":"rootfs"}}"#,
+    );
     let container = Container {
         id: "example".into(),
         labels: [("made-by".to_string(), "berth-example-client".to_string())].into(),
