@@ -98,26 +98,21 @@ async fn survives_kill_9() {
     assert_eq!(have, acked);
 }
 
-/// A kill -9 in the middle of a stream of writes leaves a store that opens, with every
-/// acknowledged write in it and no half-written record.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_writes_keeps_acknowledged_writes() {
-    let mut daemon = Daemon::start();
-    let socket = daemon.socket.clone();
+/// Clients writing containers into namespace `ns` until berthd stops answering; yields the ids
+/// berthd acknowledged.
+async fn write_until_stopped(socket: &std::path::Path, ns: &'static str, stop: impl FnOnce()) -> Vec<String> {
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for worker in 0..8 {
         let acked = acked.clone();
-        let socket = socket.clone();
+        let socket = socket.to_path_buf();
         tasks.push(tokio::spawn(async move {
             let client = containerd_client::Client::from_path(&socket).await.unwrap();
             let mut containers = client.containers();
             for i in 0.. {
                 let id = format!("w{worker}-c{i}");
-                match containers
-                    .create(ns_request("crash", CreateContainerRequest { container: Some(container(&id)) }))
-                    .await
-                {
+                let request = ns_request(ns, CreateContainerRequest { container: Some(container(&id)) });
+                match containers.create(request).await {
                     Ok(_) => acked.lock().unwrap().push(id),
                     Err(_) => break,
                 }
@@ -125,28 +120,37 @@ async fn kill_9_during_writes_keeps_acknowledged_writes() {
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    daemon.kill9();
+    tokio::task::block_in_place(stop);
     for t in tasks {
         t.await.unwrap();
     }
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty(), "no write was acknowledged before berthd stopped");
+    acked
+}
+
+/// Restarts berthd and checks every acknowledged container is there, whole.
+async fn assert_all_present(daemon: &mut Daemon, ns: &str, acked: &[String]) {
     daemon.spawn();
     let client = daemon.client().await;
-    let list = client
-        .containers()
-        .list(ns_request("crash", ListContainersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
-    let have: std::collections::BTreeSet<String> = list.iter().map(|c| c.id.clone()).collect();
-    let acked = acked.lock().unwrap().clone();
-    assert!(!acked.is_empty(), "no write was acknowledged before the kill");
-    for id in &acked {
-        assert!(have.contains(id), "acknowledged container {id} lost after kill -9");
+    let list = client.containers().list(ns_request(ns, ListContainersRequest::default())).await.unwrap().into_inner();
+    let have: std::collections::BTreeSet<&str> = list.containers.iter().map(|c| c.id.as_str()).collect();
+    for id in acked {
+        assert!(have.contains(id.as_str()), "acknowledged container {id} lost");
     }
-    for c in &list {
+    for c in &list.containers {
         assert!(c.runtime.is_some() && c.spec.is_some() && c.labels["n"] == c.id, "half-written record {c:?}");
     }
+}
+
+/// A kill -9 in the middle of a stream of writes leaves a store that opens, with every
+/// acknowledged write in it and no half-written record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_writes_keeps_acknowledged_writes() {
+    let mut daemon = Daemon::start();
+    let socket = daemon.socket.clone();
+    let acked = write_until_stopped(&socket, "crash", || daemon.kill9()).await;
+    assert_all_present(&mut daemon, "crash", &acked).await;
 }
 
 /// SIGTERM while clients are writing: berthd lets requests in flight finish, exits 0, and every
@@ -155,46 +159,10 @@ async fn kill_9_during_writes_keeps_acknowledged_writes() {
 async fn sigterm_during_writes_finishes_in_flight_requests() {
     let mut daemon = Daemon::start();
     let socket = daemon.socket.clone();
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for worker in 0..8 {
-        let acked = acked.clone();
-        let socket = socket.clone();
-        tasks.push(tokio::spawn(async move {
-            let client = containerd_client::Client::from_path(&socket).await.unwrap();
-            let mut containers = client.containers();
-            for i in 0.. {
-                let id = format!("w{worker}-c{i}");
-                match containers
-                    .create(ns_request("term", CreateContainerRequest { container: Some(container(&id)) }))
-                    .await
-                {
-                    Ok(_) => acked.lock().unwrap().push(id),
-                    Err(_) => break,
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let status = tokio::task::block_in_place(|| daemon.signal_and_wait(SIGTERM));
+    let mut status = None;
+    let acked = write_until_stopped(&socket, "term", || status = Some(daemon.signal_and_wait(SIGTERM))).await;
+    let status = status.unwrap();
     assert!(status.success(), "berthd exited with {status}:\n{}", daemon.log_text());
-    for t in tasks {
-        t.await.unwrap();
-    }
     assert!(daemon.log_text().contains("berthd stopped"));
-    daemon.spawn();
-    let client = daemon.client().await;
-    let list = client
-        .containers()
-        .list(ns_request("term", ListContainersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
-    let have: std::collections::BTreeSet<String> = list.into_iter().map(|c| c.id).collect();
-    let acked = acked.lock().unwrap().clone();
-    assert!(!acked.is_empty());
-    for id in &acked {
-        assert!(have.contains(id), "acknowledged container {id} lost after SIGTERM");
-    }
+    assert_all_present(&mut daemon, "term", &acked).await;
 }
