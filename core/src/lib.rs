@@ -16,8 +16,10 @@ pub mod daemon;
 pub mod error;
 pub mod filters;
 pub mod ident;
+pub mod mount;
 pub mod plugin;
 pub mod registry;
+pub mod runtime;
 pub mod services;
 pub mod store;
 
