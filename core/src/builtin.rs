@@ -47,10 +47,18 @@ fn store_registration() -> Registration {
     .describe("metadata store on LMDB: namespaces, containers, sandboxes")
 }
 
+fn exchange_registration() -> Registration {
+    Registration::new::<crate::plugin::NoConfig, _, _>(PluginKind::Event, "exchange", |_| async {
+        Ok(Instance::new(crate::events::Exchange::new()))
+    })
+    .describe("event exchange: what services publish and Events subscribers receive")
+}
+
 /// A registry holding every plugin berth-core provides.
 pub fn registry() -> Result<Registry, RegistryError> {
     let mut registry = Registry::new();
     registry.register(store_registration())?;
+    registry.register(exchange_registration())?;
     for registration in crate::services::registrations() {
         registry.register(registration)?;
     }

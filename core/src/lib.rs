@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod filters;
 pub mod ident;
 pub mod mount;

@@ -19,12 +19,14 @@ use serde::{Deserialize, Serialize};
 use crate::registry::{InitContext, PluginTable};
 
 /// What a plugin provides. The public backend kinds are `runtime`, `snapshot` and `monitor`;
-/// `store` and `service` are berth's internal kinds.
+/// `store`, `event` and `service` are berth's internal kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginKind {
     /// The metadata store.
     Store,
+    /// The event exchange.
+    Event,
     /// Snapshot backends (root filesystems).
     Snapshot,
     /// Runtime backends (run tasks).
@@ -37,12 +39,14 @@ pub enum PluginKind {
 
 impl PluginKind {
     /// Every kind, in the order plugins of equal standing are initialised.
-    pub const ALL: [PluginKind; 5] = [Self::Store, Self::Snapshot, Self::Runtime, Self::Monitor, Self::Service];
+    pub const ALL: [PluginKind; 6] =
+        [Self::Store, Self::Event, Self::Snapshot, Self::Runtime, Self::Monitor, Self::Service];
 
     /// The kind as written in plugin ids and config.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Store => "store",
+            Self::Event => "event",
             Self::Snapshot => "snapshot",
             Self::Runtime => "runtime",
             Self::Monitor => "monitor",
@@ -55,6 +59,7 @@ impl PluginKind {
     pub fn containerd_type(self) -> &'static str {
         match self {
             Self::Store => "io.containerd.metadata.v1",
+            Self::Event => "io.containerd.event.v1",
             Self::Snapshot => "io.containerd.snapshotter.v1",
             Self::Runtime => "io.containerd.runtime.v2",
             Self::Monitor => "io.containerd.monitor.task.v1",
@@ -73,7 +78,7 @@ impl FromStr for PluginKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
-            format!("unknown plugin kind {s:?} (expected one of store, snapshot, runtime, monitor, service)")
+            format!("unknown plugin kind {s:?} (expected one of store, event, snapshot, runtime, monitor, service)")
         })
     }
 }

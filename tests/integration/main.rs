@@ -10,5 +10,6 @@ mod cli;
 mod config;
 mod containerd_client;
 mod ctr;
+mod events;
 mod lifecycle;
 mod persistence;

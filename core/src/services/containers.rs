@@ -7,19 +7,22 @@ use berth_proto::containerd::services::containers::v1::*;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{GrpcService, namespace};
+use super::{GrpcService, namespace, publish};
 use crate::Error;
 use crate::filters::FilterSet;
 use crate::store::MetadataStore;
+use berth_proto::containerd::events::{ContainerCreate, ContainerDelete, ContainerUpdate, container_create};
 
 struct ContainersService {
     store: MetadataStore,
+    events: crate::events::Exchange,
 }
 
-pub(super) fn service(store: MetadataStore, recv: usize, send: usize) -> GrpcService {
+pub(super) fn service(deps: super::ServiceDeps) -> GrpcService {
+    let super::ServiceDeps { store, events, max_recv: recv, max_send: send } = deps;
     GrpcService::new(
         "containerd.services.containers.v1.Containers",
-        ContainersServer::new(ContainersService { store })
+        ContainersServer::new(ContainersService { store, events })
             .max_decoding_message_size(recv)
             .max_encoding_message_size(send),
     )
@@ -70,6 +73,9 @@ impl Containers for ContainersService {
         let ns = namespace(&request)?;
         let container = required(request.into_inner().container)?;
         let created = self.store.create_container(&ns, container.into()).await?;
+        let runtime = created.runtime.clone().map(|r| container_create::Runtime { name: r.name, options: r.options });
+        let event = ContainerCreate { id: created.id.clone(), image: created.image.clone(), runtime };
+        publish(&self.events, &ns, "/containers/create", "ContainerCreate", &event);
         Ok(Response::new(CreateContainerResponse { container: Some(created.into()) }))
     }
 
@@ -82,12 +88,21 @@ impl Containers for ContainersService {
         let container = required(request.container)?;
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
         let updated = self.store.update_container(&ns, container.into(), paths).await?;
+        let event = ContainerUpdate {
+            id: updated.id.clone(),
+            image: updated.image.clone(),
+            labels: updated.labels.clone().into_iter().collect(),
+            snapshot_key: updated.snapshot_key.clone(),
+        };
+        publish(&self.events, &ns, "/containers/update", "ContainerUpdate", &event);
         Ok(Response::new(UpdateContainerResponse { container: Some(updated.into()) }))
     }
 
     async fn delete(&self, request: Request<DeleteContainerRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&request)?;
-        self.store.delete_container(&ns, &request.into_inner().id).await?;
+        let id = request.into_inner().id;
+        self.store.delete_container(&ns, &id).await?;
+        publish(&self.events, &ns, "/containers/delete", "ContainerDelete", &ContainerDelete { id });
         Ok(Response::new(()))
     }
 }

@@ -16,7 +16,8 @@ struct LeasesService {
     store: MetadataStore,
 }
 
-pub(super) fn service(store: MetadataStore, recv: usize, send: usize) -> GrpcService {
+pub(super) fn service(deps: super::ServiceDeps) -> GrpcService {
+    let super::ServiceDeps { store, max_recv: recv, max_send: send, .. } = deps;
     GrpcService::new(
         "containerd.services.leases.v1.Leases",
         LeasesServer::new(LeasesService { store }).max_decoding_message_size(recv).max_encoding_message_size(send),

@@ -6,6 +6,7 @@
 
 pub mod containers;
 pub mod convert;
+pub mod events;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
@@ -13,10 +14,9 @@ pub mod sandboxes;
 pub mod status;
 pub mod version;
 
-use std::sync::Arc;
-
 use tonic::service::RoutesBuilder;
 
+use crate::events::Exchange;
 use crate::ident;
 use crate::plugin::{NoConfig, PluginId, PluginKind, Registration, Requirement};
 use crate::store::MetadataStore;
@@ -75,26 +75,56 @@ pub fn namespace<T>(request: &tonic::Request<T>) -> Result<String> {
     Ok(ns.to_string())
 }
 
+/// Publishes `event` (containerd's `containerd.events.<kind>`) after a change has been committed.
+/// The change stands whether or not anyone hears of it, so a failure is only logged.
+fn publish<M: prost::Message>(events: &Exchange, ns: &str, topic: &str, kind: &str, event: &M) {
+    let any = crate::events::pack(&format!("containerd.events.{kind}"), event);
+    if let Err(error) = events.publish(ns, topic, any) {
+        tracing::warn!(%topic, %error, "event not published");
+    }
+}
+
 /// The id of the metadata store plugin every stateful service requires.
 pub fn store_id() -> PluginId {
     PluginId::new(PluginKind::Store, "lmdb")
 }
 
-/// Registers a service that needs only the metadata store.
-fn store_service(name: &str, description: &str, make: fn(MetadataStore, usize, usize) -> GrpcService) -> Registration {
+/// The id of the event exchange plugin.
+pub fn exchange_id() -> PluginId {
+    PluginId::new(PluginKind::Event, "exchange")
+}
+
+/// What a stateful service is built from.
+pub struct ServiceDeps {
+    /// The metadata store.
+    pub store: MetadataStore,
+    /// Where the service publishes what it changed.
+    pub events: Exchange,
+    /// Largest request accepted.
+    pub max_recv: usize,
+    /// Largest response sent.
+    pub max_send: usize,
+}
+
+/// Registers a service that needs the metadata store and the event exchange.
+fn store_service(name: &str, description: &str, make: fn(ServiceDeps) -> GrpcService) -> Registration {
     Registration::new::<NoConfig, _, _>(PluginKind::Service, name, move |ctx| {
         let store = ctx.get::<MetadataStore>(&store_id());
+        let events = ctx.get::<Exchange>(&exchange_id());
         let grpc = ctx.daemon_config().grpc.clone();
         async move {
-            let store = store.ok_or_else(|| crate::plugin::InitError::Failed("metadata store not loaded".into()))?;
-            Ok(crate::plugin::Instance::new(make(
-                (*store).clone(),
-                grpc.max_recv_message_size,
-                grpc.max_send_message_size,
-            )))
+            let missing = |what: &str| crate::plugin::InitError::Failed(format!("{what} not loaded"));
+            let deps = ServiceDeps {
+                store: (*store.ok_or_else(|| missing("metadata store"))?).clone(),
+                events: (*events.ok_or_else(|| missing("event exchange"))?).clone(),
+                max_recv: grpc.max_recv_message_size,
+                max_send: grpc.max_send_message_size,
+            };
+            Ok(crate::plugin::Instance::new(make(deps)))
         }
     })
     .requires(Requirement::Plugin(store_id()))
+    .requires(Requirement::Plugin(exchange_id()))
     .describe(description)
 }
 
@@ -106,9 +136,7 @@ pub fn registrations() -> Vec<Registration> {
         store_service("containers", "containerd.services.containers.v1.Containers", containers::service),
         store_service("sandboxes", "containerd.services.sandbox.v1.Store", sandboxes::service),
         store_service("leases", "containerd.services.leases.v1.Leases", leases::service),
+        events::registration(),
         introspection::registration(),
     ]
 }
-
-/// Shared handle type for services.
-pub type Shared<T> = Arc<T>;
