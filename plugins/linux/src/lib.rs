@@ -1,0 +1,9 @@
+//! berth's built-in Linux OCI runtime.
+//!
+//! Split by role, as youki is: [`cgroups`] (v1, hybrid and v2 resource control), [`seccomp`]
+//! (OCI seccomp profiles compiled to BPF in pure Rust) and [`container`] (the container process:
+//! namespaces, root filesystem, process attributes, and the create/start/kill/delete verbs).
+
+pub mod cgroups;
+pub mod container;
+pub mod seccomp;
