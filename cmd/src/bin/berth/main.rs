@@ -5,6 +5,7 @@
 
 mod containers;
 mod namespaces;
+mod oci;
 mod output;
 mod plugins;
 mod version;
@@ -61,6 +62,8 @@ enum Command {
     /// Inspect the daemon's plugins
     #[command(visible_alias = "plugin", subcommand)]
     Plugins(plugins::Cmd),
+    /// The built-in OCI runtime, with runc's commands and flags (runs without berthd)
+    Oci(Box<oci::Oci>),
 }
 
 /// What every command needs: where to connect, in which namespace, and how to print.
@@ -178,13 +181,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Namespaces(cmd) => namespaces::run(&ctx, cmd).await,
         Command::Containers(cmd) => containers::run(&ctx, cmd).await,
         Command::Plugins(cmd) => plugins::run(&ctx, cmd).await,
+        Command::Oci(_) => unreachable!("`oci` is dispatched before the tokio runtime exists"),
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    // `oci` forks container processes: it must run before any tokio runtime (and its threads) exists.
+    if let Command::Oci(oci) = cli.command {
+        return oci::main(*oci, cli.format);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("berth: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.is::<Reported>() => ExitCode::FAILURE,
         // A closed pipe (`berth c ls | head`) is the reader's choice, not our failure.
