@@ -2,8 +2,10 @@
 //!
 //! Split by role, as youki is: [`cgroups`] (v1, hybrid and v2 resource control), [`seccomp`]
 //! (OCI seccomp profiles compiled to BPF in pure Rust) and [`container`] (the container process:
-//! namespaces, root filesystem, process attributes, and the create/start/kill/delete verbs).
+//! namespaces, root filesystem, process attributes, and the create/start/kill/delete verbs), and
+//! [`reaper`] (the small process beside each of berthd's tasks).
 
 pub mod cgroups;
 pub mod container;
 pub mod seccomp;
+pub mod reaper;

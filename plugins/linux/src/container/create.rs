@@ -13,7 +13,7 @@ use super::error::Step;
 use super::process::channel::{self, Channel, Msg};
 use super::process::init::{self, InitArgs};
 use super::process::namespaces::{self, Joins};
-use super::process::{console, fork, sys};
+use super::process::{self, console, fork, sys};
 use super::state::{self, Record, State, StateDir, Status};
 use super::{CreateOptions, Error, Result, Runtime, config, hooks};
 
@@ -71,10 +71,11 @@ impl Runtime {
         let process = spec.process().as_ref().ok_or_else(|| Error::config("process: missing"))?;
         let linux = spec.linux().as_ref().ok_or_else(|| Error::config("linux: missing"))?;
         let terminal = process.terminal().unwrap_or(false);
-        if terminal && opts.console_socket.is_none() {
+        let has_console = opts.console_socket.is_some() || opts.console_fd.is_some();
+        if terminal && !has_console {
             return Err(Error::config("process.terminal is true: --console-socket is required"));
         }
-        if !terminal && opts.console_socket.is_some() {
+        if !terminal && has_console {
             return Err(Error::config("--console-socket given but process.terminal is false"));
         }
         let cgroup_path = match linux.cgroups_path() {
@@ -100,6 +101,7 @@ impl Runtime {
         undo.cgroup = Some(cg);
 
         let console = opts.console_socket.as_deref().map(console::connect).transpose().step(|| "console socket")?;
+        let console_fd = console.as_ref().map(|c| c.as_raw_fd()).or(opts.console_fd);
         let state_dirfd = sys::open(&sd.dir, libc::O_PATH | libc::O_DIRECTORY, 0).step(|| "opening state directory")?;
         let ns = linux.namespaces().clone().unwrap_or_default();
         let joins = Joins::from_spec(&ns).step(|| "namespaces")?;
@@ -124,7 +126,8 @@ impl Runtime {
             bundle: &bundle,
             joins: &joins,
             parent_fd: parent_ch.as_raw_fd(),
-            console_fd: console.as_ref().map(|c| c.as_raw_fd()),
+            console_fd,
+            stdio: opts.stdio,
             state_dir_fd: state_dirfd.as_raw_fd(),
             hook_state: st.hook_json(),
         };
@@ -250,6 +253,7 @@ struct Child<'a> {
     joins: &'a Joins,
     parent_fd: RawFd,
     console_fd: Option<RawFd>,
+    stdio: Option<[RawFd; 3]>,
     state_dir_fd: RawFd,
     hook_state: String,
 }
@@ -261,6 +265,13 @@ impl Child<'_> {
         // SAFETY: our copy of the runtime's end; closing it makes EOF reliable for the runtime.
         unsafe { libc::close(self.parent_fd) };
         if ch.wait_go().is_err() {
+            return 1;
+        }
+        // The container's stdio, inherited by init from here.
+        if let Some(fds) = self.stdio
+            && let Err(e) = process::set_stdio(fds)
+        {
+            let _ = ch.send(&Msg::Error(format!("setting up stdio: {e}")));
             return 1;
         }
         match self.intermediate_steps(&ch) {

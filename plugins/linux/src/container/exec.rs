@@ -30,11 +30,26 @@ pub struct ExecOptions {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub no_new_privs: bool,
+    /// The process spec itself (as the Tasks API sends it); takes precedence over `process` and `args`.
+    pub spec: Option<Process>,
+    /// An already connected socket for the pty master, instead of `console_socket`. Borrowed.
+    pub console_fd: Option<RawFd>,
+    /// The process's stdin, stdout and stderr; None: inherit the caller's. Borrowed.
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 impl Runtime {
     /// Returns the exit status of the process (0 when detached).
     pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32> {
+        let pid = self.spawn_exec(id, opts)?;
+        if opts.detach {
+            return Ok(0);
+        }
+        start::wait_forwarding(pid)
+    }
+
+    /// Starts the process and returns its pid; it is the caller's child, to be waited for by the caller.
+    pub fn spawn_exec(&self, id: &str, opts: &ExecOptions) -> Result<i32> {
         let sd = StateDir::new(&self.root, id);
         let rec = sd.load()?;
         match rec.state.status {
@@ -44,7 +59,7 @@ impl Runtime {
         }
         let process = exec_process(&rec.config, opts)?;
         let terminal = process.terminal().unwrap_or(false);
-        if terminal && opts.console_socket.is_none() {
+        if terminal && opts.console_socket.is_none() && opts.console_fd.is_none() {
             return Err(Error::config(
                 "exec with a terminal needs --console-socket (terminal proxying is not implemented)",
             ));
@@ -62,7 +77,8 @@ impl Runtime {
         };
         let (parent_ch, child_ch) = channel::pair().step(|| "creating sync socketpair")?;
         let parent_fd = parent_ch.as_raw_fd();
-        let console_fd = console.as_ref().map(|c| c.as_raw_fd());
+        let console_fd = console.as_ref().map(|c| c.as_raw_fd()).or(if terminal { opts.console_fd } else { None });
+        let stdio = opts.stdio;
         let joins_ref = &joins;
         let process_ref = &process;
         let seccomp_ref = &seccomp;
@@ -70,6 +86,12 @@ impl Runtime {
         let inter = fork::fork_child(move || {
             // SAFETY: our copy of the runtime's end.
             unsafe { libc::close(parent_fd) };
+            if let Some(fds) = stdio
+                && let Err(e) = super::process::set_stdio(fds)
+            {
+                let _ = child_ch.send(&Msg::Error(format!("setting up stdio: {e}")));
+                return 1;
+            }
             intermediate(child_ch, joins_ref, process_ref, seccomp_ref, console_fd)
         })
         .step(|| "forking the exec process")?;
@@ -112,16 +134,15 @@ impl Runtime {
         if let Some(pid_file) = &opts.pid_file {
             state::write_pid_file(pid_file, pid)?;
         }
-        if opts.detach {
-            return Ok(0);
-        }
-        start::wait_forwarding(pid)
+        Ok(pid)
     }
 }
 
 /// The process to exec: --process, or the container's process with the command line's overrides (runc's rules).
 fn exec_process(config: &oci_spec::runtime::Spec, opts: &ExecOptions) -> Result<Process> {
-    let mut p = if let Some(path) = &opts.process {
+    let mut p = if let Some(spec) = &opts.spec {
+        spec.clone()
+    } else if let Some(path) = &opts.process {
         let file =
             std::fs::File::open(path).map_err(|e| Error::config(format!("--process {}: {e}", path.display())))?;
         let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(file));
@@ -205,6 +226,7 @@ fn intermediate(
 fn exec_child(process: &Process, seccomp: &Option<LinuxSeccomp>, console: Option<OwnedFd>) -> String {
     let steps = || -> std::result::Result<std::convert::Infallible, String> {
         use super::process as p;
+        p::reset_signals();
         let step = |name: &str, e: std::io::Error| format!("{name}: {e}");
         // Not dumpable until execve: the container must not reach the runtime binary through /proc (CVE-2019-5736).
         sys::prctl(libc::PR_SET_DUMPABLE, 0).map_err(|e| step("prctl", e))?;

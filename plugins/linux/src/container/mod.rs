@@ -53,6 +53,7 @@ pub use error::{Error, Result};
 pub use exec::ExecOptions;
 pub use features::features;
 pub use kill::parse_signal;
+pub use process::console::recv_fd as recv_console;
 pub use state::{State, Status};
 
 /// The default state root, like runc's `/run/runc`.
@@ -66,6 +67,12 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     /// Unix socket that receives the pty master when `process.terminal` is true.
     pub console_socket: Option<PathBuf>,
+    /// An already connected socket to send the pty master on, instead of `console_socket` (the reaper's
+    /// end of a socketpair). Borrowed: the caller keeps and closes it.
+    pub console_fd: Option<std::os::fd::RawFd>,
+    /// The container's stdin, stdout and stderr; None: inherit the caller's 0, 1 and 2 (as runc does).
+    /// Borrowed: the caller closes its copies after create.
+    pub stdio: Option<[std::os::fd::RawFd; 3]>,
 }
 
 /// The runtime: every verb works on containers under one state root (`--root`).

@@ -42,7 +42,6 @@ pub fn send_fd(sock: RawFd, fd: RawFd, name: &str) -> io::Result<()> {
 
 /// Receives one fd sent by [`send_fd`] (used by `run` and `exec` when they hold the console themselves, and by
 /// tests).
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
     let mut payload = [0u8; 4096];

@@ -32,6 +32,7 @@ pub struct InitArgs<'a> {
 
 /// Runs init; returns only on failure (the exit code), having reported the error if the runtime still listens.
 pub fn run(mut a: InitArgs) -> i32 {
+    super::reset_signals();
     let err = match init(&mut a) {
         Ok(never) => match never {},
         Err(e) => e,

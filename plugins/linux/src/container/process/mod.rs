@@ -137,3 +137,36 @@ pub fn set_oom_score_adj(process: &Process) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Makes `fds` this process's stdin, stdout and stderr. Each is first copied above 2, so a source that is
+/// itself 0, 1 or 2 is not overwritten before it is used.
+pub fn set_stdio(fds: [std::os::fd::RawFd; 3]) -> io::Result<()> {
+    let mut high = [0; 3];
+    for (i, fd) in fds.into_iter().enumerate() {
+        // SAFETY: plain syscall; the copy is close-on-exec and only lives until dup2 below.
+        high[i] = sys::cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
+    }
+    for (target, fd) in high.into_iter().enumerate() {
+        sys::dup2(fd, target as i32)?;
+        // SAFETY: our temporary copy.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// Gives the container a clean signal state: every signal at its default action and none blocked. The process
+/// that forked us may ignore some (Rust's runtime ignores SIGPIPE) or block some (the reaper blocks SIGCHLD for
+/// its signalfd), and ignored and blocked signals survive execve.
+pub fn reset_signals() {
+    // SAFETY: sigaction with SIG_DFL and sigprocmask on a local empty set; SIGKILL and SIGSTOP are skipped.
+    unsafe {
+        for sig in 1..libc::SIGRTMIN() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
