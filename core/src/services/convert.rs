@@ -1,11 +1,15 @@
-//! Conversions between the wire messages and the store's records. The records mirror
-//! containerd's messages field for field; only map types and nested runtime types differ.
+//! Conversions between the wire messages and berth's own types: the store's records, which mirror
+//! containerd's messages field for field (only map types and nested runtime types differ), and the
+//! runtime backend's mounts and statuses.
 
 use berth_proto::containerd::services::containers::v1 as containers;
 use berth_proto::containerd::services::leases::v1 as leases;
 use berth_proto::containerd::services::namespaces::v1 as namespaces;
 use berth_proto::containerd::types;
+use berth_proto::containerd::v1::types as task;
 
+use crate::mount::Mount;
+use crate::runtime;
 use crate::store::records::{Container, Lease, LeaseResource, Namespace, Runtime, Sandbox};
 
 impl From<namespaces::Namespace> for Namespace {
@@ -107,5 +111,59 @@ impl From<leases::Resource> for LeaseResource {
 impl From<LeaseResource> for leases::Resource {
     fn from(r: LeaseResource) -> Self {
         leases::Resource { id: r.id, r#type: r.kind }
+    }
+}
+
+impl From<types::Mount> for Mount {
+    fn from(m: types::Mount) -> Self {
+        Mount { kind: m.r#type, source: m.source, target: m.target, options: m.options }
+    }
+}
+
+impl From<Mount> for types::Mount {
+    fn from(m: Mount) -> Self {
+        types::Mount { r#type: m.kind, source: m.source, target: m.target, options: m.options }
+    }
+}
+
+impl From<runtime::Status> for task::Status {
+    fn from(s: runtime::Status) -> Self {
+        match s {
+            runtime::Status::Created => task::Status::Created,
+            runtime::Status::Running => task::Status::Running,
+            runtime::Status::Stopped => task::Status::Stopped,
+            runtime::Status::Paused => task::Status::Paused,
+            runtime::Status::Pausing => task::Status::Pausing,
+            runtime::Status::Unknown => task::Status::Unknown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_keep_every_field_both_ways() {
+        let wire = types::Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: "".into(),
+            options: vec!["lowerdir=/l".into(), "upperdir=/u".into(), "workdir=/w".into()],
+        };
+        let mount = Mount::from(wire.clone());
+        assert_eq!(mount.kind, "overlay");
+        assert_eq!(mount.options.len(), 3);
+        assert_eq!(types::Mount::from(mount), wire);
+    }
+
+    #[test]
+    fn statuses_map_to_containerd_values() {
+        use runtime::Status as S;
+        let pairs =
+            [(S::Unknown, 0), (S::Created, 1), (S::Running, 2), (S::Stopped, 3), (S::Paused, 4), (S::Pausing, 5)];
+        for (status, wire) in pairs {
+            assert_eq!(task::Status::from(status) as i32, wire, "{status:?}");
+        }
     }
 }

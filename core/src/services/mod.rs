@@ -12,6 +12,7 @@ pub mod leases;
 pub mod namespaces;
 pub mod sandboxes;
 pub mod status;
+pub mod tasks;
 pub mod version;
 
 use tonic::service::RoutesBuilder;
@@ -136,6 +137,7 @@ pub fn registrations() -> Vec<Registration> {
         store_service("containers", "containerd.services.containers.v1.Containers", containers::service),
         store_service("sandboxes", "containerd.services.sandbox.v1.Store", sandboxes::service),
         store_service("leases", "containerd.services.leases.v1.Leases", leases::service),
+        tasks::registration(),
         events::registration(),
         introspection::registration(),
     ]
