@@ -175,6 +175,7 @@ fn run(oci: Oci, format: Format) -> anyhow::Result<i32> {
         bundle: a.bundle,
         pid_file: a.pid_file,
         console_socket: a.console_socket,
+        ..Default::default()
     };
     let code = match oci.cmd {
         Cmd::Create(a) => rt.create(&create_opts(a)).map(|_| 0)?,
@@ -218,6 +219,7 @@ fn run(oci: Oci, format: Format) -> anyhow::Result<i32> {
                 pid_file,
                 console_socket,
                 no_new_privs,
+                ..Default::default()
             };
             rt.exec(&id, &opts)?
         }

@@ -261,6 +261,7 @@ fn helper() {
             bundle: bundle.into(),
             pid_file: None,
             console_socket: console.map(PathBuf::from),
+            ..Default::default()
         };
         match a.as_slice() {
             ["create", id, bundle] => rt.create(&create(id, bundle, None)).map(|_| 0),
