@@ -196,11 +196,41 @@ pub trait Task: Process {
     async fn stats(&self) -> Result<Any>;
 }
 
+/// Something a runtime noticed by itself rather than in answer to a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEvent {
+    /// A process of a task exited.
+    Exit {
+        /// The task's namespace.
+        namespace: String,
+        /// The task (container) id.
+        container_id: String,
+        /// The exec id, or None for the task's init process.
+        exec_id: Option<String>,
+        /// How it ended.
+        exit: Exit,
+    },
+    /// A process of the task was killed for going over the task's memory limit.
+    Oom {
+        /// The task's namespace.
+        namespace: String,
+        /// The task (container) id.
+        container_id: String,
+    },
+}
+
+/// The stream of a runtime's own events.
+pub type RuntimeEvents = tokio::sync::mpsc::UnboundedReceiver<RuntimeEvent>;
+
 /// A runtime backend: what a `runtime.*` plugin exports.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync {
     /// The runtime's name, e.g. `linux`.
     fn id(&self) -> &str;
+    /// The events this runtime notices on its own (exits, OOM kills). The first caller takes the
+    /// stream (the Tasks service, which publishes them); events that happen before are kept for
+    /// it, so exits found while recovering tasks after a restart are not lost. Later calls get None.
+    fn take_events(&self) -> Option<RuntimeEvents>;
     /// Creates task `id` in namespace `ns`; the init process is created but not started.
     async fn create(&self, ns: &str, id: &str, options: CreateOptions) -> Result<Arc<dyn Task>>;
     /// Task `id` in namespace `ns`.
