@@ -52,7 +52,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let registry = berth_core::builtin::registry()?;
+    let mut registry = berth_core::builtin::registry()?;
+    // Backends from plugins/, registered next to the built-ins of core.
+    registry.register(berth_plugin_linux::registration())?;
     match args.command {
         Some(Command::Config { command: ConfigCommand::Default }) => {
             print!("{DEFAULT_CONFIG}");

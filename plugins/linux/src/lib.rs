@@ -7,5 +7,8 @@
 
 pub mod cgroups;
 pub mod container;
-pub mod seccomp;
 pub mod reaper;
+pub mod runtime;
+pub mod seccomp;
+
+pub use runtime::registration;

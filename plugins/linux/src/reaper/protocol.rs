@@ -91,25 +91,51 @@ pub struct PidInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    State { exec_id: Option<String> },
-    Start { exec_id: Option<String> },
-    Kill { exec_id: Option<String>, signal: i32, all: bool },
+    State {
+        exec_id: Option<String>,
+    },
+    Start {
+        exec_id: Option<String>,
+    },
+    Kill {
+        exec_id: Option<String>,
+        signal: i32,
+        all: bool,
+    },
     /// Registers a process (created, started by `Start`); its streams are opened now so a bad path fails here.
-    Exec { exec_id: String, spec: serde_json::Value, stdio: Stdio },
-    Resize { exec_id: Option<String>, width: u16, height: u16 },
-    CloseIo { exec_id: Option<String> },
+    Exec {
+        exec_id: String,
+        spec: serde_json::Value,
+        stdio: Stdio,
+    },
+    Resize {
+        exec_id: Option<String>,
+        width: u16,
+        height: u16,
+    },
+    CloseIo {
+        exec_id: Option<String>,
+    },
     Pause,
     Resume,
     Pids,
     /// `linux.resources` of the OCI spec, as JSON.
-    Update { resources: serde_json::Value },
+    Update {
+        resources: serde_json::Value,
+    },
     /// The cgroup's statistics (`cgroups::Stats` as JSON).
     Stats,
-    Wait { exec_id: Option<String> },
-    DeleteProcess { exec_id: String },
+    Wait {
+        exec_id: Option<String>,
+    },
+    DeleteProcess {
+        exec_id: String,
+    },
     /// Removes the task: init must have stopped unless `force` (then everything is killed first). The reaper
     /// answers once the container, its cgroup, its mounts and the task directory are gone, then exits.
-    Delete { force: bool },
+    Delete {
+        force: bool,
+    },
     Subscribe,
 }
 

@@ -281,7 +281,8 @@ impl Reaper {
             let _ = rootfs::unmount(&rootfs_dir);
             e
         };
-        let opened = stdio::open_all(&cfg.stdio).map_err(|e| undo_mounts(err(ErrorKind::InvalidArgument, e.to_string())))?;
+        let opened =
+            stdio::open_all(&cfg.stdio).map_err(|e| undo_mounts(err(ErrorKind::InvalidArgument, e.to_string())))?;
         let runtime = Runtime::new(&cfg.oci_root);
         let opts = CreateOptions {
             id: cfg.id.clone(),
@@ -292,10 +293,8 @@ impl Reaper {
             stdio: Some(opened.child_fds()),
         };
         let pid = runtime.create(&opts).map_err(|e| undo_mounts(lib_err(e)))?;
-        let cgroup_path = container::state::StateDir::new(&cfg.oci_root, &cfg.id)
-            .load()
-            .map(|r| r.cgroup_path)
-            .unwrap_or_default();
+        let cgroup_path =
+            container::state::StateDir::new(&cfg.oci_root, &cfg.id).load().map(|r| r.cgroup_path).unwrap_or_default();
         let mut init = Proc {
             exec_id: None,
             pid,
@@ -451,8 +450,7 @@ impl Reaper {
     fn drain_signals(&mut self) {
         let mut buf = [0u8; std::mem::size_of::<libc::signalfd_siginfo>() * 8];
         // SAFETY: reading into a local buffer from our nonblocking signalfd.
-        while unsafe { libc::read(self.signals.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) } > 0
-        {}
+        while unsafe { libc::read(self.signals.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) } > 0 {}
     }
 
     fn check_oom(&mut self) {
@@ -516,7 +514,10 @@ impl Reaper {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(e) => {
-                    let _ = write_frame(&mut conn, &Reply::Error(err(ErrorKind::InvalidArgument, format!("bad request: {e}"))));
+                    let _ = write_frame(
+                        &mut conn,
+                        &Reply::Error(err(ErrorKind::InvalidArgument, format!("bad request: {e}"))),
+                    );
                     continue;
                 }
             };
@@ -529,7 +530,10 @@ impl Reaper {
 
     fn proc_index(&self, exec_id: &Option<String>) -> std::result::Result<usize, ReaperError> {
         self.procs.iter().position(|p| &p.exec_id == exec_id).ok_or_else(|| {
-            err(ErrorKind::NotFound, format!("process {:?} of task {:?}", exec_id.as_deref().unwrap_or(""), self.cfg.id))
+            err(
+                ErrorKind::NotFound,
+                format!("process {:?} of task {:?}", exec_id.as_deref().unwrap_or(""), self.cfg.id),
+            )
         })
     }
 
@@ -585,7 +589,10 @@ impl Reaper {
                 let i = self.proc_index(&exec_id)?;
                 let p = &self.procs[i];
                 if p.exit.is_some() {
-                    return Err(err(ErrorKind::Exited, format!("process {:?}", p.exec_id.as_deref().unwrap_or(&self.cfg.id))));
+                    return Err(err(
+                        ErrorKind::Exited,
+                        format!("process {:?}", p.exec_id.as_deref().unwrap_or(&self.cfg.id)),
+                    ));
                 }
                 let master = p.master.as_ref().ok_or_else(|| {
                     err(ErrorKind::FailedPrecondition, "the process has no terminal: it was not created with one")
@@ -619,7 +626,11 @@ impl Reaper {
                     .into_iter()
                     .map(|pid| PidInfo {
                         pid,
-                        exec_id: self.procs.iter().find(|p| p.pid == pid && p.exit.is_none()).and_then(|p| p.exec_id.clone()),
+                        exec_id: self
+                            .procs
+                            .iter()
+                            .find(|p| p.pid == pid && p.exit.is_none())
+                            .and_then(|p| p.exec_id.clone()),
                     })
                     .collect();
                 json(&info)
@@ -629,7 +640,8 @@ impl Reaper {
                     .map_err(|e| err(ErrorKind::InvalidArgument, format!("resources: {e}")))?;
                 let cg = cgroups::Cgroup::open(&self.cgroup_path)
                     .map_err(|e| err(ErrorKind::FailedPrecondition, format!("the task's cgroup: {e}")))?;
-                cg.apply(&resources).map_err(|e| err(ErrorKind::InvalidArgument, format!("updating resources: {e}")))?;
+                cg.apply(&resources)
+                    .map_err(|e| err(ErrorKind::InvalidArgument, format!("updating resources: {e}")))?;
                 Ok(serde_json::Value::Null)
             }
             Request::Stats => {
@@ -723,7 +735,10 @@ impl Reaper {
             return Err(err(ErrorKind::AlreadyExists, format!("process {exec_id:?}")));
         }
         if self.procs[0].exit.is_some() {
-            return Err(err(ErrorKind::FailedPrecondition, format!("cannot exec in task {:?}: it has stopped", self.cfg.id)));
+            return Err(err(
+                ErrorKind::FailedPrecondition,
+                format!("cannot exec in task {:?}: it has stopped", self.cfg.id),
+            ));
         }
         let mut process: Process =
             serde_json::from_value(spec).map_err(|e| err(ErrorKind::InvalidArgument, format!("process spec: {e}")))?;

@@ -91,8 +91,11 @@ impl Opened {
 /// Opens the streams `stdio` names. Errors name the stream and path.
 pub fn open_all(stdio: &Stdio) -> io::Result<Opened> {
     let null = || open(Path::new("/dev/null"), libc::O_RDWR);
-    let stdin_fifo =
-        if stdio.stdin.is_empty() { None } else { Some(open_stream(&stdio.stdin, libc::O_RDWR | libc::O_NONBLOCK, "stdin")?) };
+    let stdin_fifo = if stdio.stdin.is_empty() {
+        None
+    } else {
+        Some(open_stream(&stdio.stdin, libc::O_RDWR | libc::O_NONBLOCK, "stdin")?)
+    };
     if stdio.terminal {
         let stdout_fifo = if stdio.stdout.is_empty() {
             None
