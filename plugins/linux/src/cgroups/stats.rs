@@ -7,14 +7,15 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{CgroupError, Result};
 use super::files::{self, flat_keyed_get, parse_flat_keyed, read_opt, read_u64_opt};
 use super::{Cgroup, Loc};
 
 /// Usage of one cgroup.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     pub memory: MemoryStats,
     pub cpu: CpuStats,
@@ -26,7 +27,8 @@ pub struct Stats {
 }
 
 /// Memory usage. Limits are `None` when unlimited.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MemoryStats {
     /// Bytes charged now: v1 `memory.usage_in_bytes`, v2 `memory.current`.
     pub usage: u64,
@@ -52,7 +54,8 @@ pub struct MemoryStats {
 }
 
 /// CPU usage, in nanoseconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CpuStats {
     pub usage_total_ns: u64,
     pub usage_user_ns: u64,
@@ -66,7 +69,8 @@ pub struct CpuStats {
 }
 
 /// Process count.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PidsStats {
     /// `pids.current`.
     pub current: u64,
@@ -75,7 +79,8 @@ pub struct PidsStats {
 }
 
 /// I/O on one block device.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BlkioEntry {
     pub major: u64,
     pub minor: u64,
@@ -86,7 +91,8 @@ pub struct BlkioEntry {
 }
 
 /// Huge page usage for one page size.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HugetlbStats {
     /// E.g. `2MB`.
     pub page_size: String,

@@ -7,6 +7,7 @@
 //! with the exit status the reaper wrote (or 255 when it died first), until it is deleted.
 
 mod client;
+mod metrics;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -565,13 +566,11 @@ impl Task for LinuxTask {
 
     async fn stats(&self) -> Result<Any> {
         self.alive()?;
-        let stats: serde_json::Value = self.client.call(Request::Stats).await?;
-        Ok(Any { type_url: STATS_TYPE_URL.to_string(), value: serde_json::to_vec(&stats).map_err(internal)? })
+        let stats: crate::cgroups::Stats = self.client.call(Request::Stats).await?;
+        let mode = crate::cgroups::mode().map_err(|e| internal(format!("detecting the cgroup mode: {e}")))?;
+        Ok(metrics::to_any(&stats, mode))
     }
 }
-
-/// The cgroup statistics as the reaper reads them, in JSON (`cgroups::Stats`).
-pub const STATS_TYPE_URL: &str = "berth.dev/linux/cgroups/Stats+json";
 
 /// A process exec'd into a task.
 struct LinuxProcess {
