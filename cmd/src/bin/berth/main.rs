@@ -3,11 +3,15 @@
 //! berthd speaks containerd's v1 API, so commands and their output follow containerd's `ctr`
 //! where ctr has the same command; that keeps scripts and habits portable between the two.
 
+mod cio;
 mod containers;
 mod namespaces;
 mod oci;
 mod output;
 mod plugins;
+mod run;
+mod spec;
+mod tasks;
 mod version;
 
 use std::fmt;
@@ -64,6 +68,11 @@ enum Command {
     Plugins(plugins::Cmd),
     /// The built-in OCI runtime, with runc's commands and flags (runs without berthd)
     Oci(Box<oci::Oci>),
+    #[command(flatten)]
+    Task(tasks::TaskCommand),
+    /// Manage tasks
+    #[command(visible_alias = "t", subcommand)]
+    Tasks(tasks::Cmd),
 }
 
 /// What every command needs: where to connect, in which namespace, and how to print.
@@ -181,6 +190,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Namespaces(cmd) => namespaces::run(&ctx, cmd).await,
         Command::Containers(cmd) => containers::run(&ctx, cmd).await,
         Command::Plugins(cmd) => plugins::run(&ctx, cmd).await,
+        Command::Task(cmd) => tasks::run_top(&ctx, cmd).await,
+        Command::Tasks(cmd) => tasks::run(&ctx, cmd).await,
         Command::Oci(_) => unreachable!("`oci` is dispatched before the tokio runtime exists"),
     }
 }
