@@ -10,6 +10,7 @@ pub use containerd_client::tonic::{Code, Request};
 
 pub const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+pub const BERTH_REAPER: &str = env!("CARGO_BIN_EXE_berth-reaper");
 
 /// True when running as root. Tests that need root return early with a note otherwise; CI runs
 /// as root, so there they always run.
@@ -181,6 +182,62 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Tasks outlive berthd by design: a test that failed half-way must not leave its containers, reapers,
+        // cgroups or mounts behind. Kill each reaper, then let a one-shot reaper remove what it left.
+        for dir in self.task_dirs() {
+            if let Some(pid) = std::fs::read_to_string(dir.join("reaper.pid")).ok().and_then(|p| p.trim().parse().ok())
+            {
+                unsafe { kill(pid, SIGKILL) };
+            }
+            let _ = Command::new(BERTH_REAPER).arg("cleanup").arg(&dir).output();
+        }
+    }
+}
+
+impl Daemon {
+    /// `<state>/runtime.linux/tasks/<ns>/<id>` of every task the runtime still has on disk.
+    pub fn task_dirs(&self) -> Vec<PathBuf> {
+        let tasks = self.dir.path().join("state/runtime.linux/tasks");
+        let mut dirs = Vec::new();
+        for ns in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+            for task in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                dirs.push(task.path());
+            }
+        }
+        dirs
+    }
+
+    /// A busybox root filesystem of this daemon's own (Debian's busybox-static, one symlink per applet).
+    pub fn busybox_rootfs(&self) -> PathBuf {
+        let dir = self.dir.path().join("busybox");
+        if dir.join("bin/sh").exists() {
+            return dir;
+        }
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .expect("busybox missing: install Debian's busybox-static (the test setup in .ci/run does)");
+        for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::copy(busybox, dir.join("bin/busybox")).unwrap();
+        let list = Command::new(busybox).arg("--list").output().expect("busybox --list");
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+            }
+        }
+        std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(dir.join("etc/group"), "root:x:0:\n").unwrap();
+        dir
+    }
+
+    /// A directory for ctr's `--fifo-dir`.
+    pub fn fifo_dir(&self) -> PathBuf {
+        let dir = self.dir.path().join("fifo");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }
 

@@ -13,3 +13,5 @@ mod ctr;
 mod events;
 mod lifecycle;
 mod persistence;
+mod tasks;
+mod tasks_cli;

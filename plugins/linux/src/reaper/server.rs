@@ -603,8 +603,21 @@ impl Reaper {
             }
             Request::CloseIo { exec_id } => {
                 let i = self.proc_index(&exec_id)?;
-                // Dropping the pump closes the pipe (or stops feeding the terminal): the process reads EOF.
-                self.procs[i].stdin = None;
+                let p = &mut self.procs[i];
+                // What the client wrote must still arrive: stop being a writer of the FIFO ourselves (we held it
+                // read-write so the client could come and go), keep reading until it is drained and every writer
+                // is gone, then the pump ends and closes the pipe, and the process reads EOF. containerd's shim
+                // does the same by closing its own write end.
+                // A regular file ends by itself.
+                use std::os::unix::fs::FileTypeExt;
+                let is_fifo = fs::metadata(&p.stdio.stdin).is_ok_and(|m| m.file_type().is_fifo());
+                if is_fifo {
+                    let reader = p.stdin.as_ref().map(|_| stdio::open_fifo_reader(&p.stdio.stdin));
+                    match (p.stdin.as_mut(), reader) {
+                        (Some(pump), Some(Ok(fd))) => pump.src = fd,
+                        _ => p.stdin = None,
+                    }
+                }
                 Ok(serde_json::Value::Null)
             }
             Request::Pause => {

@@ -40,6 +40,11 @@ fn open_stream(path: &str, flags: i32, which: &str) -> io::Result<OwnedFd> {
     open(p, flags).map_err(|e| io::Error::new(e.kind(), format!("{which} {path}: {e}")))
 }
 
+/// A read-only, non-blocking end of the FIFO at `path` (opening it never waits for a writer).
+pub fn open_fifo_reader(path: &str) -> io::Result<OwnedFd> {
+    open(Path::new(path), libc::O_RDONLY | libc::O_NONBLOCK)
+}
+
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on an fd we own.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };

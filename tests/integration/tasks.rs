@@ -1,0 +1,508 @@
+//! Tasks on the built-in Linux runtime: real containers (busybox) run through `ctr` and the containerd-client
+//! crate, as root. Every test checks that nothing is left behind: task directory, runtime state, cgroup,
+//! mounts, reaper process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use containerd_client::services::v1::*;
+
+use crate::harness::*;
+
+/// Runs `ctr -a SOCK args` and returns (exit code, stdout, stderr).
+fn ctr(daemon: &Daemon, args: &[&str]) -> (i32, String, String) {
+    let out = daemon.ctr(args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn run_args<'a>(
+    daemon_fifo: &'a str,
+    rootfs: &'a str,
+    extra: &[&'a str],
+    id: &'a str,
+    cmd: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["run", "--fifo-dir", daemon_fifo];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--rootfs", rootfs, id]);
+    args.extend_from_slice(cmd);
+    args
+}
+
+/// The cgroup directories a task of `ns`/`id` would have (ctr puts tasks in `/<ns>/<id>`).
+fn cgroup_dirs(ns: &str, id: &str) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        dirs.push(entry.path().join(ns).join(id));
+    }
+    dirs.push(PathBuf::from("/sys/fs/cgroup").join(ns).join(id));
+    dirs
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        // Zombies have an empty command line; they hold nothing.
+        if cmdline.contains(needle) {
+            found.push(format!("{name}: {cmdline}"));
+        }
+    }
+    found
+}
+
+/// Asserts nothing of task `ns`/`id` remains.
+fn assert_nothing_left(daemon: &Daemon, ns: &str, id: &str) {
+    let state = daemon.dir.path().join("state/runtime.linux");
+    let task_dir = state.join("tasks").join(ns).join(id);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // The reaper exits right after answering Delete; give it a moment.
+    while !processes_mentioning(&task_dir.display().to_string()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!task_dir.exists(), "task directory {} left behind", task_dir.display());
+    assert!(!state.join("oci").join(ns).join(id).exists(), "runtime state of {id} left behind");
+    for cg in cgroup_dirs(ns, id) {
+        assert!(!cg.exists(), "cgroup {} left behind", cg.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = daemon.dir.path().display().to_string();
+    assert!(!mounts.lines().any(|l| l.contains(&prefix)), "mounts left under {prefix}:\n{mounts}");
+    let procs = processes_mentioning(&task_dir.display().to_string());
+    assert!(procs.is_empty(), "processes of {id} left: {procs:?}");
+}
+
+fn wait_for_status(daemon: &Daemon, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ls = daemon.ctr_ok(&["tasks", "ls"]);
+        if ls.lines().any(|l| l.split_whitespace().next() == Some(id) && l.contains(want)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "task {id} did not reach {want}:\n{ls}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ctr_run_rm_reports_exit_codes_and_output() {
+    if !requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let rootfs = daemon.busybox_rootfs();
+    let fifo = daemon.fifo_dir();
+    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+
+    let (code, out, err) =
+        ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], "c1", &["sh", "-c", "echo hello; echo oops >&2; exit 3"]));
+    assert_eq!(code, 3, "stdout {out} stderr {err}");
+    assert_eq!(out.trim(), "hello");
+    assert!(err.contains("oops"), "{err}");
+    assert_nothing_left(&daemon, "default", "c1");
+
+    // The container's init is protected from signals sent inside its pid namespace, as on any Linux.
+    let (code, _, err) = ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], "c2", &["sh", "-c", "kill -9 $$; exit 4"]));
+    assert_eq!(code, 4, "{err}");
+    assert_nothing_left(&daemon, "default", "c2");
+
+    // stdin reaches the process. (ctr never sends CloseIO, so, as with containerd, the process would not see
+    // EOF: `berth run` does, tested in tasks_cli.)
+    let mut child = Command::new(ctr_path())
+        .arg("-a")
+        .arg(&daemon.socket)
+        .args(run_args(fifo, rootfs, &["--rm"], "c3", &["sh", "-c", "read a; read b; echo got:$a:$b"]))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"first\nsecond\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got:first:second\n");
+    assert_nothing_left(&daemon, "default", "c3");
+
+    // Only stdin, stdout and stderr are open inside: no fd of berthd or the reaper leaks in.
+    let (code, out, err) =
+        ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], "c4", &["sh", "-c", "ls /proc/$$/fd; true"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "1", "2"], "open fds inside: {out}");
+    assert_nothing_left(&daemon, "default", "c4");
+}
+
+#[test]
+fn ctr_detached_task_ps_exec_pause_resume_kill_rm() {
+    if !requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let rootfs_dir = daemon.busybox_rootfs();
+    let fifo = daemon.fifo_dir();
+    let (rootfs, fifo) = (rootfs_dir.to_str().unwrap(), fifo.to_str().unwrap());
+    let counter = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done";
+    daemon.ctr_ok(&run_args(fifo, rootfs, &["-d"], "d1", &["sh", "-c", counter]));
+    wait_for_status(&daemon, "d1", "RUNNING");
+
+    let ls = daemon.ctr_ok(&["tasks", "ls"]);
+    let pid: u32 =
+        ls.lines().find(|l| l.starts_with("d1")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let ps = daemon.ctr_ok(&["tasks", "ps", "d1"]);
+    assert!(ps.lines().any(|l| l.split_whitespace().next() == Some(&pid.to_string())), "{ps}");
+
+    // exec joins every namespace: it sees the same pid namespace (init is pid 1) and hostname.
+    let (code, out, err) = ctr(
+        &daemon,
+        &[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            "--fifo-dir",
+            fifo,
+            "d1",
+            "sh",
+            "-c",
+            "cat /proc/1/cmdline | tr '\\0' ' '; exit 7",
+        ],
+    );
+    assert_eq!(code, 7, "{err}");
+    assert!(out.contains(counter), "{out}");
+    // The exec'd process was deleted by ctr: its id can be used again.
+    let (code, ..) = ctr(&daemon, &["tasks", "exec", "--exec-id", "e1", "--fifo-dir", fifo, "d1", "true"]);
+    assert_eq!(code, 0);
+
+    // Pause really freezes: the counter stops moving, and moves again after resume.
+    let count =
+        || std::fs::read_to_string(rootfs_dir.join("tmp/count")).unwrap_or_default().trim().parse::<u64>().unwrap_or(0);
+    daemon.ctr_ok(&["tasks", "pause", "d1"]);
+    wait_for_status(&daemon, "d1", "PAUSED");
+    std::thread::sleep(Duration::from_millis(100));
+    let frozen = count();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(), frozen, "the counter moved while paused");
+    let exec_paused =
+        fails(daemon.ctr(&["tasks", "exec", "--exec-id", "e2", "--fifo-dir", fifo, "d1", "true"]), "exec while paused");
+    assert!(exec_paused.contains("paused"), "{exec_paused}");
+    daemon.ctr_ok(&["tasks", "resume", "d1"]);
+    wait_for_status(&daemon, "d1", "RUNNING");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count() <= frozen {
+        assert!(Instant::now() < deadline, "the counter did not move after resume");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A running task cannot be deleted; a killed one can.
+    let running = fails(daemon.ctr(&["tasks", "rm", "d1"]), "deleting a running task");
+    assert!(running.contains("running") || running.contains("stopped"), "{running}");
+    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "d1"]);
+    wait_for_status(&daemon, "d1", "STOPPED");
+    let exec_stopped = fails(
+        daemon.ctr(&["tasks", "exec", "--exec-id", "e3", "--fifo-dir", fifo, "d1", "true"]),
+        "exec into a stopped task",
+    );
+    assert!(exec_stopped.contains("stopped") || exec_stopped.contains("finished"), "{exec_stopped}");
+    // A process killed by a signal reports 128 + signal (ctr warns with the status it got from Delete).
+    let (code, _, err) = ctr(&daemon, &["tasks", "rm", "d1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("exit code 137"), "{err}");
+    daemon.ctr_ok(&["containers", "rm", "d1"]);
+    assert_nothing_left(&daemon, "default", "d1");
+}
+
+#[test]
+fn ctr_run_with_a_terminal() {
+    if !requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let rootfs = daemon.busybox_rootfs();
+    let fifo = daemon.fifo_dir();
+    // ctr -t needs a terminal on its stdin: script(1) gives it one.
+    let cmd = format!(
+        "{} -a {} run -t --rm --fifo-dir {} --rootfs {} t1 sh -c 'tty; test -t 0 && echo stdin-is-a-tty; exit 5'",
+        ctr_path().display(),
+        daemon.socket.display(),
+        fifo.display(),
+        rootfs.display()
+    );
+    let out = Command::new("script").args(["-eqc", &cmd, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{text}");
+    assert!(text.contains("/dev/pts/0"), "the container's own devpts gives pts/0: {text}");
+    assert!(text.contains("stdin-is-a-tty"), "{text}");
+    assert_nothing_left(&daemon, "default", "t1");
+}
+
+#[test]
+fn tasks_survive_a_berthd_crash() {
+    if !requires_root() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let rootfs = daemon.busybox_rootfs();
+    let fifo = daemon.fifo_dir();
+    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    daemon.ctr_ok(&run_args(fifo, rootfs, &["-d"], "live", &["sh", "-c", "while true; do echo tick; sleep 0.1; done"]));
+    daemon.ctr_ok(&run_args(fifo, rootfs, &["-d"], "ends", &["sh", "-c", "sleep 1; exit 9"]));
+    wait_for_status(&daemon, "live", "RUNNING");
+    let live_pid = daemon.ctr_ok(&["tasks", "ls"]).lines().find(|l| l.starts_with("live")).unwrap().to_string();
+
+    daemon.kill9();
+    // "ends" exits while berthd is down.
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.spawn();
+
+    let ls = daemon.ctr_ok(&["tasks", "ls"]);
+    assert!(ls.lines().any(|l| l == live_pid), "live task not recovered as it was:\n{ls}\nwas: {live_pid}");
+    assert!(ls.lines().any(|l| l.starts_with("ends") && l.contains("STOPPED")), "{ls}");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = daemon.client().await;
+        let mut tasks = client.tasks();
+        let wait =
+            tasks.wait(ns_request("default", WaitRequest { container_id: "ends".into(), exec_id: String::new() }));
+        let wait =
+            tokio::time::timeout(Duration::from_secs(5), wait).await.expect("wait answers").unwrap().into_inner();
+        assert_eq!(wait.exit_status, 9, "the exit status of a task that ended while berthd was down");
+        let got = tasks.get(ns_request("default", GetRequest { container_id: "live".into(), exec_id: String::new() }));
+        let process = got.await.unwrap().into_inner().process.unwrap();
+        // Its output still flows: read its stdout FIFO again.
+        let stdout = PathBuf::from(process.stdout);
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut f = std::fs::File::open(stdout).unwrap();
+            let mut buf = [0u8; 64];
+            let n = f.read(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let text = reader.join().unwrap();
+        assert!(text.contains("tick"), "{text}");
+    });
+    // exec still works in the recovered task.
+    let (code, out, err) =
+        ctr(&daemon, &["tasks", "exec", "--exec-id", "after", "--fifo-dir", fifo, "live", "echo", "still-here"]);
+    assert_eq!((code, out.trim()), (0, "still-here"), "{err}");
+
+    for id in ["live", "ends"] {
+        let _ = daemon.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+        wait_for_status(&daemon, id, "STOPPED");
+        daemon.ctr_ok(&["tasks", "rm", id]);
+        daemon.ctr_ok(&["containers", "rm", id]);
+        assert_nothing_left(&daemon, "default", id);
+    }
+}
+
+#[test]
+fn memory_limit_oom_is_an_event_and_exit_137() {
+    if !requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let rootfs = daemon.busybox_rootfs();
+    let fifo = daemon.fifo_dir();
+    let events_out = daemon.dir.path().join("events.txt");
+    let mut events = Command::new(ctr_path())
+        .arg("-a")
+        .arg(&daemon.socket)
+        .arg("events")
+        .stdout(std::fs::File::create(&events_out).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    // tail keeps every line of an endless file without newlines: it grows until the limit kills it.
+    let (code, _, err) = ctr(
+        &daemon,
+        &run_args(fifo, rootfs, &["--rm", "--memory-limit", "33554432"], "oom", &["sh", "-c", "tail /dev/zero"]),
+    );
+    assert_eq!(code, 137, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&events_out).unwrap_or_default();
+        if text.contains("/tasks/oom") && text.contains("/tasks/delete") {
+            assert!(
+                text.contains("/tasks/create") && text.contains("/tasks/start") && text.contains("/tasks/exit"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no oom event:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    assert_nothing_left(&daemon, "default", "oom");
+}
+
+/// The spec ctr generates for `ctr containers create --rootfs DIR ID CMD...`, changed by `edit`, stored with
+/// Containers.Update; returns the container's spec as stored.
+async fn container_with_spec(
+    daemon: &Daemon,
+    client: &containerd_client::Client,
+    id: &str,
+    cmd: &[&str],
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let rootfs = daemon.busybox_rootfs();
+    // ctr moves anything that looks like a flag (`sh -c`) to the front: the command goes in a script.
+    let script = format!("/{id}.sh");
+    let quoted: Vec<String> = cmd.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+    std::fs::write(rootfs.join(&script[1..]), format!("exec {}\n", quoted.join(" "))).unwrap();
+    daemon.ctr_ok(&["containers", "create", "--rootfs", rootfs.to_str().unwrap(), id, "sh", &script]);
+    let info: serde_json::Value = serde_json::from_str(&daemon.ctr_ok(&["containers", "info", id])).unwrap();
+    let mut spec = info["Spec"].clone();
+    edit(&mut spec);
+    let mut containers = client.containers();
+    let got = containers.get(ns_request("default", GetContainerRequest { id: id.into() })).await.unwrap().into_inner();
+    let mut container = got.container.unwrap();
+    container.spec = Some(spec_any(&spec.to_string()));
+    let update = UpdateContainerRequest {
+        container: Some(container),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["spec".into()] }),
+    };
+    containers.update(ns_request("default", update)).await.unwrap();
+}
+
+fn fifo_io(daemon: &Daemon, id: &str) -> (String, PathBuf) {
+    let dir = daemon.fifo_dir().join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("stdout");
+    let _ = std::fs::remove_file(&out);
+    let c = std::ffi::CString::new(out.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { mkfifo(c.as_ptr(), 0o600) }, 0);
+    (out.to_str().unwrap().to_string(), out)
+}
+
+unsafe extern "C" {
+    fn mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
+}
+
+/// Reads a FIFO until every writer closed it, on a thread (opening blocks until the task opens it).
+fn read_fifo(path: PathBuf) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || std::fs::read_to_string(path).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn pids_limit_makes_fork_fail() {
+    if !requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let client = daemon.client().await;
+    let script = "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; sleep 0.2; echo started $(ls /proc | grep -c '^[0-9]')";
+    container_with_spec(&daemon, &client, "pids", &["sh", "-c", script], |spec| {
+        spec["linux"]["resources"]["pids"] = serde_json::json!({ "limit": 4 });
+    })
+    .await;
+    let (stdout, path) = fifo_io(&daemon, "pids");
+    let reader = read_fifo(path);
+    let mut tasks = client.tasks();
+    tasks
+        .create(ns_request(
+            "default",
+            CreateTaskRequest {
+                container_id: "pids".into(),
+                stdout: stdout.clone(),
+                stderr: stdout,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    tasks
+        .start(ns_request("default", StartRequest { container_id: "pids".into(), exec_id: String::new() }))
+        .await
+        .unwrap();
+    let wait = tasks.wait(ns_request("default", WaitRequest { container_id: "pids".into(), exec_id: String::new() }));
+    tokio::time::timeout(Duration::from_secs(20), wait).await.expect("task ends").unwrap();
+    let out = reader.join().unwrap();
+    assert!(out.contains("can't fork") || out.contains("Resource temporarily unavailable"), "fork did not fail: {out}");
+    tasks.delete(ns_request("default", DeleteTaskRequest { container_id: "pids".into() })).await.unwrap();
+    daemon.ctr_ok(&["containers", "rm", "pids"]);
+    assert_nothing_left(&daemon, "default", "pids");
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_leaves_nothing() {
+    if !requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let client = daemon.client().await;
+    let mut tasks = client.tasks();
+    let create = |id: &str| ns_request("default", CreateTaskRequest { container_id: id.into(), ..Default::default() });
+
+    // No such container.
+    let e = tasks.create(create("nope")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // A spec that is not JSON.
+    container_with_spec(&daemon, &client, "badjson", &["true"], |_| {}).await;
+    let mut containers = client.containers();
+    let mut c = containers
+        .get(ns_request("default", GetContainerRequest { id: "badjson".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap();
+    c.spec = Some(spec_any("{not json"));
+    let update = UpdateContainerRequest {
+        container: Some(c),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["spec".into()] }),
+    };
+    containers.update(ns_request("default", update)).await.unwrap();
+    let e = tasks.create(create("badjson")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("spec"), "{e:?}");
+    assert_nothing_left(&daemon, "default", "badjson");
+
+    // A root filesystem that does not exist.
+    container_with_spec(&daemon, &client, "noroot", &["true"], |spec| {
+        spec["root"]["path"] = "/nonexistent/rootfs".into()
+    })
+    .await;
+    let e = tasks.create(create("noroot")).await.unwrap_err();
+    assert!(e.message().contains("/nonexistent/rootfs"), "{e:?}");
+    assert_nothing_left(&daemon, "default", "noroot");
+
+    // An unknown namespace type.
+    container_with_spec(&daemon, &client, "badns", &["true"], |spec| {
+        spec["linux"]["namespaces"].as_array_mut().unwrap().push(serde_json::json!({ "type": "bogus" }));
+    })
+    .await;
+    let e = tasks.create(create("badns")).await.unwrap_err();
+    assert!(e.message().contains("bogus"), "{e:?}");
+    assert_nothing_left(&daemon, "default", "badns");
+
+    // A duplicate task, and a signal that is not one.
+    container_with_spec(&daemon, &client, "dup", &["sleep", "100"], |_| {}).await;
+    tasks.create(create("dup")).await.unwrap();
+    let e = tasks.create(create("dup")).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let kill = KillRequest { container_id: "dup".into(), signal: 4096, ..Default::default() };
+    let e = tasks.kill(ns_request("default", kill)).await.unwrap_err();
+    assert!(e.message().contains("4096") || e.message().contains("signal"), "{e:?}");
+    let bad_sig = fails(daemon.ctr(&["tasks", "kill", "-s", "SIGNOPE", "dup"]), "a bad signal name");
+    assert!(bad_sig.contains("SIGNOPE") || bad_sig.contains("signal"), "{bad_sig}");
+    // Deleting a created (never started) task kills its waiting init, as containerd does.
+    tasks.delete(ns_request("default", DeleteTaskRequest { container_id: "dup".into() })).await.unwrap();
+    assert_nothing_left(&daemon, "default", "dup");
+    for id in ["badjson", "noroot", "badns", "dup"] {
+        daemon.ctr_ok(&["containers", "rm", id]);
+    }
+    let _ = Path::new("");
+}
