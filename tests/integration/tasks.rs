@@ -504,5 +504,108 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     for id in ["badjson", "noroot", "badns", "dup"] {
         daemon.ctr_ok(&["containers", "rm", id]);
     }
-    let _ = Path::new("");
+}
+
+#[test]
+fn a_wedged_reaper_does_not_stall_recovery() {
+    if !requires_root() {
+        return;
+    }
+    let mut daemon = Daemon::start_with("[plugins.\"runtime.linux\"]\nrecovery_timeout_ms = 300\n");
+    let rootfs = daemon.busybox_rootfs();
+    let fifo = daemon.fifo_dir();
+    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    daemon.ctr_ok(&run_args(fifo, rootfs, &["-d"], "wedged", &["sleep", "1000"]));
+    daemon.ctr_ok(&run_args(fifo, rootfs, &["-d"], "fine", &["sleep", "1000"]));
+    let task_dir = daemon.dir.path().join("state/runtime.linux/tasks/default/wedged");
+    let reaper: i32 = std::fs::read_to_string(task_dir.join("reaper.pid")).unwrap().trim().parse().unwrap();
+    // The reaper stops answering, then berthd crashes and comes back.
+    assert_eq!(unsafe { kill(reaper, SIGSTOP) }, 0);
+    daemon.kill9();
+    daemon.spawn();
+    let ls = daemon.ctr_ok(&["tasks", "ls"]);
+    assert!(ls.lines().any(|l| l.starts_with("fine") && l.contains("RUNNING")), "{ls}");
+    assert!(ls.lines().any(|l| l.starts_with("wedged") && l.contains("UNKNOWN")), "{ls}");
+    assert!(daemon.log_text().contains("reported stopped"), "the log says why:\n{}", daemon.log_text());
+    // Deleting the unknown task removes it all, the wedged reaper and its container included.
+    daemon.ctr_ok(&["tasks", "rm", "wedged"]);
+    daemon.ctr_ok(&["containers", "rm", "wedged"]);
+    assert_nothing_left(&daemon, "default", "wedged");
+    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "fine"]);
+    wait_for_status(&daemon, "fine", "STOPPED");
+    daemon.ctr_ok(&["tasks", "rm", "fine"]);
+    daemon.ctr_ok(&["containers", "rm", "fine"]);
+    assert_nothing_left(&daemon, "default", "fine");
+}
+
+const SIGSTOP: i32 = 19;
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+#[tokio::test]
+async fn metrics_and_update_of_a_running_task() {
+    if !requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let rootfs = daemon.busybox_rootfs();
+    let fifo = daemon.fifo_dir();
+    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    daemon.ctr_ok(&run_args(fifo, rootfs, &["-d", "--memory-limit", "67108864"], "m1", &["sleep", "1000"]));
+    let metrics = daemon.ctr_ok(&["tasks", "metrics", "m1"]);
+    assert!(metrics.contains("memory.usage_in_bytes") && metrics.contains("pids.current"), "{metrics}");
+    let limit_line = metrics.lines().find(|l| l.starts_with("memory.limit_in_bytes")).unwrap_or_default().to_string();
+    let hybrid_or_v1 = Path::new("/sys/fs/cgroup/memory").exists();
+    if hybrid_or_v1 {
+        assert!(limit_line.contains("67108864"), "{metrics}");
+    }
+
+    // Update changes the limit of the running task, as the host's cgroup shows.
+    let client = daemon.client().await;
+    let resources = serde_json::json!({ "memory": { "limit": 134217728 }, "pids": { "limit": 50 } });
+    let update = UpdateTaskRequest {
+        container_id: "m1".into(),
+        resources: Some(prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: resources.to_string().into_bytes(),
+        }),
+        ..Default::default()
+    };
+    client.tasks().update(ns_request("default", update)).await.unwrap();
+    let (memory, pids) = if hybrid_or_v1 {
+        ("/sys/fs/cgroup/memory/default/m1/memory.limit_in_bytes", "/sys/fs/cgroup/pids/default/m1/pids.max")
+    } else {
+        ("/sys/fs/cgroup/default/m1/memory.max", "/sys/fs/cgroup/default/m1/pids.max")
+    };
+    assert_eq!(std::fs::read_to_string(memory).unwrap().trim(), "134217728");
+    assert_eq!(std::fs::read_to_string(pids).unwrap().trim(), "50");
+    // A bad update is refused with what was wrong, and the limits stay.
+    let bad = UpdateTaskRequest {
+        container_id: "m1".into(),
+        resources: Some(prost_types::Any {
+            type_url: "x".into(),
+            value: b"{\"memory\": {\"limit\": \"lots\"}}".to_vec(),
+        }),
+        ..Default::default()
+    };
+    let e = client.tasks().update(ns_request("default", bad)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("resources"), "{e:?}");
+    assert_eq!(std::fs::read_to_string(memory).unwrap().trim(), "134217728");
+
+    // An exec'd process gets only stdin, stdout and stderr too.
+    let (code, out, err) = ctr(
+        &daemon,
+        &["tasks", "exec", "--exec-id", "fds", "--fifo-dir", fifo, "m1", "sh", "-c", "ls /proc/$$/fd; true"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "1", "2"], "open fds in exec: {out}");
+
+    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "m1"]);
+    wait_for_status(&daemon, "m1", "STOPPED");
+    daemon.ctr_ok(&["tasks", "rm", "m1"]);
+    daemon.ctr_ok(&["containers", "rm", "m1"]);
+    assert_nothing_left(&daemon, "default", "m1");
 }

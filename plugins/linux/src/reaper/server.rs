@@ -136,6 +136,7 @@ fn load_config(dir: &Path) -> io::Result<TaskConfig> {
 /// Removes what a task whose reaper is gone left behind: the container (killed if anything still runs), its
 /// cgroup, its root filesystem mounts and the task directory.
 pub fn cleanup(dir: &Path) -> io::Result<()> {
+    kill_stale_reaper(dir);
     if let Ok(cfg) = load_config(dir) {
         let runtime = Runtime::new(&cfg.oci_root);
         match runtime.delete(&cfg.id, true) {
@@ -147,6 +148,30 @@ pub fn cleanup(dir: &Path) -> io::Result<()> {
     match fs::remove_dir_all(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// A reaper that stopped answering (wedged, or SIGSTOPped) still holds the task: kill it first, once its pid is
+/// checked to still be that reaper (its command line names this task directory), so a reused pid is left alone.
+fn kill_stale_reaper(dir: &Path) {
+    let Some(pid) = fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
+        return;
+    };
+    let is_ours = |pid: i32| {
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy()))
+    };
+    if pid <= 1 || pid == std::process::id() as i32 || !is_ours(pid) {
+        return;
+    }
+    // SAFETY: plain syscall on a pid just checked.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // Gone, or a zombie (its command line is then empty), within a second.
+    for _ in 0..100 {
+        if !is_ours(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
