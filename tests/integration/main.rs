@@ -12,6 +12,7 @@ mod containerd_client;
 mod ctr;
 mod events;
 mod lifecycle;
+mod oci;
 mod persistence;
 mod tasks;
 mod tasks_cli;
