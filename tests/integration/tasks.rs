@@ -609,3 +609,54 @@ async fn metrics_and_update_of_a_running_task() {
     daemon.ctr_ok(&["containers", "rm", "m1"]);
     assert_nothing_left(&daemon, "default", "m1");
 }
+
+#[test]
+fn kill_all_exec_in_the_cgroup_and_no_sigpipe_when_the_client_leaves() {
+    if !requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let rootfs = daemon.busybox_rootfs();
+    let fifo = daemon.fifo_dir();
+    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+
+    // ctr -d leaves at once: nobody reads the output any more, and the writer must not die of SIGPIPE.
+    daemon.ctr_ok(&run_args(
+        fifo,
+        rootfs,
+        &["-d"],
+        "chatty",
+        &["sh", "-c", "while true; do echo lots of output; done"],
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    wait_for_status(&daemon, "chatty", "RUNNING");
+
+    // An exec'd process runs in the task's cgroup: ListPids sees it, with its exec id.
+    daemon.ctr_ok(&["tasks", "exec", "-d", "--exec-id", "bg", "--fifo-dir", fifo, "chatty", "sleep", "1000"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ps = daemon.ctr_ok(&["tasks", "ps", "chatty"]);
+        if ps.contains("bg") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "exec'd process not listed with its exec id:\n{ps}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // SIGTERM: init (pid 1 of its namespace, no handler) ignores it; with --all the exec'd sleep gets it too.
+    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGTERM", "chatty"]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(daemon.ctr_ok(&["tasks", "ps", "chatty"]).contains("bg"), "without --all only init is signalled");
+    daemon.ctr_ok(&["tasks", "kill", "--all", "-s", "SIGTERM", "chatty"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while daemon.ctr_ok(&["tasks", "ps", "chatty"]).contains("bg") {
+        assert!(Instant::now() < deadline, "--all did not reach the exec'd process");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_for_status(&daemon, "chatty", "RUNNING");
+    daemon.ctr_ok(&["tasks", "kill", "--all", "-s", "SIGKILL", "chatty"]);
+    wait_for_status(&daemon, "chatty", "STOPPED");
+    daemon.ctr_ok(&["tasks", "rm", "chatty"]);
+    daemon.ctr_ok(&["containers", "rm", "chatty"]);
+    assert_nothing_left(&daemon, "default", "chatty");
+}
