@@ -498,12 +498,24 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     assert!(e.message().contains("4096") || e.message().contains("signal"), "{e:?}");
     let bad_sig = fails(daemon.ctr(&["tasks", "kill", "-s", "SIGNOPE", "dup"]), "a bad signal name");
     assert!(bad_sig.contains("SIGNOPE") || bad_sig.contains("signal"), "{bad_sig}");
+    // Checkpoint needs CRIU, which berth does not have yet: the error says so.
+    let no_criu = fails(daemon.ctr(&["tasks", "checkpoint", "dup"]), "checkpoint");
+    assert!(no_criu.contains("CRIU"), "{no_criu}");
     // Deleting a created (never started) task kills its waiting init, as containerd does.
     tasks.delete(ns_request("default", DeleteTaskRequest { container_id: "dup".into() })).await.unwrap();
     assert_nothing_left(&daemon, "default", "dup");
     for id in ["badjson", "noroot", "badns", "dup"] {
         daemon.ctr_ok(&["containers", "rm", id]);
     }
+
+    // A runtime name that config.toml does not map and no plugin has.
+    let rootfs = daemon.busybox_rootfs();
+    let fifo = daemon.fifo_dir();
+    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    let args = run_args(fifo, rootfs, &["--rm", "--runtime", "io.containerd.nope.v1"], "noruntime", &["true"]);
+    let no_runtime = fails(daemon.ctr(&args), "an unknown runtime");
+    assert!(no_runtime.contains("io.containerd.nope.v1") && no_runtime.contains("not found"), "{no_runtime}");
+    assert_nothing_left(&daemon, "default", "noruntime");
 }
 
 #[test]
