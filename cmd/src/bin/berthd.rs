@@ -82,7 +82,23 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         config = %args.config.as_ref().map_or("<embedded default>".to_string(), |p| p.display().to_string()),
         "berthd starting"
     );
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("berthd").build()?;
     runtime.block_on(berth_core::daemon::run(config, registry))?;
     Ok(())
+}
+
+/// berthd holds a few descriptors per task (the event stream of each reaper, client connections): lift the
+/// soft limit on open files to the hard one, as containerd does, so hundreds of tasks do not run out.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("could not raise the open files limit: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
 }
