@@ -23,5 +23,7 @@ pub mod registry;
 pub mod runtime;
 pub mod services;
 pub mod store;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 
 pub use error::{Error, Result};

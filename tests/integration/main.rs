@@ -14,5 +14,6 @@ mod events;
 mod lifecycle;
 mod oci;
 mod persistence;
+mod runtime_conformance;
 mod tasks;
 mod tasks_cli;

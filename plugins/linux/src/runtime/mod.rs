@@ -144,7 +144,9 @@ fn json_of(any: &Any, what: &str) -> Result<serde_json::Value> {
 }
 
 impl LinuxRuntime {
-    fn new(state: PathBuf, reaper: PathBuf, config: &LinuxConfig) -> Self {
+    /// A runtime keeping its tasks under `state`, starting `reaper` for each (the plugin's init also recovers
+    /// the tasks an earlier berthd left: see [`LinuxRuntime::recover`]).
+    pub fn new(state: PathBuf, reaper: PathBuf, config: &LinuxConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         LinuxRuntime {
             inner: Arc::new(Inner {
@@ -205,7 +207,7 @@ impl LinuxRuntime {
     }
 
     /// Finds the tasks left by an earlier berthd; returns (live, stopped) counts.
-    async fn recover(&self, timeout: Duration) -> (usize, usize) {
+    pub async fn recover(&self, timeout: Duration) -> (usize, usize) {
         let mut found = Vec::new();
         for ns in read_dirs(&self.inner.tasks_dir) {
             for id in read_dirs(&ns) {

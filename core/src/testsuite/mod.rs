@@ -1,0 +1,4 @@
+//! Conformance suites, one per backend kind, that every backend's tests run (built-in, native library and
+//! wasm alike). Compiled with the `testsuite` feature, which only tests enable.
+
+pub mod runtime;
