@@ -690,8 +690,7 @@ mod tests {
 
     #[test]
     fn embedded_config_holds_the_defaults_and_checks_keys() {
-        let registry = crate::builtin::registry().unwrap();
-        let config = crate::config::Config::default_config(&registry).unwrap();
+        let config = crate::config::tests::core_default_config();
         let table = config.plugins.get("service.tasks").expect("config.toml has a [plugins.\"service.tasks\"] table");
         let parsed: TasksConfig = table.clone().try_into().unwrap();
         assert_eq!(parsed, TasksConfig::default());
