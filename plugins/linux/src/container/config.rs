@@ -111,6 +111,22 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         if key.is_empty() || key.split(['.', '/']).any(|p| p.is_empty() || p == "..") {
             return Err(Error::config(format!("linux.sysctl: invalid key {key:?}")));
         }
+        // Init writes sysctls as root of the host (without a user namespace): one that is not isolated by one of
+        // the container's own namespaces would change the host's kernel (runc refuses these too).
+        let in_own = |t: LinuxNamespaceType| {
+            namespaces.iter().any(|n| n.typ() == t && n.path().as_ref().is_none_or(|p| !is_own_namespace(p, t)))
+        };
+        match sysctl_namespace(key) {
+            Some(t) if in_own(t) => {}
+            Some(t) => {
+                return Err(Error::config(format!(
+                    "linux.sysctl: {key} needs a {t} namespace of the container's own, not the host's"
+                )));
+            }
+            None => {
+                return Err(Error::config(format!("linux.sysctl: {key} is not namespaced: it would be the host's")));
+            }
+        }
     }
     for (field, hooks) in hook_lists(spec) {
         for (i, h) in hooks.iter().enumerate() {
@@ -123,6 +139,40 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         }
     }
     Ok(rootfs)
+}
+
+/// The namespace that isolates a sysctl (runc's list), None for the host-wide ones.
+fn sysctl_namespace(key: &str) -> Option<LinuxNamespaceType> {
+    let key = key.replace('/', ".");
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if IPC.contains(&key.as_str()) || key.starts_with("fs.mqueue.") {
+        Some(LinuxNamespaceType::Ipc)
+    } else if key.starts_with("net.") {
+        Some(LinuxNamespaceType::Network)
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        Some(LinuxNamespaceType::Uts)
+    } else {
+        None
+    }
+}
+
+/// Whether a namespace path to join is the runtime's own namespace (the host's), which isolates nothing.
+fn is_own_namespace(path: &Path, t: LinuxNamespaceType) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let own = format!("/proc/self/ns/{}", super::process::namespaces::proc_name(t));
+    match (std::fs::metadata(path), std::fs::metadata(own)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
 }
 
 fn hook_lists(spec: &Spec) -> Vec<(&'static str, Vec<oci_spec::runtime::Hook>)> {

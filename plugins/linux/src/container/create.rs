@@ -23,6 +23,10 @@ struct Undo<'a> {
     cgroup: Option<Cgroup>,
     /// Our children still to kill and reap.
     pids: Vec<i32>,
+    /// Set once the container process exists: poststop hooks run after the container is destroyed, as the spec's
+    /// lifecycle wants after a failing prestart, createRuntime or createContainer hook (runc runs them on any
+    /// failed create too).
+    poststop: Option<(&'a Spec, String)>,
     armed: bool,
 }
 
@@ -48,6 +52,11 @@ impl Drop for Undo<'_> {
         }
         if let Err(e) = self.state_dir.remove() {
             tracing::warn!("cleanup: {e}");
+        }
+        if let Some((spec, state)) = &self.poststop
+            && let Err(e) = hooks::run(spec, hooks::Kind::Poststop, state)
+        {
+            tracing::warn!("{e}");
         }
     }
 }
@@ -89,7 +98,7 @@ impl Runtime {
         };
 
         let sd = StateDir::create(&self.root, &opts.id)?;
-        let mut undo = Undo { state_dir: &sd, cgroup: None, pids: Vec::new(), armed: true };
+        let mut undo = Undo { state_dir: &sd, cgroup: None, pids: Vec::new(), poststop: None, armed: true };
 
         // exec.fifo: init blocks opening it for writing until `start` opens it for reading. 0622 so that init
         // can open it after switching to the container's user.
@@ -135,6 +144,7 @@ impl Runtime {
         // closure is dropped in the parent) and closes its copy of parent_ch.
         let inter = fork::fork_child(move || child.intermediate(child_ch)).step(|| "forking the container process")?;
         undo.pids.push(inter);
+        undo.poststop = Some((spec, State { status: Status::Stopped, ..st.clone() }.hook_json()));
         drop(console);
         drop(state_dirfd);
 

@@ -81,7 +81,8 @@ fn init(a: &mut InitArgs) -> Result<std::convert::Infallible, String> {
     let channel = a.channel.as_ref().ok_or("no channel")?;
     step("sync with runtime", channel.send(&Msg::RunHooks))?;
     step("sync with runtime", channel.wait_go())?;
-    hooks::run(spec, hooks::Kind::CreateContainer, &a.hook_state).map_err(|e| e.to_string())?;
+    hooks::run(spec, hooks::Kind::CreateContainer, &hook_state(&a.hook_state, "creating"))
+        .map_err(|e| e.to_string())?;
 
     if !rootfs::binds_dev(&mounts) {
         step("devices", rootfs::create_devices(a.rootfs, linux.devices().as_deref().unwrap_or_default(), a.in_userns))?;
@@ -89,6 +90,7 @@ fn init(a: &mut InitArgs) -> Result<std::convert::Infallible, String> {
     }
 
     step("pivot_root", rootfs::pivot(a.rootfs))?;
+    step("rootfsPropagation", rootfs::set_root_propagation(linux.rootfs_propagation().as_deref()))?;
 
     if process.terminal().unwrap_or(false) {
         let sock = a.console_socket.take().ok_or("process.terminal is true but there is no console socket")?;
@@ -153,11 +155,13 @@ fn init(a: &mut InitArgs) -> Result<std::convert::Infallible, String> {
     let name = CString::new(crate::container::state::EXEC_FIFO).unwrap_or_default();
     let state_dir = a.state_dir.take().ok_or("no state directory fd")?;
     let fifo = step("opening exec fifo", sys::openat(&state_dir, &name, libc::O_WRONLY))?;
-    step("writing exec fifo", std::fs::File::from(fifo).write_all(b"0"))?;
     // Closed before anything of the container runs.
     drop(state_dir);
 
-    hooks::run(spec, hooks::Kind::StartContainer, &a.hook_state).map_err(|e| e.to_string())?;
+    // startContainer hooks run once `start` is called and before the byte that lets `start` return: start then
+    // runs poststart only after them (the spec's order) and fails when one fails (init exits without writing).
+    hooks::run(spec, hooks::Kind::StartContainer, &hook_state(&a.hook_state, "created")).map_err(|e| e.to_string())?;
+    step("writing exec fifo", std::fs::File::from(fifo).write_all(b"0"))?;
 
     if nnp && let Some((program, flags)) = &seccomp {
         super::install_seccomp(program, flags)?;
@@ -166,6 +170,17 @@ fn init(a: &mut InitArgs) -> Result<std::convert::Infallible, String> {
     step("close_range", sys::cloexec_from(3))?;
     let err = super::execve(&exe, &args, &env);
     Err(format!("exec {}: {err}", exe.display()))
+}
+
+/// The state for hooks that run in the container (createContainer, startContainer): the spec wants the pid as
+/// the container sees it, and `status` (the runtime's copy was taken before init existed: pid 0, creating).
+fn hook_state(runtime_state: &str, status: &str) -> String {
+    let Ok(mut st) = serde_json::from_str::<serde_json::Value>(runtime_state) else {
+        return runtime_state.to_string();
+    };
+    st["pid"] = std::process::id().into();
+    st["status"] = status.into();
+    st.to_string()
 }
 
 /// Whether init is in a user namespace of its own (new or joined).

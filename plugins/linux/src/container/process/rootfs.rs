@@ -148,22 +148,73 @@ fn ctx(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-/// Makes every mount private (so nothing we do propagates to the host, and pivot_root accepts the tree), then
-/// bind-mounts rootfs onto itself so that it is a mount point.
+/// Sets the propagation of / (rootfsPropagation, private by default), then bind-mounts rootfs onto itself so that
+/// it is a mount point. Like runc, the propagation is applied to all of / and not just to rootfs: making / private
+/// first would cut every mount from its host peer, and `rslave` (host mounts show up in the container's binds,
+/// CRI's HostToContainer) or `rshared` (Bidirectional) could never work.
 pub fn prepare(rootfs: &Path, propagation: Option<&str>) -> io::Result<()> {
     let flag = match propagation {
         Some(p) => propagation_flag(p)
             .ok_or_else(|| io::Error::other(format!("linux.rootfsPropagation: unknown value {p:?}")))?,
         None => libc::MS_PRIVATE | libc::MS_REC,
     };
-    // Always private first: a shared / would make pivot_root fail and leak our mounts to the host.
-    sys::mount(None, Path::new("/"), None, libc::MS_PRIVATE | libc::MS_REC, None).map_err(ctx("making / private"))?;
+    sys::mount(None, Path::new("/"), None, flag, None).map_err(ctx("setting the propagation of /"))?;
+    // pivot_root refuses a shared parent of the new root, and a shared parent would propagate the rootfs bind
+    // (and every mount under it) to the host: make that one mount private, as runc does.
+    if let Some((parent, true)) = parent_mount(rootfs) {
+        sys::mount(None, &parent, None, libc::MS_PRIVATE, None)
+            .map_err(ctx(format!("making {} private", parent.display())))?;
+    }
     sys::mount(Some(rootfs), rootfs, None, libc::MS_BIND | libc::MS_REC, None)
         .map_err(ctx(format!("bind-mounting rootfs {}", rootfs.display())))?;
-    if flag != libc::MS_PRIVATE | libc::MS_REC {
-        sys::mount(None, rootfs, None, flag, None).map_err(ctx("setting rootfs propagation"))?;
-    }
     Ok(())
+}
+
+/// After pivot_root: the new / gets rootfsPropagation too (the rootfs bind was private until then), as in runc.
+pub fn set_root_propagation(propagation: Option<&str>) -> io::Result<()> {
+    match propagation.and_then(propagation_flag) {
+        Some(flag) => sys::mount(None, Path::new("/"), None, flag, None).map_err(ctx("setting rootfsPropagation")),
+        None => Ok(()),
+    }
+}
+
+/// The mount point of the mount that holds `path`, and whether that mount is shared.
+fn parent_mount(path: &Path) -> Option<(PathBuf, bool)> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<(PathBuf, bool)> = None;
+    for line in text.lines() {
+        let Some((left, _)) = line.split_once(" - ") else { continue };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let Some(mp) = fields.get(4) else { continue };
+        let mp = PathBuf::from(unescape_mountinfo(mp));
+        // The longest mount point wins; of stacked mounts, the last listed (the top one).
+        if path.starts_with(&mp) && best.as_ref().is_none_or(|(b, _)| mp.as_os_str().len() >= b.as_os_str().len()) {
+            let shared = fields.iter().skip(6).any(|f| f.starts_with("shared:"));
+            best = Some((mp, shared));
+        }
+    }
+    best
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Flags of an existing mount that the kernel locks in a user namespace and a bind remount must keep.
@@ -557,5 +608,11 @@ mod tests {
         assert_eq!(secure_join(root, Path::new("/a/abs/passwd")).unwrap(), root.join("etc/passwd"));
         assert_eq!(secure_join(root, Path::new("/a/b/up/x")).unwrap(), root.join("x"));
         assert_eq!(secure_join(root, Path::new("../../x")).unwrap(), root.join("x"));
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b\\134c\\011"), "/a b\\c\t");
+        assert_eq!(unescape_mountinfo("/plain\\"), "/plain\\");
     }
 }
