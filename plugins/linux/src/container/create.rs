@@ -274,6 +274,9 @@ impl Child<'_> {
     fn intermediate(self, ch: Channel) -> i32 {
         // SAFETY: our copy of the runtime's end; closing it makes EOF reliable for the runtime.
         unsafe { libc::close(self.parent_fd) };
+        // Not dumpable before any namespace is joined: a process already in a joined pid namespace must not reach
+        // us (or init, which inherits this until execve) through /proc (CVE-2019-5736), as runc does.
+        let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
         if ch.wait_go().is_err() {
             return 1;
         }

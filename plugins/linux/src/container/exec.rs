@@ -194,6 +194,9 @@ fn intermediate(
     console_fd: Option<RawFd>,
 ) -> i32 {
     let result = (|| -> std::result::Result<i32, String> {
+        // Not dumpable before joining the container's namespaces: its processes must not reach us or the exec'd
+        // process (which inherits this until execve) through /proc (CVE-2019-5736).
+        sys::prctl(libc::PR_SET_DUMPABLE, 0).map_err(|e| format!("prctl: {e}"))?;
         ch.wait_go().map_err(|e| e.to_string())?;
         // SETNS: user first, then the rest; the pid namespace applies to the child cloned below, and the mount
         // namespace moves our root and cwd to the container's root.
