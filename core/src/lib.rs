@@ -22,6 +22,7 @@ pub mod plugin;
 pub mod registry;
 pub mod runtime;
 pub mod services;
+pub mod snapshot;
 pub mod store;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;

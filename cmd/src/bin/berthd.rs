@@ -55,6 +55,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut registry = berth_core::builtin::registry()?;
     // Backends from plugins/, registered next to the built-ins of core.
     registry.register(berth_plugin_linux::registration())?;
+    registry.register(berth_plugin_snapshot_overlayfs::registration())?;
+    registry.register(berth_plugin_snapshot_native::registration())?;
     match args.command {
         Some(Command::Config { command: ConfigCommand::Default }) => {
             print!("{DEFAULT_CONFIG}");

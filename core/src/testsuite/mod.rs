@@ -2,3 +2,4 @@
 //! wasm alike). Compiled with the `testsuite` feature, which only tests enable.
 
 pub mod runtime;
+pub mod snapshot;
