@@ -12,6 +12,7 @@
 pub mod builtin;
 pub mod client;
 pub mod config;
+pub mod content;
 pub mod daemon;
 pub mod error;
 pub mod events;

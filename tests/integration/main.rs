@@ -9,6 +9,7 @@ mod harness;
 mod cli;
 mod config;
 mod containerd_client;
+mod content;
 mod ctr;
 mod events;
 mod lifecycle;

@@ -5,6 +5,7 @@
 //! (in [`status`], the one place that mapping lives), and messages are containerd's.
 
 pub mod containers;
+pub mod content;
 pub mod convert;
 pub mod events;
 pub mod introspection;
@@ -137,6 +138,7 @@ pub fn registrations() -> Vec<Registration> {
         store_service("containers", "containerd.services.containers.v1.Containers", containers::service),
         store_service("sandboxes", "containerd.services.sandbox.v1.Store", sandboxes::service),
         store_service("leases", "containerd.services.leases.v1.Leases", leases::service),
+        content::registration(),
         tasks::registration(),
         events::registration(),
         introspection::registration(),

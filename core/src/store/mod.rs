@@ -1,5 +1,5 @@
-//! The metadata store: namespaces, containers, sandboxes and leases in one LMDB environment
-//! (through heed), with containerd's metadata semantics.
+//! The metadata store: namespaces, containers, sandboxes, leases and the content each namespace
+//! sees, in one LMDB environment (through heed), with containerd's metadata semantics.
 //!
 //! Key schema, one LMDB sub-database per table; values are the protobuf encoding of the records in
 //! [`records`] (or empty):
@@ -16,13 +16,19 @@
 //! │   └── <namespace>/<id>          → Sandbox
 //! ├── leases                                            (since version 2)
 //! │   └── <namespace>/<lease>       → Lease
-//! └── lease_resources                                   (since version 2)
-//!     └── <namespace>/<lease>/<type>\0<resource id>
-//!                                   → empty: the key is the record
+//! ├── lease_resources                                   (since version 2)
+//! │   └── <namespace>/<lease>/<type>\0<resource id>
+//! │                                 → empty: the key is the record
+//! └── content                                           (since version 3)
+//!     └── <namespace>/<digest>      → ContentInfo: the blob is visible in the namespace
 //! ```
 //!
-//! Identifiers cannot contain `/`, so the prefix `<namespace>/` selects exactly one namespace's
-//! objects, and LMDB's byte order lists them sorted by id. Lease ids cannot contain `/` either, so
+//! The blobs themselves and the ingests being written are files of the content store
+//! (`crate::content`, under `<root>/content`), not records: a blob file is shared by every
+//! namespace that has a `content` record for its digest.
+//!
+//! Identifiers and digests cannot contain `/`, so the prefix `<namespace>/` selects exactly one
+//! namespace's objects, and LMDB's byte order lists them sorted by id. Lease ids cannot contain `/` either, so
 //! `<namespace>/<lease>/` selects exactly one lease's resources; a resource type (which may
 //! contain `/`, as in `snapshots/overlayfs`) and a resource id never contain NUL, so the first NUL
 //! ends the type. The `name`/`id` field of a record is stored too, but reads always take it from
@@ -37,6 +43,7 @@ pub mod records;
 
 mod codec;
 mod containers;
+mod content;
 mod leases;
 mod namespaces;
 mod objects;
@@ -55,7 +62,8 @@ use std::time::SystemTime;
 use heed::{Env, EnvOpenOptions, RoTxn, WithoutTls};
 use prost_types::Timestamp;
 
-pub use self::records::{Container, Lease, LeaseResource, Namespace, Runtime, Sandbox};
+pub use self::content::{CONTENT_RESOURCE, Committed, ContentLease, INGEST_RESOURCE};
+pub use self::records::{Container, ContentInfo, Lease, LeaseResource, Namespace, Runtime, Sandbox};
 use self::tables::{Tables, db_name, meta_key};
 pub use self::upgrade::CURRENT_VERSION as SCHEMA_VERSION;
 use self::writer::Writer;
@@ -204,7 +212,7 @@ mod tests {
     fn fresh_store_is_current_version_in_a_private_directory() {
         let (dir, store) = open_temp();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 2);
+        assert_eq!(SCHEMA_VERSION, 3);
         let mode = std::fs::metadata(dir.path().join("meta")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
     }
@@ -237,7 +245,7 @@ mod tests {
         let err = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("99") && msg.contains("version 2,"), "{msg}");
+        assert!(msg.contains("99") && msg.contains("version 3,"), "{msg}");
     }
 
     #[tokio::test]
@@ -273,7 +281,7 @@ mod tests {
         assert_eq!(store.get_lease("kept", "l1").unwrap().labels, labels(&[("b", "2")]));
         let r = LeaseResource { id: "k".into(), kind: "snapshots/overlayfs".into() };
         assert_eq!(store.list_lease_resources("kept", "l1").unwrap(), [r]);
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), 3);
         store.close();
         // close() also leaves the environment closed: it opens again at once.
         MetadataStore::open(&path, StoreOptions::default()).unwrap();

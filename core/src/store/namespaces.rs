@@ -78,7 +78,7 @@ impl MetadataStore {
     }
 
     /// Deletes namespace `name`; NotFound if there is none, FailedPrecondition while it still
-    /// holds containers, leases or sandboxes (named in that order, containerd's).
+    /// holds content ("blobs"), containers, leases or sandboxes (named in that order, containerd's).
     pub async fn delete_namespace(&self, name: &str) -> Result<()> {
         let name = name.to_owned();
         self.write(move |txn, tables| {
@@ -88,6 +88,11 @@ impl MetadataStore {
             let prefix = namespace_prefix(&name);
             let reading = || internal(format!("checking that namespace \"{name}\" is empty"));
             let mut holds = Vec::new();
+            // containerd calls a namespace's content records its "blobs".
+            let content = tables.content.remap_data_type::<DecodeIgnore>();
+            if content.prefix_iter(txn, &prefix).map_err(reading())?.next().is_some() {
+                holds.push("blobs");
+            }
             let containers = tables.containers.remap_data_type::<DecodeIgnore>();
             if containers.prefix_iter(txn, &prefix).map_err(reading())?.next().is_some() {
                 holds.push("containers");

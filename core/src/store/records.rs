@@ -96,3 +96,21 @@ pub struct LeaseResource {
     pub id: String,
     pub kind: String,
 }
+
+/// A blob as one namespace sees it: containerd's `content.Info`. The blob itself is a file of the
+/// content store, shared by every namespace; this record is what makes it visible in one.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContentInfo {
+    /// Not stored in the value (it is the key); filled in on read.
+    #[prost(string, tag = "1")]
+    pub digest: String,
+    #[prost(int64, tag = "2")]
+    pub size: i64,
+    /// When the blob was committed (or imported) in this namespace.
+    #[prost(message, optional, tag = "3")]
+    pub created_at: Option<Timestamp>,
+    #[prost(message, optional, tag = "4")]
+    pub updated_at: Option<Timestamp>,
+    #[prost(btree_map = "string, string", tag = "5")]
+    pub labels: BTreeMap<String, String>,
+}

@@ -5,7 +5,7 @@ use heed::types::{Str, U32, Unit};
 use heed::{CommitToken, Database, DatabaseOpener, OnCommit, RoTxn, WithoutTls};
 
 use super::codec::Proto;
-use super::records::{Container, Lease, LeaseResource, Namespace, Sandbox};
+use super::records::{Container, ContentInfo, Lease, LeaseResource, Namespace, Sandbox};
 
 /// Table names as they appear in the LMDB file; never rename one without an upgrade step.
 pub mod db_name {
@@ -17,9 +17,11 @@ pub mod db_name {
     pub const LEASES: &str = "leases";
     /// Since schema version 2.
     pub const LEASE_RESOURCES: &str = "lease_resources";
+    /// Since schema version 3.
+    pub const CONTENT: &str = "content";
 
     /// Every table, for sizing `max_dbs`.
-    pub const ALL: [&str; 6] = [META, NAMESPACES, CONTAINERS, SANDBOXES, LEASES, LEASE_RESOURCES];
+    pub const ALL: [&str; 7] = [META, NAMESPACES, CONTAINERS, SANDBOXES, LEASES, LEASE_RESOURCES, CONTENT];
 }
 
 /// Keys of the `meta` table.
@@ -35,6 +37,7 @@ pub type SandboxTable<'t> = Database<'t, Str, Proto<Sandbox>>;
 pub type LeaseTable<'t> = Database<'t, Str, Proto<Lease>>;
 /// The key is everything; the value is empty.
 pub type LeaseResourceTable<'t> = Database<'t, Str, Unit>;
+pub type ContentTable<'t> = Database<'t, Str, Proto<ContentInfo>>;
 
 /// The longest key LMDB stores (its default `MDB_MAXKEYSIZE`); longer keys are refused with
 /// `MDB_BAD_VALSIZE`.
@@ -49,6 +52,7 @@ pub struct Tables<'t> {
     pub sandboxes: SandboxTable<'t>,
     pub leases: LeaseTable<'t>,
     pub lease_resources: LeaseResourceTable<'t>,
+    pub content: ContentTable<'t>,
 }
 
 impl<'t> Tables<'t> {
@@ -73,7 +77,10 @@ impl<'t> Tables<'t> {
         let Some(lease_resources) = opener.open_database(txn, Some(db_name::LEASE_RESOURCES))? else {
             return Ok(Err(db_name::LEASE_RESOURCES));
         };
-        Ok(Ok(Tables { meta, namespaces, containers, sandboxes, leases, lease_resources }))
+        let Some(content) = opener.open_database(txn, Some(db_name::CONTENT))? else {
+            return Ok(Err(db_name::CONTENT));
+        };
+        Ok(Ok(Tables { meta, namespaces, containers, sandboxes, leases, lease_resources, content }))
     }
 }
 
@@ -89,11 +96,13 @@ impl OnCommit for Tables<'_> {
             sandboxes: self.sandboxes.on_commit(token),
             leases: self.leases.on_commit(token),
             lease_resources: self.lease_resources.on_commit(token),
+            content: self.content.on_commit(token),
         }
     }
 }
 
-/// The key of a container, sandbox or lease: `<namespace>/<id>`.
+/// The key of a container, sandbox, lease or content record: `<namespace>/<id>` (for content the id
+/// is the digest, which has no `/` either).
 pub fn object_key(namespace: &str, id: &str) -> String {
     format!("{namespace}/{id}")
 }

@@ -10,12 +10,12 @@ use heed::{CommitOrAbort, DatabaseOpener, Env, RwTxn, WithoutTls};
 
 use super::codec::Proto;
 use super::internal;
-use super::records::{Container, Lease, Namespace, Sandbox};
+use super::records::{Container, ContentInfo, Lease, Namespace, Sandbox};
 use super::tables::{MetaTable, Tables, db_name, meta_key};
 use crate::error::{Error, Result};
 
 /// The schema version this binary reads and writes.
-pub const CURRENT_VERSION: u32 = 2;
+pub const CURRENT_VERSION: u32 = 3;
 
 type StepFn = for<'e> fn(&DatabaseOpener<'e, WithoutTls>, &mut RwTxn<'e>) -> heed::Result<()>;
 
@@ -32,6 +32,7 @@ struct Step {
 const STEPS: &[Step] = &[
     Step { from: 0, what: "create tables", run: create_tables },
     Step { from: 1, what: "create the lease tables", run: create_lease_tables },
+    Step { from: 2, what: "create the content table", run: create_content_table },
 ];
 
 /// 0→1: the first schema has the `namespaces`, `containers` and `sandboxes` tables.
@@ -46,6 +47,13 @@ fn create_tables<'e>(opener: &DatabaseOpener<'e, WithoutTls>, wtxn: &mut RwTxn<'
 fn create_lease_tables<'e>(opener: &DatabaseOpener<'e, WithoutTls>, wtxn: &mut RwTxn<'e>) -> heed::Result<()> {
     opener.create_database::<Str, Proto<Lease>>(wtxn, Some(db_name::LEASES))?;
     opener.create_database::<Str, Unit>(wtxn, Some(db_name::LEASE_RESOURCES))?;
+    Ok(())
+}
+
+/// 2→3: the content each namespace sees (`content`), empty. Blobs committed before version 3 do
+/// not exist: berth had no content store then.
+fn create_content_table<'e>(opener: &DatabaseOpener<'e, WithoutTls>, wtxn: &mut RwTxn<'e>) -> heed::Result<()> {
+    opener.create_database::<Str, Proto<ContentInfo>>(wtxn, Some(db_name::CONTENT))?;
     Ok(())
 }
 
@@ -163,6 +171,7 @@ mod tests {
         assert!(tables.sandboxes.is_empty(&rtxn).unwrap());
         assert!(tables.leases.is_empty(&rtxn).unwrap());
         assert!(tables.lease_resources.is_empty(&rtxn).unwrap());
+        assert!(tables.content.is_empty(&rtxn).unwrap());
     }
 
     /// Writes what berth at schema version 1 left on disk: the `meta` table saying 1, the
@@ -209,7 +218,7 @@ mod tests {
         let container = write_version_1_store(dir.path());
         let env = raw_env(dir.path());
         let tables = open_and_upgrade(&env).unwrap();
-        assert_eq!(stored_version(&env, &tables), Some(2));
+        assert_eq!(stored_version(&env, &tables), Some(CURRENT_VERSION));
         let rtxn = env.read_txn().unwrap();
         assert_eq!(tables.containers.get(&rtxn, "default/c1").unwrap(), Some(container));
         assert_eq!(tables.namespaces.len(&rtxn).unwrap(), 1);
@@ -224,7 +233,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let container = write_version_1_store(dir.path());
         let store = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), CURRENT_VERSION);
         assert_eq!(store.get_container("default", "c1").unwrap(), container);
         assert!(store.list_leases("default", &|_| true).unwrap().is_empty());
         let lease = Lease { id: "l1".into(), ..Default::default() };
@@ -234,11 +243,96 @@ mod tests {
         store.add_lease_resource("default", "l1", r.clone()).await.unwrap();
         store.close();
 
-        // Reopened, it is version 2 already and nothing is upgraded again.
+        // Reopened, it is current already and nothing is upgraded again.
         let store = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), CURRENT_VERSION);
         assert_eq!(store.list_lease_resources("default", "l1").unwrap(), [r]);
         assert_eq!(store.get_container("default", "c1").unwrap(), container);
+    }
+
+    /// Writes what berth at schema version 2 left on disk: the version-1 tables, the lease tables,
+    /// container `default/c1`, lease `default/l1` holding a content resource, and no content table.
+    fn write_version_2_store(dir: &std::path::Path) -> (Container, Lease, String) {
+        let env = raw_env(dir);
+        let c = Container {
+            id: "c1".into(),
+            runtime: Some(crate::store::Runtime { name: "io.containerd.runc.v2".into(), options: None }),
+            labels: [("k".into(), "v".into())].into(),
+            ..Default::default()
+        };
+        let lease = Lease { id: "l1".into(), labels: [("gc".into(), "keep".into())].into(), created_at: None };
+        let resource_key = format!("default/l1/content\0sha256:{}", "a".repeat(64));
+        let wtxn = env.write_txn().unwrap();
+        let (stored, stored_lease, key) = (c.clone(), lease.clone(), resource_key.clone());
+        env.create_databases_and_commit(wtxn, move |opener, wtxn| {
+            let meta: MetaTable = opener.create_database(wtxn, Some(db_name::META))?;
+            meta.put(wtxn, meta_key::SCHEMA_VERSION, &2)?;
+            let namespaces = opener.create_database::<Str, Proto<Namespace>>(wtxn, Some(db_name::NAMESPACES))?;
+            namespaces.put(wtxn, "default", &Namespace { name: "default".into(), labels: Default::default() })?;
+            let containers = opener.create_database::<Str, Proto<Container>>(wtxn, Some(db_name::CONTAINERS))?;
+            containers.put(wtxn, "default/c1", &stored)?;
+            opener.create_database::<Str, Proto<Sandbox>>(wtxn, Some(db_name::SANDBOXES))?;
+            let leases = opener.create_database::<Str, Proto<Lease>>(wtxn, Some(db_name::LEASES))?;
+            leases.put(wtxn, "default/l1", &stored_lease)?;
+            let resources = opener.create_database::<Str, Unit>(wtxn, Some(db_name::LEASE_RESOURCES))?;
+            resources.put(wtxn, &key, &())?;
+            Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(()))
+        })
+        .unwrap()
+        .unwrap_commit();
+        let rtxn = env.read_txn().unwrap();
+        let content = env
+            .open_databases_and_commit(rtxn, |opener, rtxn| {
+                opener
+                    .open_database::<Str, Proto<ContentInfo>>(rtxn, Some(db_name::CONTENT))
+                    .map(CommitOrAbort::<_, ()>::Commit)
+            })
+            .unwrap()
+            .unwrap_commit();
+        assert!(content.is_none(), "a version-2 store has no content table");
+        (c, lease, resource_key)
+    }
+
+    #[test]
+    fn version_2_store_gets_the_content_table_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (container, lease, resource_key) = write_version_2_store(dir.path());
+        let env = raw_env(dir.path());
+        let tables = open_and_upgrade(&env).unwrap();
+        assert_eq!(stored_version(&env, &tables), Some(3));
+        let rtxn = env.read_txn().unwrap();
+        assert!(tables.content.is_empty(&rtxn).unwrap());
+        assert_eq!(tables.containers.get(&rtxn, "default/c1").unwrap(), Some(container));
+        assert_eq!(tables.leases.get(&rtxn, "default/l1").unwrap(), Some(lease));
+        assert_eq!(tables.lease_resources.get(&rtxn, &resource_key).unwrap(), Some(()));
+        assert_eq!(tables.namespaces.len(&rtxn).unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn version_2_store_opens_upgraded_and_takes_content() {
+        use crate::store::{LeaseResource, MetadataStore, StoreOptions};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (container, _, _) = write_version_2_store(dir.path());
+        let store = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 3);
+        assert_eq!(store.get_container("default", "c1").unwrap(), container);
+        let held = store.list_lease_resources("default", "l1").unwrap();
+        assert_eq!(held, [LeaseResource { id: format!("sha256:{}", "a".repeat(64)), kind: "content".into() }]);
+        assert!(store.list_content("default", &|_| true).unwrap().is_empty());
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let info = ContentInfo { digest: digest.clone(), size: 3, ..Default::default() };
+        store.commit_content("default", info, None).await.unwrap();
+        store.close();
+
+        let store = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 3);
+        assert_eq!(store.get_content("default", &digest).unwrap().size, 3);
+        // The namespace now holds content: it cannot be deleted, as in containerd.
+        store.delete_container("default", "c1").await.unwrap();
+        store.delete_lease("default", "l1").await.unwrap();
+        let err = store.delete_namespace("default").await.unwrap_err();
+        assert!(err.to_string().ends_with("still has blobs"), "{err}");
     }
 
     #[test]
@@ -253,7 +347,7 @@ mod tests {
         let err = open_and_upgrade(&env).unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("schema version 99") && msg.contains("version 2,"), "{msg}");
+        assert!(msg.contains("schema version 99") && msg.contains("version 3,"), "{msg}");
         assert_eq!(stored_version(&env, &tables), Some(99));
     }
 }
