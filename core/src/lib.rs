@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod content;
 pub mod daemon;
+pub mod diff;
 pub mod error;
 pub mod events;
 pub mod filters;
