@@ -18,7 +18,9 @@ fn proto_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Read at run time, not with env!(): worktrees sharing a target directory can share one build
+    // script binary, and a path compiled into it would be the other worktree's.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     for top in ["containerd", "berth", "google"] {
         let dir = root.join(top);

@@ -17,6 +17,7 @@
 //! can keep their metadata with [`storage::MetaStore`], which enforces the rules above (parents must
 //! be committed, a snapshot with children cannot be removed, only active snapshots commit).
 
+pub mod namespaced;
 pub mod storage;
 
 use std::collections::BTreeMap;

@@ -8,10 +8,12 @@ pub mod containers;
 pub mod content;
 pub mod convert;
 pub mod events;
+pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
 pub mod sandboxes;
+pub mod snapshots;
 pub mod status;
 pub mod tasks;
 pub mod version;
@@ -138,7 +140,9 @@ pub fn registrations() -> Vec<Registration> {
         store_service("containers", "containerd.services.containers.v1.Containers", containers::service),
         store_service("sandboxes", "containerd.services.sandbox.v1.Store", sandboxes::service),
         store_service("leases", "containerd.services.leases.v1.Leases", leases::service),
+        store_service("images", "containerd.services.images.v1.Images", images::service),
         content::registration(),
+        snapshots::registration(),
         tasks::registration(),
         events::registration(),
         introspection::registration(),

@@ -197,7 +197,13 @@ fn leased_key(
 }
 
 /// Makes lease `lease` hold `resource`.
-fn hold(txn: &mut RwTxn<'_>, tables: &Tables<'static>, ns: &str, lease: &str, resource: &LeaseResource) -> Result<()> {
+pub(super) fn hold(
+    txn: &mut RwTxn<'_>,
+    tables: &Tables<'static>,
+    ns: &str,
+    lease: &str,
+    resource: &LeaseResource,
+) -> Result<()> {
     let Some(key) = leased_key(txn, tables, ns, lease, resource)? else {
         return Err(Error::InvalidArgument(format!(
             "lease resource {} {:?}: the key is longer than the maximum of {MAX_KEY_SIZE} bytes",

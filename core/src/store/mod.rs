@@ -19,19 +19,29 @@
 //! ├── lease_resources                                   (since version 2)
 //! │   └── <namespace>/<lease>/<type>\0<resource id>
 //! │                                 → empty: the key is the record
-//! └── content                                           (since version 3)
-//!     └── <namespace>/<digest>      → ContentInfo: the blob is visible in the namespace
+//! ├── content                                           (since version 3)
+//! │   └── <namespace>/<digest>      → ContentInfo: the blob is visible in the namespace
+//! ├── snapshots                                         (since version 4)
+//! │   └── <namespace>/<snapshotter>/<key>
+//! │                                 → Snapshot{backend_key, parent, kind, labels, times}: the
+//! │                                   client's key in that namespace, and the backend's key
+//! │                                   (`<namespace>/<id>/<key>`) it stands for
+//! └── images                                            (since version 4)
+//!     └── <namespace>/<name>        → Image{labels, target Descriptor, times}
 //! ```
 //!
 //! The blobs themselves and the ingests being written are files of the content store
 //! (`crate::content`, under `<root>/content`), not records: a blob file is shared by every
-//! namespace that has a `content` record for its digest.
+//! namespace that has a `content` record for its digest. Likewise snapshots live in their backend
+//! (`snapshot.*` plugins) under backend keys; a namespace sees only the ones it has a `snapshots`
+//! record for, by the name it gave them, so namespaces cannot see each other's snapshots.
 //!
 //! Identifiers and digests cannot contain `/`, so the prefix `<namespace>/` selects exactly one
 //! namespace's objects, and LMDB's byte order lists them sorted by id. Lease ids cannot contain `/` either, so
 //! `<namespace>/<lease>/` selects exactly one lease's resources; a resource type (which may
 //! contain `/`, as in `snapshots/overlayfs`) and a resource id never contain NUL, so the first NUL
-//! ends the type. The `name`/`id` field of a record is stored too, but reads always take it from
+//! ends the type. Snapshot keys and image names may contain `/`, but the namespace and snapshotter
+//! before them cannot, so `<namespace>/<snapshotter>/` and `<namespace>/` prefixes stay exact. The `name`/`id` field of a record is stored too, but reads always take it from
 //! the key.
 //!
 //! Reads open a read transaction on the calling thread: they are cheap and never wait for writes.
@@ -44,11 +54,13 @@ pub mod records;
 mod codec;
 mod containers;
 mod content;
+mod images;
 mod leases;
 mod namespaces;
 mod objects;
 mod paths;
 mod sandboxes;
+mod snapshots;
 mod tables;
 mod upgrade;
 mod writer;
@@ -63,7 +75,10 @@ use heed::{Env, EnvOpenOptions, RoTxn, WithoutTls};
 use prost_types::Timestamp;
 
 pub use self::content::{CONTENT_RESOURCE, Committed, ContentLease, INGEST_RESOURCE};
-pub use self::records::{Container, ContentInfo, Lease, LeaseResource, Namespace, Runtime, Sandbox};
+pub use self::records::{
+    Container, ContentInfo, Descriptor, Image, Lease, LeaseResource, Namespace, Runtime, Sandbox, Snapshot,
+};
+pub use self::snapshots::{KIND_ACTIVE, KIND_COMMITTED, KIND_VIEW, SnapshotLabels, snapshot_resource};
 use self::tables::{Tables, db_name, meta_key};
 pub use self::upgrade::CURRENT_VERSION as SCHEMA_VERSION;
 use self::writer::Writer;
@@ -212,7 +227,7 @@ mod tests {
     fn fresh_store_is_current_version_in_a_private_directory() {
         let (dir, store) = open_temp();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 3);
+        assert_eq!(SCHEMA_VERSION, 4);
         let mode = std::fs::metadata(dir.path().join("meta")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
     }
@@ -245,7 +260,7 @@ mod tests {
         let err = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("99") && msg.contains("version 3,"), "{msg}");
+        assert!(msg.contains("99") && msg.contains("version 4,"), "{msg}");
     }
 
     #[tokio::test]
@@ -281,7 +296,7 @@ mod tests {
         assert_eq!(store.get_lease("kept", "l1").unwrap().labels, labels(&[("b", "2")]));
         let r = LeaseResource { id: "k".into(), kind: "snapshots/overlayfs".into() };
         assert_eq!(store.list_lease_resources("kept", "l1").unwrap(), [r]);
-        assert_eq!(store.schema_version().unwrap(), 3);
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         store.close();
         // close() also leaves the environment closed: it opens again at once.
         MetadataStore::open(&path, StoreOptions::default()).unwrap();

@@ -105,6 +105,14 @@ impl MetadataStore {
             if sandboxes.prefix_iter(txn, &prefix).map_err(reading())?.next().is_some() {
                 holds.push("sandboxes");
             }
+            let images = tables.images.remap_data_type::<DecodeIgnore>();
+            if images.prefix_iter(txn, &prefix).map_err(reading())?.next().is_some() {
+                holds.push("images");
+            }
+            let snapshots = tables.snapshots.remap_data_type::<DecodeIgnore>();
+            if snapshots.prefix_iter(txn, &prefix).map_err(reading())?.next().is_some() {
+                holds.push("snapshots");
+            }
             if !holds.is_empty() {
                 return Err(Error::FailedPrecondition(format!(
                     "namespace \"{name}\" must be empty, but it still has {}",

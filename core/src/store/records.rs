@@ -114,3 +114,57 @@ pub struct ContentInfo {
     #[prost(btree_map = "string, string", tag = "5")]
     pub labels: BTreeMap<String, String>,
 }
+
+/// A snapshot as one namespace sees it under one snapshotter (containerd's metadata snapshotter
+/// bucket `v1/<namespace>/snapshots/<snapshotter>/<key>`). The backend knows it by `backend_key`;
+/// the client only ever sees `name`, `parent` (a client name too) and the labels kept here.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Snapshot {
+    /// The client's key or name. Not stored in the value (it is the key); filled in on read.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The snapshot's key in the backend: `<namespace>/<id>/<name>`.
+    #[prost(string, tag = "2")]
+    pub backend_key: String,
+    /// The client name of the committed parent; empty for none.
+    #[prost(string, tag = "3")]
+    pub parent: String,
+    /// containerd's `snapshots.v1.Kind` numbers: 1 view, 2 active, 3 committed.
+    #[prost(int32, tag = "4")]
+    pub kind: i32,
+    #[prost(message, optional, tag = "5")]
+    pub created_at: Option<Timestamp>,
+    #[prost(message, optional, tag = "6")]
+    pub updated_at: Option<Timestamp>,
+    #[prost(btree_map = "string, string", tag = "7")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// containerd's `types.Descriptor`: what an image points at.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Descriptor {
+    #[prost(string, tag = "1")]
+    pub media_type: String,
+    #[prost(string, tag = "2")]
+    pub digest: String,
+    #[prost(int64, tag = "3")]
+    pub size: i64,
+    #[prost(btree_map = "string, string", tag = "5")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// An image record: containerd's `images.v1.Image`, field for field.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Image {
+    /// Not stored in the value (it is the key); filled in on read.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(btree_map = "string, string", tag = "2")]
+    pub labels: BTreeMap<String, String>,
+    #[prost(message, optional, tag = "3")]
+    pub target: Option<Descriptor>,
+    #[prost(message, optional, tag = "7")]
+    pub created_at: Option<Timestamp>,
+    #[prost(message, optional, tag = "8")]
+    pub updated_at: Option<Timestamp>,
+}

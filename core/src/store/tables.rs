@@ -5,7 +5,7 @@ use heed::types::{Str, U32, Unit};
 use heed::{CommitToken, Database, DatabaseOpener, OnCommit, RoTxn, WithoutTls};
 
 use super::codec::Proto;
-use super::records::{Container, ContentInfo, Lease, LeaseResource, Namespace, Sandbox};
+use super::records::{Container, ContentInfo, Image, Lease, LeaseResource, Namespace, Sandbox, Snapshot};
 
 /// Table names as they appear in the LMDB file; never rename one without an upgrade step.
 pub mod db_name {
@@ -19,9 +19,14 @@ pub mod db_name {
     pub const LEASE_RESOURCES: &str = "lease_resources";
     /// Since schema version 3.
     pub const CONTENT: &str = "content";
+    /// Since schema version 4.
+    pub const SNAPSHOTS: &str = "snapshots";
+    /// Since schema version 4.
+    pub const IMAGES: &str = "images";
 
     /// Every table, for sizing `max_dbs`.
-    pub const ALL: [&str; 7] = [META, NAMESPACES, CONTAINERS, SANDBOXES, LEASES, LEASE_RESOURCES, CONTENT];
+    pub const ALL: [&str; 9] =
+        [META, NAMESPACES, CONTAINERS, SANDBOXES, LEASES, LEASE_RESOURCES, CONTENT, SNAPSHOTS, IMAGES];
 }
 
 /// Keys of the `meta` table.
@@ -38,6 +43,8 @@ pub type LeaseTable<'t> = Database<'t, Str, Proto<Lease>>;
 /// The key is everything; the value is empty.
 pub type LeaseResourceTable<'t> = Database<'t, Str, Unit>;
 pub type ContentTable<'t> = Database<'t, Str, Proto<ContentInfo>>;
+pub type SnapshotTable<'t> = Database<'t, Str, Proto<Snapshot>>;
+pub type ImageTable<'t> = Database<'t, Str, Proto<Image>>;
 
 /// The longest key LMDB stores (its default `MDB_MAXKEYSIZE`); longer keys are refused with
 /// `MDB_BAD_VALSIZE`.
@@ -53,6 +60,8 @@ pub struct Tables<'t> {
     pub leases: LeaseTable<'t>,
     pub lease_resources: LeaseResourceTable<'t>,
     pub content: ContentTable<'t>,
+    pub snapshots: SnapshotTable<'t>,
+    pub images: ImageTable<'t>,
 }
 
 impl<'t> Tables<'t> {
@@ -80,7 +89,13 @@ impl<'t> Tables<'t> {
         let Some(content) = opener.open_database(txn, Some(db_name::CONTENT))? else {
             return Ok(Err(db_name::CONTENT));
         };
-        Ok(Ok(Tables { meta, namespaces, containers, sandboxes, leases, lease_resources, content }))
+        let Some(snapshots) = opener.open_database(txn, Some(db_name::SNAPSHOTS))? else {
+            return Ok(Err(db_name::SNAPSHOTS));
+        };
+        let Some(images) = opener.open_database(txn, Some(db_name::IMAGES))? else {
+            return Ok(Err(db_name::IMAGES));
+        };
+        Ok(Ok(Tables { meta, namespaces, containers, sandboxes, leases, lease_resources, content, snapshots, images }))
     }
 }
 
@@ -97,6 +112,8 @@ impl OnCommit for Tables<'_> {
             leases: self.leases.on_commit(token),
             lease_resources: self.lease_resources.on_commit(token),
             content: self.content.on_commit(token),
+            snapshots: self.snapshots.on_commit(token),
+            images: self.images.on_commit(token),
         }
     }
 }
@@ -117,6 +134,17 @@ pub fn namespace_prefix(namespace: &str) -> String {
 /// contain `/`, so the scan is exact.
 pub fn lease_resources_prefix(namespace: &str, lease: &str) -> String {
     format!("{namespace}/{lease}/")
+}
+
+/// The prefix of every snapshot key of `snapshotter` in `namespace`: `<namespace>/<snapshotter>/`.
+/// Neither part can contain `/`, so the scan is exact even though snapshot keys may contain `/`.
+pub fn snapshots_prefix(namespace: &str, snapshotter: &str) -> String {
+    format!("{namespace}/{snapshotter}/")
+}
+
+/// The key of a snapshot record: `<namespace>/<snapshotter>/<key>`.
+pub fn snapshot_key(namespace: &str, snapshotter: &str, key: &str) -> String {
+    format!("{namespace}/{snapshotter}/{key}")
 }
 
 /// The key of a resource held by a lease: `<namespace>/<lease>/<type>\0<resource id>`. The type

@@ -10,12 +10,12 @@ use heed::{CommitOrAbort, DatabaseOpener, Env, RwTxn, WithoutTls};
 
 use super::codec::Proto;
 use super::internal;
-use super::records::{Container, ContentInfo, Lease, Namespace, Sandbox};
+use super::records::{Container, ContentInfo, Image, Lease, Namespace, Sandbox, Snapshot};
 use super::tables::{MetaTable, Tables, db_name, meta_key};
 use crate::error::{Error, Result};
 
 /// The schema version this binary reads and writes.
-pub const CURRENT_VERSION: u32 = 3;
+pub const CURRENT_VERSION: u32 = 4;
 
 type StepFn = for<'e> fn(&DatabaseOpener<'e, WithoutTls>, &mut RwTxn<'e>) -> heed::Result<()>;
 
@@ -33,6 +33,7 @@ const STEPS: &[Step] = &[
     Step { from: 0, what: "create tables", run: create_tables },
     Step { from: 1, what: "create the lease tables", run: create_lease_tables },
     Step { from: 2, what: "create the content table", run: create_content_table },
+    Step { from: 3, what: "create the snapshot and image tables", run: create_snapshot_and_image_tables },
 ];
 
 /// 0→1: the first schema has the `namespaces`, `containers` and `sandboxes` tables.
@@ -54,6 +55,18 @@ fn create_lease_tables<'e>(opener: &DatabaseOpener<'e, WithoutTls>, wtxn: &mut R
 /// not exist: berth had no content store then.
 fn create_content_table<'e>(opener: &DatabaseOpener<'e, WithoutTls>, wtxn: &mut RwTxn<'e>) -> heed::Result<()> {
     opener.create_database::<Str, Proto<ContentInfo>>(wtxn, Some(db_name::CONTENT))?;
+    Ok(())
+}
+
+/// 3→4: the snapshots each namespace sees (`snapshots`) and image records (`images`), both empty.
+/// Snapshots made before version 4 were the backends' alone: berth had no Snapshots service then,
+/// so no client could have made one.
+fn create_snapshot_and_image_tables<'e>(
+    opener: &DatabaseOpener<'e, WithoutTls>,
+    wtxn: &mut RwTxn<'e>,
+) -> heed::Result<()> {
+    opener.create_database::<Str, Proto<Snapshot>>(wtxn, Some(db_name::SNAPSHOTS))?;
+    opener.create_database::<Str, Proto<Image>>(wtxn, Some(db_name::IMAGES))?;
     Ok(())
 }
 
@@ -102,7 +115,7 @@ mod tests {
 
     fn raw_env(dir: &std::path::Path) -> Env<WithoutTls> {
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(16 << 20).max_dbs(8);
+        options.map_size(16 << 20).max_dbs(db_name::ALL.len() as u32);
         // SAFETY: a fresh temporary directory that nothing else maps.
         unsafe { options.open(dir) }.unwrap()
     }
@@ -299,7 +312,7 @@ mod tests {
         let (container, lease, resource_key) = write_version_2_store(dir.path());
         let env = raw_env(dir.path());
         let tables = open_and_upgrade(&env).unwrap();
-        assert_eq!(stored_version(&env, &tables), Some(3));
+        assert_eq!(stored_version(&env, &tables), Some(CURRENT_VERSION));
         let rtxn = env.read_txn().unwrap();
         assert!(tables.content.is_empty(&rtxn).unwrap());
         assert_eq!(tables.containers.get(&rtxn, "default/c1").unwrap(), Some(container));
@@ -315,7 +328,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (container, _, _) = write_version_2_store(dir.path());
         let store = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 3);
+        assert_eq!(store.schema_version().unwrap(), CURRENT_VERSION);
         assert_eq!(store.get_container("default", "c1").unwrap(), container);
         let held = store.list_lease_resources("default", "l1").unwrap();
         assert_eq!(held, [LeaseResource { id: format!("sha256:{}", "a".repeat(64)), kind: "content".into() }]);
@@ -326,13 +339,75 @@ mod tests {
         store.close();
 
         let store = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 3);
+        assert_eq!(store.schema_version().unwrap(), CURRENT_VERSION);
         assert_eq!(store.get_content("default", &digest).unwrap().size, 3);
         // The namespace now holds content: it cannot be deleted, as in containerd.
         store.delete_container("default", "c1").await.unwrap();
         store.delete_lease("default", "l1").await.unwrap();
         let err = store.delete_namespace("default").await.unwrap_err();
         assert!(err.to_string().ends_with("still has blobs"), "{err}");
+    }
+
+    /// Writes what berth at schema version 3 left on disk: the version-2 store plus the `content`
+    /// table holding `default/<digest>`, and no snapshot or image tables.
+    fn write_version_3_store(dir: &std::path::Path) -> (Container, ContentInfo) {
+        let (container, _, _) = write_version_2_store(dir);
+        let env = raw_env(dir);
+        let digest = format!("sha256:{}", "c".repeat(64));
+        let info = ContentInfo { digest: digest.clone(), size: 7, ..Default::default() };
+        let wtxn = env.write_txn().unwrap();
+        let stored = info.clone();
+        env.create_databases_and_commit(wtxn, move |opener, wtxn| {
+            let meta: MetaTable = opener.create_database(wtxn, Some(db_name::META))?;
+            meta.put(wtxn, meta_key::SCHEMA_VERSION, &3)?;
+            let content = opener.create_database::<Str, Proto<ContentInfo>>(wtxn, Some(db_name::CONTENT))?;
+            content.put(wtxn, &format!("default/{digest}"), &stored)?;
+            Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(()))
+        })
+        .unwrap()
+        .unwrap_commit();
+        let rtxn = env.read_txn().unwrap();
+        let images = env
+            .open_databases_and_commit(rtxn, |opener, rtxn| {
+                opener
+                    .open_database::<Str, Proto<Image>>(rtxn, Some(db_name::IMAGES))
+                    .map(CommitOrAbort::<_, ()>::Commit)
+            })
+            .unwrap()
+            .unwrap_commit();
+        assert!(images.is_none(), "a version-3 store has no image table");
+        (container, info)
+    }
+
+    #[tokio::test]
+    async fn version_3_store_gets_the_snapshot_and_image_tables() {
+        use crate::store::{Descriptor, KIND_ACTIVE, MetadataStore, Snapshot, StoreOptions};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (container, info) = write_version_3_store(dir.path());
+        {
+            let env = raw_env(dir.path());
+            let tables = open_and_upgrade(&env).unwrap();
+            assert_eq!(stored_version(&env, &tables), Some(4));
+            let rtxn = env.read_txn().unwrap();
+            assert!(tables.snapshots.is_empty(&rtxn).unwrap());
+            assert!(tables.images.is_empty(&rtxn).unwrap());
+            assert_eq!(tables.content.get(&rtxn, &format!("default/{}", info.digest)).unwrap(), Some(info.clone()));
+        }
+        let store = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 4);
+        assert_eq!(store.get_container("default", "c1").unwrap(), container);
+        assert_eq!(store.get_content("default", &info.digest).unwrap().size, 7);
+        let record =
+            Snapshot { name: "k".into(), backend_key: "default/1/k".into(), kind: KIND_ACTIVE, ..Default::default() };
+        store.create_snapshot("default", "overlayfs", record, None).await.unwrap();
+        let target = Descriptor { media_type: "m".into(), digest: info.digest.clone(), size: 7, ..Default::default() };
+        let image = Image { name: "i".into(), target: Some(target), ..Default::default() };
+        store.create_image("default", image).await.unwrap();
+        store.close();
+        let store = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.get_snapshot("default", "overlayfs", "k").unwrap().backend_key, "default/1/k");
+        assert_eq!(store.get_image("default", "i").unwrap().target.unwrap().size, 7);
     }
 
     #[test]
@@ -347,7 +422,7 @@ mod tests {
         let err = open_and_upgrade(&env).unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("schema version 99") && msg.contains("version 3,"), "{msg}");
+        assert!(msg.contains("schema version 99") && msg.contains("version 4,"), "{msg}");
         assert_eq!(stored_version(&env, &tables), Some(99));
     }
 }
