@@ -5,11 +5,13 @@
 
 mod cio;
 mod containers;
+mod images;
 mod namespaces;
 mod oci;
 mod output;
 mod plugins;
 mod run;
+mod snapshots;
 mod spec;
 mod tasks;
 mod version;
@@ -73,6 +75,12 @@ enum Command {
     /// Manage tasks
     #[command(visible_alias = "t", subcommand)]
     Tasks(tasks::Cmd),
+    /// Snapshots of the snapshot backends (`--snapshotter overlayfs|native`)
+    #[command(visible_aliases = ["snapshot", "snap"])]
+    Snapshots(snapshots::Snapshots),
+    /// Image records
+    #[command(visible_aliases = ["image", "i"], subcommand)]
+    Images(images::Cmd),
 }
 
 /// What every command needs: where to connect, in which namespace, and how to print.
@@ -89,6 +97,11 @@ impl Ctx {
             anyhow::anyhow!("cannot connect to berthd at {}: {}", self.address.display(), error_chain(&e))
         })?;
         Ok(Conn { channel, namespace: self.namespace.clone() })
+    }
+
+    /// What adds the namespace to every request.
+    pub fn interceptor(&self) -> Namespaced {
+        self.namespace.clone()
     }
 }
 
@@ -121,6 +134,10 @@ impl Conn {
     }
     pub fn introspection(&self) -> IntrospectionClient<Service> {
         IntrospectionClient::with_interceptor(self.channel.clone(), self.namespace.clone())
+    }
+    /// The connection, for clients of services without a method here.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
     pub fn version(&self) -> VersionClient<Service> {
         VersionClient::with_interceptor(self.channel.clone(), self.namespace.clone())
@@ -192,11 +209,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugins(cmd) => plugins::run(&ctx, cmd).await,
         Command::Task(cmd) => tasks::run_top(&ctx, cmd).await,
         Command::Tasks(cmd) => tasks::run(&ctx, cmd).await,
+        Command::Snapshots(args) => snapshots::run(&ctx, args).await,
+        Command::Images(cmd) => images::run(&ctx, cmd).await,
         Command::Oci(_) => unreachable!("`oci` is dispatched before the tokio runtime exists"),
     }
 }
 
+/// `berth oci ...` alone: what runc's callers (containerd's shim) run several times per container, so it skips
+/// building the parser of every other command.
+#[derive(Parser)]
+#[command(name = "berth oci", about = "The built-in OCI runtime, with runc's commands and flags")]
+struct OciOnly {
+    /// Output format of ps (runc's `ps --format json`)
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    #[command(flatten)]
+    oci: oci::Oci,
+}
+
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if let (Some(_), Some(first)) = (args.next(), args.next())
+        && first == "oci"
+    {
+        let parsed = OciOnly::parse_from(std::iter::once(first).chain(args));
+        return oci::main(parsed.oci, parsed.format);
+    }
     let cli = Cli::parse();
     // `oci` forks container processes: it must run before any tokio runtime (and its threads) exists.
     if let Command::Oci(oci) = cli.command {
