@@ -11,6 +11,7 @@ mod config;
 mod containerd_client;
 mod content;
 mod ctr;
+mod diff;
 mod events;
 mod lifecycle;
 mod oci;

@@ -7,6 +7,7 @@
 pub mod containers;
 pub mod content;
 pub mod convert;
+pub mod diff;
 pub mod events;
 pub mod images;
 pub mod introspection;
@@ -142,6 +143,7 @@ pub fn registrations() -> Vec<Registration> {
         store_service("leases", "containerd.services.leases.v1.Leases", leases::service),
         store_service("images", "containerd.services.images.v1.Images", images::service),
         content::registration(),
+        diff::registration(),
         snapshots::registration(),
         tasks::registration(),
         events::registration(),
