@@ -17,5 +17,6 @@ mod lifecycle;
 mod oci;
 mod persistence;
 mod runtime_conformance;
+mod snapshots_images;
 mod tasks;
 mod tasks_cli;
