@@ -251,10 +251,10 @@ mod tests {
             if map.contains_key(key) {
                 return Err(SnapshotError::AlreadyExists(key.into()));
             }
-            if let Some(p) = parent {
-                if !map.contains_key(p) {
-                    return Err(SnapshotError::NotFound(p.into()));
-                }
+            if let Some(p) = parent
+                && !map.contains_key(p)
+            {
+                return Err(SnapshotError::NotFound(p.into()));
             }
             map.insert(key.into(), (kind, parent.map(String::from)));
             Ok(vec![Mount { kind: "bind".into(), source: key.into(), target: String::new(), options: vec![] }])
