@@ -31,11 +31,11 @@ use crate::stats::Phase;
 
 /// The OCI spec `ctr containers create --rootfs DIR ID /bin/true` sends (containerd 1.6.20's
 /// defaults), captured with `ctr containers info`: the payload should weigh what real clients send.
-const SPEC_JSON: &str = include_str!("spec.json");
-const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-const RUNTIME: &str = "io.containerd.runc.v2";
+pub(crate) const SPEC_JSON: &str = include_str!("spec.json");
+pub(crate) const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+pub(crate) const RUNTIME: &str = "io.containerd.runc.v2";
 /// ctr attaches empty runc options to every container it creates.
-const RUNTIME_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+pub(crate) const RUNTIME_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -145,7 +145,7 @@ fn container_id(prefix: &str, i: usize) -> String {
 }
 
 /// A request carrying the namespace the way containerd clients send it.
-fn request<T>(ns: &AsciiMetadataValue, message: T) -> Request<T> {
+pub(crate) fn request<T>(ns: &AsciiMetadataValue, message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(NAMESPACE_HEADER, ns.clone());
     request

@@ -26,6 +26,9 @@ pub struct Options {
     /// `warm-N` in them.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// Also print every run's latency (`samples_us`), for `pool`.
+    #[arg(long)]
+    samples: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -38,7 +41,8 @@ pub fn run(options: Options) -> Result<()> {
     let started = Instant::now();
     let latencies =
         (0..options.runs).map(|i| run_once(&options.command, &i.to_string())).collect::<Result<Vec<_>>>()?;
-    Phase::new(&options.label, &options.phase, 1, latencies, started.elapsed()).print()
+    let phase = Phase::new(&options.label, &options.phase, 1, latencies.clone(), started.elapsed());
+    if options.samples { phase.with_samples(&latencies) } else { phase }.print()
 }
 
 /// Runs the command once with `{i}` replaced by `run`; fails with its stderr if it fails.

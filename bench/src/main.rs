@@ -5,8 +5,11 @@
 
 mod containers;
 mod exec;
+mod oci;
+mod pool;
 mod report;
 mod stats;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +29,23 @@ enum Command {
     Containers(containers::Options),
     /// Times a command run sequentially, `{i}` in its arguments replaced by the run number.
     Exec(exec::Options),
+    /// Times create, start, wait and delete (or run) of a container through an OCI runtime's CLI.
+    Oci(oci::Options),
+    /// Runs a command (a daemon) with this process as its child subreaper.
+    Subreaper(oci::SubreaperOptions),
+    /// Starts many containers at once through the Tasks service, or removes them again.
+    #[command(subcommand)]
+    Tasks(tasks::Command),
+    /// One table from lines with raw samples (oci, exec --samples): rounds pooled, `target`
+    /// against each `base`.
+    Pool {
+        #[arg(long)]
+        target: String,
+        #[arg(long = "base")]
+        bases: Vec<String>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Renders the JSON lines of earlier runs as markdown tables, `target` against `base`.
     Report {
         /// The label the ratios are computed for (numerator).
@@ -63,6 +83,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             runtime.block_on(containers::run(options))
         }
         Command::Exec(options) => exec::run(options),
+        Command::Oci(options) => oci::run(options),
+        Command::Subreaper(options) => {
+            let code = oci::subreaper(options)?;
+            std::process::exit(code)
+        }
+        Command::Tasks(command) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            runtime.block_on(tasks::run(command))
+        }
+        Command::Pool { target, bases, files } => pool::run(&target, &bases, &files),
         Command::Report { target, base, files } => report::run(&target, &base, &files),
     }
 }

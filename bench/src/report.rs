@@ -162,6 +162,7 @@ mod tests {
             p50_us,
             p95_us: p50_us * 2,
             p99_us: p50_us * 3,
+            samples_us: None,
         }
     }
 

@@ -22,6 +22,10 @@ pub struct Phase {
     pub p50_us: u64,
     pub p95_us: u64,
     pub p99_us: u64,
+    /// Every latency in microseconds, sorted, when asked for (`--samples`): lets `pool` merge
+    /// rounds into one distribution instead of picking the median round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_us: Option<Vec<u64>>,
 }
 
 impl Phase {
@@ -39,7 +43,16 @@ impl Phase {
             p50_us: percentile_us(&latencies, 50),
             p95_us: percentile_us(&latencies, 95),
             p99_us: percentile_us(&latencies, 99),
+            samples_us: None,
         }
+    }
+
+    /// Keeps the raw latencies in the line (sorted, in microseconds).
+    pub fn with_samples(mut self, latencies: &[Duration]) -> Phase {
+        let mut us: Vec<u64> = latencies.iter().map(|d| d.as_micros() as u64).collect();
+        us.sort_unstable();
+        self.samples_us = Some(us);
+        self
     }
 
     /// Prints the phase as one JSON line on stdout. A closed stdout is an error, not a panic, so
@@ -53,7 +66,7 @@ impl Phase {
 }
 
 /// Nearest-rank percentile `p` of sorted samples, in microseconds; 0 when there are none.
-fn percentile_us(sorted: &[Duration], p: usize) -> u64 {
+pub fn percentile_us(sorted: &[Duration], p: usize) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
