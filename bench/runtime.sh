@@ -490,59 +490,59 @@ per_container() { # target count -> "PSS_MB RSS_MB" per helper process
     echo "- other load: each step started on idle CPUs; other processes then used at most ${worst_other}% of the CPUs during a step (worst: ${worst_step}); per step in others.txt"
     echo "- rounds: $rounds, tools interleaved in each round; medians and p95 over all rounds' samples, the range of the rounds' medians in parentheses"
     if has_section 1; then
-    echo
-    echo "### OCI runtimes: /bin/true in a busybox bundle ($per_round iterations per round after 3 warm-ups)"
-    echo
-    "$bin/berth-bench" pool --target "berth oci" --base runc --base crun "$oci_results"
+        echo
+        echo "### OCI runtimes: /bin/true in a busybox bundle ($per_round iterations per round after 3 warm-ups)"
+        echo
+        "$bin/berth-bench" pool --target "berth oci" --base runc --base crun "$oci_results"
     fi
     if has_section 2; then
-    echo
-    echo "### ctr against the daemons ($ctr_per_round runs per round after 3 warm-ups)"
-    echo
-    "$bin/berth-bench" pool --target berthd --base containerd "$ctr_results"
+        echo
+        echo "### ctr against the daemons ($ctr_per_round runs per round after 3 warm-ups)"
+        echo
+        "$bin/berth-bench" pool --target berthd --base containerd "$ctr_results"
     fi
     if [[ -s $mem_results ]]; then
-    echo
-    echo "### Memory of running sleep containers (ctr run -d)"
-    echo
-    echo "| containers | berth-reaper per container | containerd-shim-runc-v2 per container | all reapers PSS / RSS | all shims PSS / RSS | berthd RSS idle → with them | containerd RSS idle → with them |"
-    echo "|--:|--:|--:|--:|--:|--:|--:|"
-    has_section 4 && mem_counts="$mem_counts $burst"
-    for n in $mem_counts; do
-        read -r br bp _ < <(mem_row berthd "$n" helpers)
-        read -r cr cp _ < <(mem_row containerd "$n" helpers)
-        read -r bd0 _ _ < <(mem_row berthd "$n" "daemon before")
-        read -r bd1 _ _ < <(mem_row berthd "$n" "daemon with")
-        read -r cd0 _ _ < <(mem_row containerd "$n" "daemon before")
-        read -r cd1 _ _ < <(mem_row containerd "$n" "daemon with")
-        echo "| $n | $(per_container berthd "$n") | $(per_container containerd "$n") | $bp / $br MB | $cp / $cr MB | $bd0 → $bd1 MB | $cd0 → $cd1 MB |"
-    done
+        echo
+        echo "### Memory of running sleep containers (ctr run -d)"
+        echo
+        echo "| containers | berth-reaper per container | containerd-shim-runc-v2 per container | all reapers PSS / RSS | all shims PSS / RSS | berthd RSS idle → with them | containerd RSS idle → with them |"
+        echo "|--:|--:|--:|--:|--:|--:|--:|"
+        has_section 4 && mem_counts="$mem_counts $burst"
+        for n in $mem_counts; do
+            read -r br bp _ < <(mem_row berthd "$n" helpers)
+            read -r cr cp _ < <(mem_row containerd "$n" helpers)
+            read -r bd0 _ _ < <(mem_row berthd "$n" "daemon before")
+            read -r bd1 _ _ < <(mem_row berthd "$n" "daemon with")
+            read -r cd0 _ _ < <(mem_row containerd "$n" "daemon before")
+            read -r cd1 _ _ < <(mem_row containerd "$n" "daemon with")
+            echo "| $n | $(per_container berthd "$n") | $(per_container containerd "$n") | $bp / $br MB | $cp / $cr MB | $bd0 → $bd1 MB | $cd0 → $cd1 MB |"
+        done
     fi
     if [[ -s $burst_results ]]; then
-    echo
-    echo "### $burst sleep containers at once"
-    echo
-    echo "| how | berthd | containerd |"
-    echo "|---|--:|--:|"
-    jq -rs '
-        . as $all
-        | def cell($t; $p):
-            ($all | map(select(.target == $t and .phase == $p)) | first) as $x
-            | if $x == null then "not measured"
-              elif ($p | test("ctr version")) then "\($x.seconds * 100 | round / 100) s (\($x.failed) failed)"
-              elif $x.running != null then "\($x.seconds * 100 | round / 100) s (\($x.running) running, \($x.failed) failed)"
-              elif ($p | test("under the burst")) then "\($x.p50_us / 100 | round / 10) / \($x.p95_us / 100 | round / 10) ms (p50 / p95)"
-              elif ($p | test("started concurrently")) then "\($x.seconds * 1000 | round / 1000) s (each running after \($x.p50_us / 1000 | round) / \($x.p95_us / 1000 | round) ms, p50 / p95)"
-              else "\($x.seconds * 1000 | round / 1000) s" end;
-        reduce ($all[] | .phase) as $p ([]; if index([$p]) then . else . + [$p] end)
-        | .[] | "| \(.) | \(cell("berthd"; .)) | \(cell("containerd"; .)) |"' "$burst_results"
+        echo
+        echo "### $burst sleep containers at once"
+        echo
+        echo "| how | berthd | containerd |"
+        echo "|---|--:|--:|"
+        jq -rs '
+            . as $all
+            | def cell($t; $p):
+                ($all | map(select(.target == $t and .phase == $p)) | first) as $x
+                | if $x == null then "not measured"
+                  elif ($p | test("ctr version")) then "\($x.seconds * 100 | round / 100) s (\($x.failed) failed)"
+                  elif $x.running != null then "\($x.seconds * 100 | round / 100) s (\($x.running) running, \($x.failed) failed)"
+                  elif ($p | test("under the burst")) then "\($x.p50_us / 100 | round / 10) / \($x.p95_us / 100 | round / 10) ms (p50 / p95)"
+                  elif ($p | test("started concurrently")) then "\($x.seconds * 1000 | round / 1000) s (each running after \($x.p50_us / 1000 | round) / \($x.p95_us / 1000 | round) ms, p50 / p95)"
+                  else "\($x.seconds * 1000 | round / 1000) s" end;
+            reduce ($all[] | .phase) as $p ([]; if index([$p]) then . else . + [$p] end)
+            | .[] | "| \(.) | \(cell("berthd"; .)) | \(cell("containerd"; .)) |"' "$burst_results"
     fi
     if has_section 3; then
-    n0=${mem_counts%% *}
-    read -r _ bsp _ < <(mem_row berthd "$n0" containers)
-    read -r _ csp _ < <(mem_row containerd "$n0" containers)
-    echo
-    echo "The containers' own processes (busybox sleep), not counted above: $bsp MB PSS for $n0 under berthd, $csp MB under containerd."
+        n0=${mem_counts%% *}
+        read -r _ bsp _ < <(mem_row berthd "$n0" containers)
+        read -r _ csp _ < <(mem_row containerd "$n0" containers)
+        echo
+        echo "The containers' own processes (busybox sleep), not counted above: $bsp MB PSS for $n0 under berthd, $csp MB under containerd."
     fi
 } | tee "$out/report.md"
 log "raw results in $out, report: $out/report.md"
