@@ -95,6 +95,15 @@ fn wait_for_status(daemon: &Daemon, id: &str, want: &str) {
     }
 }
 
+/// SIGKILLs task `id`, waits until it stopped, removes task and container and checks nothing is left.
+fn kill_and_remove(daemon: &Daemon, id: &str) {
+    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", id]);
+    wait_for_status(daemon, id, "STOPPED");
+    daemon.ctr_ok(&["tasks", "rm", id]);
+    daemon.ctr_ok(&["containers", "rm", id]);
+    assert_nothing_left(daemon, "default", id);
+}
+
 #[test]
 fn ctr_run_rm_reports_exit_codes_and_output() {
     if !requires_root() {
@@ -543,11 +552,7 @@ fn a_wedged_reaper_does_not_stall_recovery() {
     daemon.ctr_ok(&["tasks", "rm", "wedged"]);
     daemon.ctr_ok(&["containers", "rm", "wedged"]);
     assert_nothing_left(&daemon, "default", "wedged");
-    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "fine"]);
-    wait_for_status(&daemon, "fine", "STOPPED");
-    daemon.ctr_ok(&["tasks", "rm", "fine"]);
-    daemon.ctr_ok(&["containers", "rm", "fine"]);
-    assert_nothing_left(&daemon, "default", "fine");
+    kill_and_remove(&daemon, "fine");
 }
 
 const SIGSTOP: i32 = 19;
@@ -615,11 +620,7 @@ async fn metrics_and_update_of_a_running_task() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "1", "2"], "open fds in exec: {out}");
 
-    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "m1"]);
-    wait_for_status(&daemon, "m1", "STOPPED");
-    daemon.ctr_ok(&["tasks", "rm", "m1"]);
-    daemon.ctr_ok(&["containers", "rm", "m1"]);
-    assert_nothing_left(&daemon, "default", "m1");
+    kill_and_remove(&daemon, "m1");
 }
 
 #[test]
