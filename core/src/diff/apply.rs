@@ -1,6 +1,7 @@
 //! Applying a layer onto a directory.
 
 use std::collections::HashSet;
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
@@ -35,17 +36,28 @@ pub struct Applied {
 }
 
 /// Hashes and counts what is read through it.
-struct Hashing<R> {
+struct Hashing<'p, R> {
     inner: R,
     hasher: Sha256,
-    count: u64,
+    progress: &'p Progress,
 }
 
-impl<R: Read> Read for Hashing<R> {
+/// How far the uncompressed stream has been read; shared with the entry loop, which cannot reach the
+/// reader while the archive borrows it.
+#[derive(Default)]
+struct Progress {
+    count: Cell<u64>,
+    eof: Cell<bool>,
+}
+
+impl<R: Read> Read for Hashing<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
-        self.count += n as u64;
+        self.progress.count.set(self.progress.count.get() + n as u64);
+        if n == 0 && !buf.is_empty() {
+            self.progress.eof.set(true);
+        }
         Ok(n)
     }
 }
@@ -115,16 +127,17 @@ fn decompress<'a, R: Read + 'a>(layer: R, media_type: &str) -> Result<Box<dyn Re
     })
 }
 
-/// The name of an entry inside the target: `./` and empty components dropped; `..` and an
-/// absolute name refused.
+/// The name of an entry inside the target: `./`, empty components and a leading `/` dropped (an
+/// absolute name is rooted at the layer's root, as tar and containerd read it: umoci writes `/`
+/// for the root itself); `..` refused.
 fn clean(raw: &[u8], what: &str) -> Result<PathBuf, String> {
     let path = Path::new(OsStr::from_bytes(raw));
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
             Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return Err(format!("{what} is absolute")),
+            Component::CurDir | Component::RootDir => {}
+            Component::Prefix(_) => return Err(format!("{what} has a path prefix")),
             Component::ParentDir => return Err(format!("{what} has a `..` component")),
         }
     }
@@ -194,7 +207,8 @@ struct Applier {
 /// writing whiteouts as `whiteouts` says. Returns the uncompressed stream's digest and size.
 pub fn apply(layer: impl Read, media_type: &str, target: &Path, whiteouts: Whiteouts) -> Result<Applied, DiffError> {
     let root = Root::open(target).map_err(io_error(format!("opening the target {}", target.display())))?;
-    let mut hashing = Hashing { inner: decompress(layer, media_type)?, hasher: Sha256::new(), count: 0 };
+    let progress = Progress::default();
+    let mut hashing = Hashing { inner: decompress(layer, media_type)?, hasher: Sha256::new(), progress: &progress };
     let mut applier = Applier {
         root,
         whiteouts,
@@ -204,16 +218,26 @@ pub fn apply(layer: impl Read, media_type: &str, target: &Path, whiteouts: White
     };
     {
         let mut archive = tar::Archive::new(&mut hashing);
-        let entries = archive.entries().map_err(io_error("reading the tar stream"))?;
-        for entry in entries {
-            let mut entry = entry.map_err(io_error("reading the tar stream"))?;
+        let mut entries = archive.entries().map_err(io_error("reading the tar stream"))?;
+        // Where the last entry's data ended in the stream.
+        let mut complete_at = 0;
+        while let Some(entry) = entries.next() {
+            let mut entry = match entry {
+                Ok(entry) => entry,
+                // Some writers (umoci 0.4) end the stream right after the last entry's data, without
+                // its padding and the end-of-archive blocks. Go's archive/tar, so containerd, reads
+                // that as the end, and nothing is lost; a stream cut anywhere else is an error.
+                Err(_) if progress.eof.get() && progress.count.get() == complete_at => break,
+                Err(e) => return Err(io_error("reading the tar stream")(e)),
+            };
             applier.entry(&mut entry)?;
+            complete_at = progress.count.get();
         }
     }
     // The digest covers the whole stream, the end-of-archive blocks and padding included.
     io::copy(&mut hashing, &mut io::sink()).map_err(io_error("reading the end of the tar stream"))?;
     applier.finish()?;
-    Ok(Applied { digest: Digest::from_sha256(&hashing.hasher), size: hashing.count })
+    Ok(Applied { digest: Digest::from_sha256(&hashing.hasher), size: progress.count.get() })
 }
 
 impl Applier {
@@ -264,7 +288,11 @@ impl Applier {
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let mut file = fs::create_file(dirfd, base).map_err(failed("creating the file"))?;
-                io::copy(entry, &mut file).map_err(failed("writing the file"))?;
+                let size = header.size().map_err(failed("reading its size"))?;
+                let written = io::copy(entry, &mut file).map_err(failed("writing the file"))?;
+                if written != size {
+                    return Err(refuse(format!("the stream ends {} bytes into its {size} bytes of data", written)));
+                }
             }
             EntryType::Directory => {
                 if !keep_dir {

@@ -250,13 +250,26 @@ fn escape(layer: Vec<u8>) -> (tempfile::TempDir, PathBuf, Result<Applied, DiffEr
 }
 
 #[test]
-fn parent_dir_and_absolute_names_are_refused() {
-    for name in ["../evil", "a/../../evil", "/abs/evil", "/evil"] {
+fn parent_dir_names_are_refused() {
+    for name in ["../evil", "a/../../evil", "/../evil", "./a/../../evil"] {
         let (_outside, _root, result) = escape(Tar::new().file(name, b"evil").done());
         let e = result.unwrap_err();
         assert!(matches!(e, DiffError::Refused { .. }), "{name}: {e}");
         assert!(e.to_string().contains(&format!("{name:?}")), "error names the entry: {e}");
     }
+}
+
+#[test]
+fn absolute_names_are_rooted_at_the_layer_root() {
+    for name in ["/abs/evil", "/evil", "//evil2"] {
+        let (_outside, root, result) = escape(Tar::new().dir("/").dir("/abs").file(name, b"inside").done());
+        result.unwrap();
+        assert_eq!(fs::read(root.join(name.trim_start_matches('/'))).unwrap(), b"inside", "{name}");
+    }
+    // A hard link to an absolute name links inside the root too.
+    let (_outside, root, result) = escape(Tar::new().file("a", b"x").hardlink("b", "/a").done());
+    result.unwrap();
+    assert_eq!(fs::read(root.join("b")).unwrap(), b"x");
 }
 
 #[test]
@@ -301,12 +314,16 @@ fn a_symlink_is_replaced_not_written_through() {
 
 #[test]
 fn hard_links_out_of_the_root_are_refused() {
-    for target in ["/etc/passwd", "../outside", "a/../../outside"] {
+    for target in ["../outside", "a/../../outside", "/../outside"] {
         let (_outside, _root, result) = escape(Tar::new().hardlink("pw", target).done());
         let e = result.unwrap_err();
         assert!(matches!(e, DiffError::Refused { .. }), "{target}: {e}");
         assert!(e.to_string().contains("\"pw\""), "error names the entry: {e}");
     }
+    // An absolute target is inside the root, where there is no etc/passwd.
+    let (_outside, _root, result) = escape(Tar::new().hardlink("pw", "/etc/passwd").done());
+    let e = result.unwrap_err();
+    assert!(e.to_string().contains("\"pw\""), "{e}");
     // Through a symlink to /: resolved inside the root, where there is no etc/passwd.
     let (_outside, _root, result) = escape(Tar::new().symlink("l", "/").hardlink("pw", "l/etc/passwd").done());
     let e = result.unwrap_err();
@@ -408,4 +425,22 @@ fn diff_round_trip() {
     fs::create_dir(&empty).unwrap();
     apply(&plain[..], MEDIA_TYPE_TAR, &empty, Whiteouts::Delete).unwrap();
     assert_eq!(snapshot(&empty), snapshot(&changed));
+}
+
+#[test]
+fn a_stream_ending_right_after_the_last_data_is_read_but_a_cut_one_is_not() {
+    // umoci 0.4 writes layers like this: the last file's data, then nothing (no padding, no end blocks).
+    let full = Tar::new().dir("etc").file("etc/passwd", b"root:x:0:0::/:/bin/sh\n").done();
+    let data_end = 2 * 512 + 22;
+    let dir = tempdir();
+    let applied = apply_to(&full[..data_end], dir.path(), Whiteouts::Delete).unwrap();
+    assert_eq!(fs::read(dir.path().join("etc/passwd")).unwrap(), b"root:x:0:0::/:/bin/sh\n");
+    assert_eq!(applied.size, data_end as u64);
+    // Cut inside the data, or inside the padding: an error naming the entry, or the stream.
+    for cut in [data_end - 1, 2 * 512, data_end + 1] {
+        let dir = tempdir();
+        let e = apply_to(&full[..cut], dir.path(), Whiteouts::Delete).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("etc/passwd") || msg.contains("tar stream"), "cut at {cut}: {msg}");
+    }
 }
