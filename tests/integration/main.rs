@@ -5,6 +5,7 @@
 //! `requires_root()` first.
 
 mod harness;
+mod images_fixture;
 
 mod cli;
 mod config;
