@@ -21,6 +21,9 @@ pub enum Error {
     /// Something the request needs is not available right now (a backend, the store).
     #[error("{0}")]
     Unavailable(String),
+    /// A remote party (a registry) refused the credentials, or asked for some and got none.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The operation is not supported by this server or backend.
     #[error("{0}")]
     Unimplemented(String),
@@ -39,6 +42,7 @@ impl Error {
             InvalidArgument(m) => InvalidArgument(format!("{context}: {m}")),
             FailedPrecondition(m) => FailedPrecondition(format!("{context}: {m}")),
             Unavailable(m) => Unavailable(format!("{context}: {m}")),
+            Unauthenticated(m) => Unauthenticated(format!("{context}: {m}")),
             Unimplemented(m) => Unimplemented(format!("{context}: {m}")),
             Internal(m) => Internal(format!("{context}: {m}")),
         }

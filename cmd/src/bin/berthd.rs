@@ -57,6 +57,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     registry.register(berth_plugin_linux::registration())?;
     registry.register(berth_plugin_snapshot_overlayfs::registration())?;
     registry.register(berth_plugin_snapshot_native::registration())?;
+    registry.register(berth_plugin_pull::registration())?;
     match args.command {
         Some(Command::Config { command: ConfigCommand::Default }) => {
             print!("{DEFAULT_CONFIG}");

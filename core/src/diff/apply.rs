@@ -1,7 +1,7 @@
 //! Applying a layer onto a directory.
 
-use std::collections::HashSet;
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
@@ -218,10 +218,10 @@ pub fn apply(layer: impl Read, media_type: &str, target: &Path, whiteouts: White
     };
     {
         let mut archive = tar::Archive::new(&mut hashing);
-        let mut entries = archive.entries().map_err(io_error("reading the tar stream"))?;
+        let entries = archive.entries().map_err(io_error("reading the tar stream"))?;
         // Where the last entry's data ended in the stream.
         let mut complete_at = 0;
-        while let Some(entry) = entries.next() {
+        for entry in entries {
             let mut entry = match entry {
                 Ok(entry) => entry,
                 // Some writers (umoci 0.4) end the stream right after the last entry's data, without

@@ -15,6 +15,7 @@
 mod apply;
 mod fs;
 mod layer;
+pub mod mounts;
 #[cfg(test)]
 mod tests;
 

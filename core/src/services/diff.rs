@@ -2,15 +2,12 @@
 //! layers made from the difference of two mounts (`crate::diff`), as containerd's walking
 //! differ and overlay applier do.
 //!
-//! Apply needs no mount for the two kinds snapshotters hand out: a bind mount is applied into
-//! its source (a full tree: whiteouts delete), an overlay mount into its upperdir (overlay
-//! whiteouts), as containerd's overlay applier does. Any other mount list is mounted on a
-//! temporary directory under `<state>/diff`, and unmounted whatever happens ([`Mounted`]).
+//! How mounts are applied onto and read is `crate::diff::mounts`; temporary mounts go under
+//! `<state>/diff`.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 
 use berth_proto::containerd::services::diff::v1::diff_server::{Diff, DiffServer};
 use berth_proto::containerd::services::diff::v1::*;
@@ -20,7 +17,8 @@ use tonic::{Request, Response, Status};
 use super::content::lease;
 use super::{GrpcService, namespace, store_id};
 use crate::content::{BlobStore, ContentStore, Digest, Writer};
-use crate::diff::{self, LayerCompression, MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, Whiteouts};
+use crate::diff::mounts::{apply_to_mounts, read_target, unique};
+use crate::diff::{self, LayerCompression, MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP};
 use crate::mount::Mount;
 use crate::plugin::{InitError, Instance, NoConfig, PluginKind, Registration, Requirement};
 use crate::store::MetadataStore;
@@ -76,154 +74,6 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + '
         .map_err(|e| Error::Internal(format!("diff: a blocking task failed: {e}")))?
 }
 
-/// A name no other temporary mount point of this process has.
-fn unique(prefix: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    format!("{prefix}-{}-{nanos}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Mounts on a temporary directory; unmounted and removed when dropped, on every path.
-struct Mounted {
-    dir: PathBuf,
-    /// Mount points made, in order.
-    points: Vec<PathBuf>,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        for point in self.points.iter().rev() {
-            if let Ok(c) = std::ffi::CString::new(point.as_os_str().as_encoded_bytes()) {
-                // Detached: a reader still inside must not keep the mount (and berthd) stuck.
-                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                    let e = io::Error::last_os_error();
-                    tracing::warn!(path = %point.display(), error = %e, "unmounting a diff mount");
-                }
-            }
-        }
-        if let Err(e) = std::fs::remove_dir(&self.dir) {
-            tracing::warn!(path = %self.dir.display(), error = %e, "removing a diff mount point");
-        }
-    }
-}
-
-fn mount_error(m: &Mount, e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!("mounting {} {:?} on a temporary directory: {e}", m.kind, m.source))
-}
-
-/// Mounts `mounts` in order on a new directory under `tmp`, read-only if `readonly`.
-fn mount_all(mounts: &[Mount], tmp: &Path, readonly: bool) -> Result<Mounted> {
-    std::fs::create_dir_all(tmp).map_err(|e| Error::Internal(format!("making {}: {e}", tmp.display())))?;
-    let dir = tmp.join(unique("mount"));
-    std::fs::create_dir(&dir).map_err(|e| Error::Internal(format!("making {}: {e}", dir.display())))?;
-    let mut mounted = Mounted { dir: dir.clone(), points: Vec::new() };
-    for m in mounts {
-        let rel = Path::new(&m.target);
-        if rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-            return Err(Error::InvalidArgument(format!("mount target {:?} must be a relative path", m.target)));
-        }
-        let point = dir.join(rel);
-        let mut flags: libc::c_ulong = 0;
-        let mut data = Vec::new();
-        for option in &m.options {
-            match option.as_str() {
-                "ro" => flags |= libc::MS_RDONLY,
-                "rw" | "defaults" => {}
-                "bind" => flags |= libc::MS_BIND,
-                "rbind" => flags |= libc::MS_BIND | libc::MS_REC,
-                "nosuid" => flags |= libc::MS_NOSUID,
-                "nodev" => flags |= libc::MS_NODEV,
-                "noexec" => flags |= libc::MS_NOEXEC,
-                other => data.push(other),
-            }
-        }
-        if m.kind == "bind" {
-            flags |= libc::MS_BIND;
-        }
-        if readonly {
-            flags |= libc::MS_RDONLY;
-        }
-        let c = |s: &str| std::ffi::CString::new(s).map_err(|_| mount_error(m, "a NUL byte in the mount"));
-        let (source, target) = (c(&m.source)?, c(&point.to_string_lossy())?);
-        let (kind, data) = (c(&m.kind)?, c(&data.join(","))?);
-        let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), kind.as_ptr(), flags, data.as_ptr().cast()) };
-        if rc != 0 {
-            return Err(mount_error(m, io::Error::last_os_error()));
-        }
-        mounted.points.push(point.clone());
-        if flags & libc::MS_BIND != 0 && flags & libc::MS_RDONLY != 0 {
-            // A bind mount takes its read-only flag only from a remount.
-            let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
-            let rc =
-                unsafe { libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
-            if rc != 0 {
-                return Err(mount_error(m, io::Error::last_os_error()));
-            }
-        }
-    }
-    Ok(mounted)
-}
-
-fn option<'a>(m: &'a Mount, key: &str) -> Option<&'a str> {
-    m.options.iter().find_map(|o| o.strip_prefix(key)?.strip_prefix('='))
-}
-
-/// Where a layer is applied: a directory, and the mounts held while it is.
-struct ApplyTarget {
-    path: PathBuf,
-    whiteouts: Whiteouts,
-    _mounted: Option<Mounted>,
-}
-
-fn apply_target(mounts: &[Mount], tmp: &Path) -> Result<ApplyTarget> {
-    match mounts {
-        [] => Err(Error::InvalidArgument("apply needs at least one mount".into())),
-        [m] if m.kind == "bind" => {
-            if m.options.iter().any(|o| o == "ro") {
-                return Err(Error::InvalidArgument(format!("bind mount of {:?} is read-only", m.source)));
-            }
-            Ok(ApplyTarget { path: PathBuf::from(&m.source), whiteouts: Whiteouts::Delete, _mounted: None })
-        }
-        [m] if m.kind == "overlay" => {
-            let upper = option(m, "upperdir").ok_or_else(|| {
-                Error::InvalidArgument("overlay mount has no upperdir: a read-only view cannot take a layer".into())
-            })?;
-            Ok(ApplyTarget { path: PathBuf::from(upper), whiteouts: Whiteouts::Overlay, _mounted: None })
-        }
-        _ => {
-            let mounted = mount_all(mounts, tmp, false)?;
-            Ok(ApplyTarget { path: mounted.dir.clone(), whiteouts: Whiteouts::Delete, _mounted: Some(mounted) })
-        }
-    }
-}
-
-/// A tree to read a diff from: None for no mounts (an empty tree).
-struct ReadTarget {
-    path: Option<PathBuf>,
-    _mounted: Option<Mounted>,
-}
-
-fn read_target(mounts: &[Mount], tmp: &Path) -> Result<ReadTarget> {
-    match mounts {
-        [] => Ok(ReadTarget { path: None, _mounted: None }),
-        // Only read: the source is the tree, with no mount to make.
-        [m] if m.kind == "bind" => Ok(ReadTarget { path: Some(PathBuf::from(&m.source)), _mounted: None }),
-        _ => {
-            let mounted = mount_all(mounts, tmp, true)?;
-            Ok(ReadTarget { path: Some(mounted.dir.clone()), _mounted: Some(mounted) })
-        }
-    }
-}
-
-fn sync_fs(path: &Path) -> Result<()> {
-    let dir = std::fs::File::open(path).map_err(|e| Error::Internal(format!("opening {}: {e}", path.display())))?;
-    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
-        let e = io::Error::last_os_error();
-        return Err(Error::Internal(format!("syncing the filesystem of {}: {e}", path.display())));
-    }
-    Ok(())
-}
-
 /// The made layer on its way into the content store, in chunks, from a blocking thread.
 struct ContentSink<'a> {
     writer: &'a mut Writer,
@@ -272,13 +122,7 @@ impl Diff for DiffService {
         let (tmp, media_type, sync) = (self.tmp.clone(), desc.media_type, request.sync_fs);
         let context = format!("applying layer {digest}");
         let applied = blocking(move || {
-            let target = apply_target(&mounts, &tmp)?;
-            let applied =
-                diff::apply(BufReader::with_capacity(1 << 20, file), &media_type, &target.path, target.whiteouts)?;
-            if sync {
-                sync_fs(&target.path)?;
-            }
-            Ok(applied)
+            apply_to_mounts(BufReader::with_capacity(1 << 20, file), &media_type, &mounts, &tmp, sync)
         })
         .await
         .map_err(|e| e.context(context))?;

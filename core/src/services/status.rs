@@ -13,6 +13,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Internal(_) => Code::Internal,
         };
@@ -33,5 +34,6 @@ mod tests {
         assert_eq!(s.code(), Code::AlreadyExists);
         assert_eq!(Status::from(Error::FailedPrecondition("x".into())).code(), Code::FailedPrecondition);
         assert_eq!(Status::from(Error::InvalidArgument("x".into())).code(), Code::InvalidArgument);
+        assert_eq!(Status::from(Error::Unauthenticated("x".into())).code(), Code::Unauthenticated);
     }
 }

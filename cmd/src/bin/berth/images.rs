@@ -1,6 +1,7 @@
-//! `berth images`: containerd's Images service. `inspect` prints the image record; the OCI image
-//! config it points at is read from the content store once berth pulls images.
+//! `berth images`: containerd's Images service for records; `inspect` adds the manifest and OCI
+//! image config from berth's own Images service (GetOciImage), `pull` is `berth pull`.
 
+use berth_proto::berth::services::images::v1 as berth_images;
 use berth_proto::containerd::services::images::v1::images_client::ImagesClient;
 use berth_proto::containerd::services::images::v1::*;
 use clap::Subcommand;
@@ -26,12 +27,14 @@ pub enum Cmd {
     Rm {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
-        /// Wait for garbage collection (a no-op until berth collects garbage)
+        /// Return only once the garbage collection the removal makes due has run
         #[arg(long)]
         sync: bool,
     },
-    /// Print an image record as JSON (name, labels, target descriptor, times)
+    /// Print an image as JSON: its record, its manifest's descriptor and its OCI image config
     Inspect { name: String },
+    /// Pull an image from a registry (the same as `berth pull`)
+    Pull(crate::pull::Pull),
 }
 
 fn image_json(i: &Image) -> serde_json::Value {
@@ -53,6 +56,9 @@ fn image_json(i: &Image) -> serde_json::Value {
 }
 
 pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
+    if let Cmd::Pull(args) = cmd {
+        return crate::pull::run(ctx, args).await;
+    }
     let mut client = ImagesClient::with_interceptor(ctx.connect().await?.channel(), ctx.interceptor());
     match cmd {
         Cmd::Ls { quiet, filters } => {
@@ -100,10 +106,29 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                 .map_err(rpc_error(format!("get image {name}")))?;
             let image = response.into_inner().image.unwrap_or_default();
             let mut value = image_json(&image);
-            // The OCI image config comes with pull, which reads it from the content store.
-            value["Config"] = json!(null);
-            value["Note"] = json!("the image record only: the OCI image config is shown once berth pulls images");
+            let mut oci = berth_images::images_client::ImagesClient::with_interceptor(
+                ctx.connect().await?.channel(),
+                ctx.interceptor(),
+            );
+            match oci.get_oci_image(berth_images::GetOciImageRequest { name: name.clone() }).await {
+                Ok(response) => {
+                    let oci = response.into_inner();
+                    let descriptor = |d: Option<berth_proto::containerd::types::Descriptor>| {
+                        d.map(|d| json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size}))
+                    };
+                    value["Manifest"] = json!(descriptor(oci.manifest_descriptor));
+                    value["ConfigDescriptor"] = json!(descriptor(oci.config_descriptor));
+                    value["Config"] = serde_json::from_slice(&oci.config)
+                        .map_err(|e| anyhow::anyhow!("image {name}: its config is not JSON: {e}"))?;
+                }
+                // A record whose content is not (all) here: show the record, and say why not more.
+                Err(status) => {
+                    value["Config"] = json!(null);
+                    value["ConfigError"] = json!(crate::status_message(&status));
+                }
+            }
             output::emit_json(&value)
         }
+        Cmd::Pull(_) => unreachable!("handled above"),
     }
 }

@@ -10,6 +10,7 @@ mod namespaces;
 mod oci;
 mod output;
 mod plugins;
+mod pull;
 mod run;
 mod snapshots;
 mod spec;
@@ -78,9 +79,11 @@ enum Command {
     /// Snapshots of the snapshot backends (`--snapshotter overlayfs|native`)
     #[command(visible_aliases = ["snapshot", "snap"])]
     Snapshots(snapshots::Snapshots),
-    /// Image records
+    /// Images: records, OCI configs, removal
     #[command(visible_aliases = ["image", "i"], subcommand)]
     Images(images::Cmd),
+    /// Pull an image from a registry into berthd, with progress
+    Pull(pull::Pull),
 }
 
 /// What every command needs: where to connect, in which namespace, and how to print.
@@ -211,6 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tasks(cmd) => tasks::run(&ctx, cmd).await,
         Command::Snapshots(args) => snapshots::run(&ctx, args).await,
         Command::Images(cmd) => images::run(&ctx, cmd).await,
+        Command::Pull(args) => pull::run(&ctx, args).await,
         Command::Oci(_) => unreachable!("`oci` is dispatched before the tokio runtime exists"),
     }
 }
