@@ -356,9 +356,35 @@ pub fn hostile_layer(attack: Attack, escape: &Path) -> Vec<u8> {
     tar.into_inner().unwrap()
 }
 
-/// `busybox()` with `hostile_layer(attack, escape)` on top, at `dir`.
+/// The contents of /etc/shadow in `hostile_image`s, which in-root hard links get.
+pub const IMAGE_SHADOW: &str = "image shadow\n";
+
+impl Attack {
+    /// Where, in the image, an applier that keeps everything inside its root (as containerd's
+    /// does) puts what the layer writes, with the contents each file then has. The directory
+    /// `escape` and /etc/shadow exist in a `hostile_image`, so each of these resolves.
+    pub fn lands_inside(self, escape: &Path) -> Vec<(PathBuf, &'static str)> {
+        let at = |name: &str| (escape.join(name), "escaped\n");
+        match self {
+            Attack::DotDot => vec![at("dotdot")],
+            Attack::AbsoluteName => vec![at("absolute")],
+            Attack::AbsoluteSymlink => vec![at("through-abs-link")],
+            Attack::RelativeSymlink => vec![at("through-rel-link")],
+            Attack::HardLinkOut => vec![("/shadow".into(), IMAGE_SHADOW), ("/shadow-up".into(), IMAGE_SHADOW)],
+            Attack::ReplacedDirectory => vec![at("through-replaced")],
+        }
+    }
+}
+
+/// `busybox()`, then a layer with the directory `escape` and an /etc/shadow of the image's own
+/// (`IMAGE_SHADOW`) so that what the attack aims at also exists inside, then
+/// `hostile_layer(attack, escape)`, at `dir`.
 pub fn hostile_image(attack: Attack, escape: &Path, dir: &Path) -> ImageLayout {
-    ImageBuilder::on(busybox(), dir).raw_layer(&hostile_layer(attack, escape)).build()
+    let tree = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(tree.path().join(escape.strip_prefix("/").unwrap())).unwrap();
+    std::fs::create_dir_all(tree.path().join("etc")).unwrap();
+    std::fs::write(tree.path().join("etc/shadow"), IMAGE_SHADOW).unwrap();
+    ImageBuilder::on(busybox(), dir).insert(tree.path(), "/").raw_layer(&hostile_layer(attack, escape)).build()
 }
 
 /// One tar entry with `name` (and `link` for links) copied into the header byte for byte.
@@ -607,12 +633,12 @@ mod tests {
         let escape = dir.path().join("escape");
         let hostile = hostile_image(Attack::DotDot, &escape, &dir.path().join("hostile"));
         let layers = hostile.manifest()["layers"].as_array().unwrap().clone();
-        assert_eq!(layers.len(), 2);
-        let blob = hostile.blob(layers[1]["digest"].as_str().unwrap());
+        assert_eq!(layers.len(), 3);
+        let blob = hostile.blob(layers[2]["digest"].as_str().unwrap());
         let mut gz = flate2::read::GzDecoder::new(&blob[..]);
         let mut tar = Vec::new();
         gz.read_to_end(&mut tar).unwrap();
-        assert_eq!(sha256_digest(&tar), hostile.diff_ids()[1]);
+        assert_eq!(sha256_digest(&tar), hostile.diff_ids()[2]);
         assert!(tar.windows(9).any(|w| w == b"../../../"), "the name is kept raw");
 
         let registry = Registry::with_auth("u", "p");
