@@ -18,6 +18,7 @@ mod images_ctr;
 mod lifecycle;
 mod oci;
 mod persistence;
+mod pull;
 mod runtime_conformance;
 mod snapshots_images;
 mod tasks;

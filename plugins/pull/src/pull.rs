@@ -372,11 +372,17 @@ impl Puller {
                     labels.insert(format!("{GC_REF_CONTENT}.m.{i}"), e.digest.clone());
                 }
                 self.put_document(ns, remote, lease, progress, "index", &target, &bytes, labels).await?;
-                let child_bytes = self.fetch_document(ns, remote, lease, progress, "manifest", &child).await?;
-                (child.clone(), parse_document(&child_bytes, &format!("manifest {}", child.digest))?, None)
+                // Manifests come from the manifests endpoint, by digest (which oci-client verifies).
+                let by_digest = remote.reference.clone_with_digest(child.digest.clone());
+                let what = format!("manifest {} of {what}", child.digest);
+                let (child_bytes, _) = remote
+                    .client
+                    .pull_manifest_raw(&by_digest, &remote.auth, ACCEPTED)
+                    .await
+                    .map_err(|e| registry_error(&remote.host, &what, e))?;
+                (child.clone(), parse_document(&child_bytes, &what)?, child_bytes.to_vec())
             }
-            // Stored below, with the labels that name its config and layers.
-            None => (target.clone(), top, Some(bytes)),
+            None => (target.clone(), top, bytes.to_vec()),
         };
         if manifest.schema_version != 2 {
             return Err(Error::InvalidArgument(format!(
@@ -392,12 +398,8 @@ impl Puller {
         for (i, l) in manifest.layers.iter().enumerate() {
             labels.insert(format!("{GC_REF_CONTENT}.l.{i}"), l.digest.clone());
         }
-        match &manifest_bytes {
-            Some(bytes) => {
-                self.put_document(ns, remote, lease, progress, "manifest", &manifest_desc, bytes, labels).await?
-            }
-            None => self.add_labels(ns, &manifest_desc.digest, labels).await?,
-        }
+        // Stored with the labels that name its config and layers, for the collector.
+        self.put_document(ns, remote, lease, progress, "manifest", &manifest_desc, &manifest_bytes, labels).await?;
         let config_bytes = self.fetch_document(ns, remote, lease, progress, "config", &config).await?;
         let image_config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|e| {
             Error::InvalidArgument(format!("{what}: config {} is not an image config: {e}", config.digest))
@@ -558,7 +560,17 @@ impl Puller {
                 break;
             }
             progress.set(item, Status::Downloading);
-            match self.fetch_from(remote, desc, &what, offset, &mut writer, progress, item).await {
+            let fetched = match self.fetch_from(remote, desc, &what, offset, &mut writer, progress, item).await {
+                Ok(()) => match writer.status()?.offset {
+                    at if at < size => Err(Error::Unavailable(format!(
+                        "registry {}: {what} ended at {at} of {size} bytes",
+                        remote.host
+                    ))),
+                    _ => Ok(()),
+                },
+                Err(e) => Err(e),
+            };
+            match fetched {
                 Ok(()) => {}
                 Err(e) if retryable(&e) && attempts < self.config.retries => {
                     attempts += 1;
@@ -611,10 +623,17 @@ impl Puller {
         loop {
             let chunk = stream.next().await;
             let done = chunk.is_none();
-            if let Some(chunk) = chunk {
-                let chunk =
-                    chunk.map_err(|e| Error::Unavailable(format!("registry {}: reading {what}: {e}", remote.host)))?;
-                buf.extend_from_slice(&chunk);
+            match chunk {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    // Keep what came before the break: the next attempt resumes after it.
+                    if !buf.is_empty() {
+                        at = writer.write(at, std::mem::take(&mut buf)).await?;
+                        progress.fetched(item, at, 0);
+                    }
+                    return Err(Error::Unavailable(format!("registry {}: reading {what}: {e}", remote.host)));
+                }
+                None => {}
             }
             if buf.len() >= WRITE_CHUNK || (done && (!buf.is_empty() || first)) {
                 let data = std::mem::replace(&mut buf, Vec::with_capacity(WRITE_CHUNK));
