@@ -124,3 +124,51 @@ fn ctr_events_shows_what_happens() {
     let line = seen.expect("ctr events printed nothing");
     assert!(line.contains("/namespaces/create") && line.contains("seen-"), "{line}");
 }
+
+#[tokio::test]
+async fn snapshot_changes_are_published_as_containerd_does() {
+    use containerd_client::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
+    use containerd_client::services::v1::snapshots::*;
+
+    let daemon = Daemon::start();
+    let client = daemon.client().await;
+    let mut stream = client
+        .events()
+        .subscribe(SubscribeRequest { filters: vec!["topic~=^/snapshot/".into()] })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut snapshots = client.snapshots();
+    let prepare = PrepareSnapshotRequest { snapshotter: "native".into(), key: "k1".into(), ..Default::default() };
+    snapshots.prepare(ns_request("ev", prepare)).await.unwrap();
+    let commit = CommitSnapshotRequest {
+        snapshotter: "native".into(),
+        name: "c1".into(),
+        key: "k1".into(),
+        ..Default::default()
+    };
+    snapshots.commit(ns_request("ev", commit)).await.unwrap();
+    snapshots
+        .remove(ns_request("ev", RemoveSnapshotRequest { snapshotter: "native".into(), key: "c1".into() }))
+        .await
+        .unwrap();
+    // A failed call publishes nothing: the next event is still the remove above.
+    let missing = RemoveSnapshotRequest { snapshotter: "native".into(), key: "missing".into() };
+    snapshots.remove(ns_request("ev", missing)).await.unwrap_err();
+
+    let e = next(&mut stream).await;
+    assert_eq!((e.namespace.as_str(), e.topic.as_str()), ("ev", "/snapshot/prepare"));
+    let any = e.event.unwrap();
+    assert_eq!(any.type_url, "containerd.events.SnapshotPrepare");
+    let p = SnapshotPrepare::decode(any.value.as_slice()).unwrap();
+    assert_eq!((p.key.as_str(), p.parent.as_str(), p.snapshotter.as_str()), ("k1", "", "native"));
+    let e = next(&mut stream).await;
+    assert_eq!(e.topic, "/snapshot/commit");
+    let c = SnapshotCommit::decode(e.event.unwrap().value.as_slice()).unwrap();
+    assert_eq!((c.key.as_str(), c.name.as_str(), c.snapshotter.as_str()), ("k1", "c1", "native"));
+    let e = next(&mut stream).await;
+    assert_eq!(e.topic, "/snapshot/remove");
+    let r = SnapshotRemove::decode(e.event.unwrap().value.as_slice()).unwrap();
+    assert_eq!((r.key.as_str(), r.snapshotter.as_str()), ("c1", "native"));
+    assert!(tokio::time::timeout(Duration::from_millis(300), stream.message()).await.is_err(), "an extra event");
+}

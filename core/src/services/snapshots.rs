@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 
+use berth_proto::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use berth_proto::containerd::services::snapshots::v1::snapshots_server::{Snapshots, SnapshotsServer};
 use berth_proto::containerd::services::snapshots::v1::{self as api, *};
 use berth_proto::containerd::types;
@@ -13,8 +14,9 @@ use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
 
 use super::content::lease;
-use super::{GrpcService, namespace, store_id};
+use super::{GrpcService, exchange_id, namespace, publish, store_id};
 use crate::Error;
+use crate::events::Exchange;
 use crate::filters::FilterSet;
 use crate::mount::Mount;
 use crate::plugin::{InitError, Instance, NoConfig, PluginKind, Registration, Requirement};
@@ -29,6 +31,8 @@ const LIST_BLOCK: usize = 100;
 
 struct SnapshotsService {
     snapshotters: BTreeMap<String, Namespaced>,
+    /// Where /snapshot/prepare, /snapshot/commit and /snapshot/remove go, as containerd publishes them.
+    events: Exchange,
 }
 
 /// The Snapshots service plugin, `service.snapshots`. It starts after every snapshot plugin and
@@ -36,11 +40,13 @@ struct SnapshotsService {
 pub fn registration() -> Registration {
     Registration::new::<NoConfig, _, _>(PluginKind::Service, "snapshots", |ctx| {
         let store = ctx.get::<MetadataStore>(&store_id());
+        let events = ctx.get::<Exchange>(&exchange_id());
         let backends = ctx.get_all::<SharedSnapshotter>(PluginKind::Snapshot);
         let grpc = ctx.daemon_config().grpc.clone();
         async move {
             let store = (*store.ok_or_else(|| InitError::Failed("metadata store not loaded".into()))?).clone();
-            let service = SnapshotsService::new(store, backends.into_iter().map(|(_, b)| (*b).clone()));
+            let events = (*events.ok_or_else(|| InitError::Failed("event exchange not loaded".into()))?).clone();
+            let service = SnapshotsService::new(store, events, backends.into_iter().map(|(_, b)| (*b).clone()));
             let server = SnapshotsServer::new(service)
                 .max_decoding_message_size(grpc.max_recv_message_size)
                 .max_encoding_message_size(grpc.max_send_message_size);
@@ -48,15 +54,16 @@ pub fn registration() -> Registration {
         }
     })
     .requires(Requirement::Plugin(store_id()))
+    .requires(Requirement::Plugin(exchange_id()))
     .requires(Requirement::Kind(PluginKind::Snapshot))
     .describe(SERVICE)
 }
 
 impl SnapshotsService {
-    fn new(store: MetadataStore, backends: impl IntoIterator<Item = SharedSnapshotter>) -> Self {
+    fn new(store: MetadataStore, events: Exchange, backends: impl IntoIterator<Item = SharedSnapshotter>) -> Self {
         let snapshotters =
             backends.into_iter().map(|b| (b.name().to_owned(), Namespaced::new(store.clone(), b))).collect();
-        SnapshotsService { snapshotters }
+        SnapshotsService { snapshotters, events }
     }
 
     fn get(&self, name: &str) -> Result<&Namespaced, Error> {
@@ -111,6 +118,8 @@ impl Snapshots for SnapshotsService {
         let r = request.into_inner();
         let s = self.get(&r.snapshotter)?;
         let m = s.prepare(&ns, &r.key, parent(&r.parent), r.labels.into_iter().collect(), lease).await?;
+        let event = SnapshotPrepare { key: r.key, parent: r.parent, snapshotter: r.snapshotter };
+        publish(&self.events, &ns, "/snapshot/prepare", "SnapshotPrepare", &event);
         Ok(Response::new(PrepareSnapshotResponse { mounts: mounts(m) }))
     }
 
@@ -133,6 +142,8 @@ impl Snapshots for SnapshotsService {
         let (ns, lease) = (namespace(&request)?, lease(&request)?);
         let r = request.into_inner();
         self.get(&r.snapshotter)?.commit(&ns, &r.name, &r.key, r.labels.into_iter().collect(), lease).await?;
+        let event = SnapshotCommit { key: r.key, name: r.name, snapshotter: r.snapshotter };
+        publish(&self.events, &ns, "/snapshot/commit", "SnapshotCommit", &event);
         Ok(Response::new(()))
     }
 
@@ -140,6 +151,13 @@ impl Snapshots for SnapshotsService {
         let ns = namespace(&request)?;
         let r = request.into_inner();
         self.get(&r.snapshotter)?.remove(&ns, &r.key).await?;
+        publish(
+            &self.events,
+            &ns,
+            "/snapshot/remove",
+            "SnapshotRemove",
+            &SnapshotRemove { key: r.key, snapshotter: r.snapshotter },
+        );
         Ok(Response::new(()))
     }
 
@@ -215,7 +233,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_snapshotter_names_the_loaded_ones() {
         let (_dir, store) = open_temp();
-        let svc = SnapshotsService::new(store, []);
+        let svc = SnapshotsService::new(store, Exchange::new(), []);
         let r = PrepareSnapshotRequest { snapshotter: "zfs".into(), key: "k".into(), ..Default::default() };
         let err = svc.prepare(req("default", r)).await.unwrap_err();
         assert_eq!((err.code(), err.message()), (Code::NotFound, "snapshotter \"zfs\" (loaded: none): not found"));
