@@ -146,7 +146,7 @@ impl MetadataStore {
         validate_namespace(ns)?;
         validate_digest(digest)?;
         let (ns, digest) = (ns.to_owned(), digest.to_owned());
-        self.write(move |txn, tables| {
+        self.write_deletion(move |txn, tables| {
             let deleted = tables
                 .content
                 .delete(txn, &object_key(&ns, &digest))

@@ -1,9 +1,10 @@
 //! Leases: `leases/<namespace>/<lease>` → Lease, and the resources each one holds:
 //! `lease_resources/<namespace>/<lease>/<type>\0<resource id>` → empty.
 //!
-//! A lease keeps content, ingests and snapshots from containerd's garbage collector while a client
-//! works with them (containerd clients take one around every container create and image pull).
-//! berth has no garbage collector yet: these are the records a later one will read.
+//! A lease keeps content, ingests and snapshots from the garbage collector (`crate::gc`) while a
+//! client works with them (containerd clients take one around every container create and image
+//! pull), until it is deleted or its `containerd.io/gc.expire` time passes; the collector removes
+//! expired leases with their resources.
 
 use heed::types::DecodeIgnore;
 use heed::{Database, RoTxn, WithoutTls};
@@ -72,7 +73,7 @@ impl MetadataStore {
     pub async fn delete_lease(&self, ns: &str, id: &str) -> Result<()> {
         validate_namespace(ns)?;
         let (ns, id) = (ns.to_owned(), id.to_owned());
-        self.write(move |txn, tables| {
+        self.write_deletion(move |txn, tables| {
             let key = object_key(&ns, &id);
             let deleting = || internal(format!("deleting {}", describe::<Lease>(&ns, &id)));
             if !storable(&key) || !tables.leases.delete(txn, &key).map_err(deleting())? {
@@ -126,7 +127,7 @@ impl MetadataStore {
     pub async fn delete_lease_resource(&self, ns: &str, lease: &str, resource: LeaseResource) -> Result<()> {
         validate_namespace(ns)?;
         let (ns, lease) = (ns.to_owned(), lease.to_owned());
-        self.write(move |txn, tables| {
+        self.write_deletion(move |txn, tables| {
             require_lease(txn, tables, &ns, &lease)?;
             validate_resource(&resource)?;
             let key = lease_resource_key(&ns, &lease, &resource);

@@ -48,12 +48,20 @@
 //! Writes go to one writer thread that commits them in groups (see `writer.rs`), so they are
 //! durable when the call returns yet concurrent writers share an fsync. Schema versions and their
 //! upgrades live in `upgrade.rs`.
+//!
+//! The garbage collector (`crate::gc`) reads these tables and adds none: its record pass
+//! (`gc.rs`) marks what the roots reach and removes unreachable `content` and `snapshots` records
+//! and expired `leases` (with their `lease_resources`) in one write transaction. The store counts
+//! writes and deletions for its scheduler ([`MetadataStore::activity`]) and keeps the lock that
+//! orders writes putting files or backend snapshots in place against the collector's sweep of them
+//! ([`MetadataStore::guard_against_sweep`]).
 
 pub mod records;
 
 mod codec;
 mod containers;
 mod content;
+mod gc;
 mod images;
 mod leases;
 mod namespaces;
@@ -73,8 +81,12 @@ use std::time::SystemTime;
 
 use heed::{Env, EnvOpenOptions, RoTxn, WithoutTls};
 use prost_types::Timestamp;
+use tokio::sync::watch;
 
 pub use self::content::{CONTENT_RESOURCE, Committed, ContentLease, INGEST_RESOURCE};
+pub use self::gc::{
+    IngestRef, LABEL_EXPIRE, LABEL_FLAT, LABEL_REF_CONTENT, LABEL_REF_SNAPSHOT, LABEL_ROOT, Swept, parse_rfc3339,
+};
 pub use self::records::{
     Container, ContentInfo, Descriptor, Image, Lease, LeaseResource, Namespace, Runtime, Sandbox, Snapshot,
 };
@@ -114,7 +126,31 @@ struct Inner {
     writer: Writer,
     env: Env<WithoutTls>,
     tables: Tables<'static>,
+    /// Writes and deletions so far, for the garbage collector's scheduler.
+    activity: watch::Sender<Activity>,
+    /// Shared by a write between putting a file or backend snapshot in place and committing its
+    /// record; the garbage collector's sweep of files and backend snapshots takes it exclusively.
+    sweep: Arc<tokio::sync::RwLock<()>>,
 }
+
+/// How much the store has changed since it was opened: what the garbage collector's scheduler
+/// counts (containerd's mutation callbacks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Write operations that succeeded (the collector's own excepted).
+    pub mutations: u64,
+    /// Deletions among them: images, containers, sandboxes, leases, lease resources, content
+    /// and snapshots, each of which may leave something for the collector.
+    pub deletions: u64,
+}
+
+/// Held by a write between putting a blob file or a backend snapshot in place and committing the
+/// record that names it (see [`MetadataStore::guard_against_sweep`]).
+pub type SweepGuard = tokio::sync::OwnedRwLockReadGuard<()>;
+
+/// Held by the garbage collector while it decides which files and backend snapshots no record
+/// names, and removes the blob files among them.
+pub type SweepLock = tokio::sync::OwnedRwLockWriteGuard<()>;
 
 impl std::fmt::Debug for MetadataStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,7 +179,9 @@ impl MetadataStore {
         let env = unsafe { env_options.open(dir) }.map_err(internal(format_args!("opening {}", dir.display())))?;
         let tables = upgrade::open_and_upgrade(&env)?;
         let writer = Writer::spawn(env.clone(), tables, options.max_batch)?;
-        Ok(MetadataStore { inner: Arc::new(Inner { writer, env, tables }) })
+        let (activity, _) = watch::channel(Activity::default());
+        let sweep = Arc::new(tokio::sync::RwLock::new(()));
+        Ok(MetadataStore { inner: Arc::new(Inner { writer, env, tables, activity, sweep }) })
     }
 
     /// Waits for queued writes to commit and stops the writer thread; the environment closes
@@ -168,12 +206,49 @@ impl MetadataStore {
     }
 
     /// Runs `op` on the writer thread in its own nested transaction; returns once it is durable.
+    /// A success counts as a mutation.
     async fn write<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut heed::RwTxn<'_>, &Tables<'static>) -> Result<T> + Send + 'static,
     {
-        self.inner.writer.write(op).await
+        let result = self.inner.writer.write(op).await;
+        if result.is_ok() {
+            self.inner.activity.send_modify(|a| a.mutations += 1);
+        }
+        result
+    }
+
+    /// [`Self::write`] for an operation that deletes something: a success counts as a deletion too.
+    async fn write_deletion<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut heed::RwTxn<'_>, &Tables<'static>) -> Result<T> + Send + 'static,
+    {
+        let result = self.write(op).await;
+        if result.is_ok() {
+            self.inner.activity.send_modify(|a| a.deletions += 1);
+        }
+        result
+    }
+
+    /// Watches the store's [`Activity`]; the garbage collector's scheduler wakes on it.
+    pub fn activity(&self) -> watch::Receiver<Activity> {
+        self.inner.activity.subscribe()
+    }
+
+    /// Taken by a write that puts a blob file or a backend snapshot in place before committing
+    /// the record that names it, and held until that record is committed (or the write gave
+    /// up): the garbage collector never sees the file or snapshot without its record and takes
+    /// it for a leftover. Do not take it twice in one task: a waiting collector is served first.
+    pub async fn guard_against_sweep(&self) -> SweepGuard {
+        self.inner.sweep.clone().read_owned().await
+    }
+
+    /// Taken by the garbage collector to see the files and backend snapshots and the records
+    /// naming them with no write half-way between the two.
+    pub async fn lock_for_sweep(&self) -> SweepLock {
+        self.inner.sweep.clone().write_owned().await
     }
 }
 

@@ -92,7 +92,7 @@ impl MetadataStore {
     pub(super) async fn delete_object<O: Object>(&self, ns: &str, id: &str) -> Result<()> {
         validate_namespace(ns)?;
         let (ns, id) = (ns.to_owned(), id.to_owned());
-        self.write(move |txn, tables| {
+        self.write_deletion(move |txn, tables| {
             let deleted = O::table(tables)
                 .delete(txn, &object_key(&ns, &id))
                 .map_err(internal(format_args!("deleting {}", describe::<O>(&ns, &id))))?;

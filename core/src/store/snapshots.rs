@@ -255,7 +255,7 @@ impl MetadataStore {
     pub async fn delete_snapshot(&self, ns: &str, snapshotter: &str, key: &str) -> Result<Snapshot> {
         validate_scope(ns, snapshotter)?;
         let (ns, snapshotter, key) = (ns.to_owned(), snapshotter.to_owned(), key.to_owned());
-        self.write(move |txn, tables| {
+        self.write_deletion(move |txn, tables| {
             let record = load(txn, tables, &ns, &snapshotter, &key)?.ok_or_else(|| not_found(&ns, &key))?;
             if has_children(txn, tables, &ns, &snapshotter, &key)? {
                 return Err(has_children_error(&ns, &key));
