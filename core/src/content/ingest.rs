@@ -264,6 +264,14 @@ pub fn status(root: &Path, ns: &str, reference: &str) -> Result<IngestStatus, Co
 
 /// Every ingest of `ns`, sorted by ref.
 pub fn list(root: &Path, ns: &str) -> Result<Vec<IngestStatus>, ContentError> {
+    let mut statuses: Vec<IngestStatus> =
+        list_all(root)?.into_iter().filter(|(owner, _)| owner == ns).map(|(_, status)| status).collect();
+    statuses.sort_by(|a, b| a.reference.cmp(&b.reference));
+    Ok(statuses)
+}
+
+/// Every ingest of every namespace, as (namespace, status), in no particular order.
+pub fn list_all(root: &Path) -> Result<Vec<(String, IngestStatus)>, ContentError> {
     let entries = match std::fs::read_dir(root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -274,13 +282,12 @@ pub fn list(root: &Path, ns: &str) -> Result<Vec<IngestStatus>, ContentError> {
         let entry = entry.map_err(io_error(format!("listing {}", root.display())))?;
         // An ingest committed or aborted while we look is simply not listed.
         match status_of(&entry.path()) {
-            Ok(Some((meta, status))) if meta.namespace == ns => statuses.push(status),
-            Ok(_) => {}
+            Ok(Some((meta, status))) => statuses.push((meta.namespace, status)),
+            Ok(None) => {}
             Err(ContentError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
-    statuses.sort_by(|a, b| a.reference.cmp(&b.reference));
     Ok(statuses)
 }
 

@@ -18,6 +18,10 @@
 //! appears: the data is fsynced, made read-only and renamed into `blobs/`, and only then recorded.
 //! Hashing is incremental: each write feeds the running hash, and a resumed ingest hashes what is
 //! on disk once.
+//!
+//! Blob files go only through garbage collection (`crate::gc`), once no namespace has a record of
+//! them: a commit holds [`MetadataStore::guard_against_sweep`] from the file in place to its record
+//! committed, so the collector never sees the one without the other.
 
 pub mod digest;
 mod ingest;
@@ -225,6 +229,39 @@ impl BlobStore {
     /// Removes ingest `reference` of `ns` (blocking); Locked while a writer holds it.
     pub fn abort(&self, ns: &str, reference: &str) -> Result<(), ContentError> {
         ingest::abort(&self.ingests, ns, reference)
+    }
+
+    /// Every ingest of every namespace, as (namespace, status), in no particular order (blocking).
+    pub fn list_all_statuses(&self) -> Result<Vec<(String, IngestStatus)>, ContentError> {
+        ingest::list_all(&self.ingests)
+    }
+
+    /// The digest of every blob file, sorted (blocking). Files whose names are not a sha256 are
+    /// not berth's and are left out.
+    pub fn list_blobs(&self) -> Result<Vec<Digest>, ContentError> {
+        let listing = || io_error(format!("listing {}", self.blobs.display()));
+        let mut digests = Vec::new();
+        for entry in std::fs::read_dir(&self.blobs).map_err(listing())? {
+            let entry = entry.map_err(listing())?;
+            let name = entry.file_name();
+            if let Some(digest) = name.to_str().and_then(|hex| Digest::parse(&format!("{}:{hex}", digest::SHA256)).ok())
+            {
+                digests.push(digest);
+            }
+        }
+        digests.sort();
+        Ok(digests)
+    }
+
+    /// Removes the file of blob `digest` (blocking); false if there was none. Only the garbage
+    /// collector calls this, once no namespace has a record of the blob.
+    pub fn remove_blob(&self, digest: &Digest) -> Result<bool, ContentError> {
+        let Some(path) = self.blob_path(digest) else { return Ok(false) };
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error(format!("removing {}", path.display()))(e)),
+        }
     }
 }
 
@@ -484,6 +521,9 @@ impl Writer {
         labels: BTreeMap<String, String>,
     ) -> Result<Committed> {
         ident::validate_labels(&labels).map_err(|e| e.context(format!("commit of ingest {:?}", self.reference)))?;
+        // From the blob file in place to its record committed, the garbage collector must not
+        // take the file for one no namespace has.
+        let _guard = self.content.store.guard_against_sweep().await;
         let (digest, size, started, ingest) = match &self.state {
             State::Ingest(_) => {
                 let started = self.ingest()?.status().started_at;
@@ -502,6 +542,14 @@ impl Writer {
                 if let Some(expected) = expected.filter(|e| e != digest) {
                     let actual = digest.clone();
                     return Err(ContentError::DigestMismatch { reference: reference(), expected, actual }.into());
+                }
+                // The namespace that had the blob may have let go of it since the write began,
+                // and the collector removed the file: then there is nothing to import.
+                if self.content.blobs.blob_size(digest)?.is_none() {
+                    return Err(Error::FailedPrecondition(format!(
+                        "commit of ingest {:?}: blob {digest} was garbage collected while it was imported: write it again",
+                        self.reference
+                    )));
                 }
                 (digest.clone(), *size, *started, None)
             }

@@ -7,8 +7,10 @@
 //! namespace sees only the snapshots it made.
 //!
 //! Every call goes to the backend first and records the result after, so a failure in the middle
-//! leaves at worst a backend snapshot no record names (for the garbage collector to come), never a
-//! record without its snapshot.
+//! leaves at worst a backend snapshot no record names (which the garbage collector, `crate::gc`,
+//! removes), never a record without its snapshot. Calls that make a backend snapshot hold
+//! [`MetadataStore::guard_against_sweep`] until its record is committed, so the collector never
+//! takes a snapshot half-way through for such a leftover.
 
 use std::io::Read;
 use std::time::SystemTime;
@@ -108,6 +110,7 @@ impl Namespaced {
             self.store.get_lease(ns, lease)?;
         }
         let bkey = backend_key(ns, key)?;
+        let _guard = self.store.guard_against_sweep().await;
         let bparent = parent_record.as_ref().map(|r| r.backend_key.as_str());
         let mounts = if kind == KIND_VIEW {
             self.backend.view(&bkey, bparent, Labels::new()).await?
@@ -182,6 +185,7 @@ impl Namespaced {
             self.store.get_lease(ns, lease)?;
         }
         let bname = backend_key(ns, name)?;
+        let _guard = self.store.guard_against_sweep().await;
         self.backend.commit(&bname, &record.backend_key, Labels::new()).await?;
         self.store.commit_snapshot(ns, self.name(), key, name, bname, labels, lease).await?;
         Ok(())
