@@ -408,3 +408,22 @@ fn a_download_that_breaks_off_resumes_where_it_stopped() {
     ]);
     assert_eq!(sum.split_whitespace().next(), Some((6u64 << 20).to_string().as_str()));
 }
+
+#[test]
+fn on_a_terminal_progress_is_bars_redrawn_in_place() {
+    if !requires_root() {
+        return;
+    }
+    let registry = registry_with_busybox();
+    let daemon = Daemon::start();
+    let reference = registry.reference("busybox:latest");
+    // script(1) gives berth a pseudo-terminal; its output is what a user would see.
+    let command = format!("{} --address {} pull {reference}", BERTH, daemon.socket.display());
+    let out = std::process::Command::new("script").args(["-qec", &command, "/dev/null"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let full_bar = format!("[{}]", "=".repeat(30));
+    assert!(text.contains("\x1b[2K") && text.contains(&full_bar), "no bars: {text:?}");
+    assert!(text.lines().any(|l| l.contains("layer-sha256:") && l.contains("unpacked") && l.contains("MB")), "{text}");
+    assert!(text.contains(&format!("{reference} sha256:")), "{text}");
+}
