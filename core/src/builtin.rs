@@ -1,4 +1,5 @@
-//! The plugins compiled into berth-core: the metadata store and the gRPC services.
+//! The plugins compiled into berth-core: the metadata store, the garbage collector and the gRPC
+//! services.
 
 use std::num::NonZeroUsize;
 
@@ -59,6 +60,7 @@ pub fn registry() -> Result<Registry, RegistryError> {
     let mut registry = Registry::new();
     registry.register(store_registration())?;
     registry.register(exchange_registration())?;
+    registry.register(crate::gc::registration())?;
     for registration in crate::services::registrations() {
         registry.register(registration)?;
     }

@@ -18,6 +18,7 @@ pub mod diff;
 pub mod error;
 pub mod events;
 pub mod filters;
+pub mod gc;
 pub mod ident;
 pub mod mount;
 pub mod plugin;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::registry::{InitContext, PluginTable};
 
 /// What a plugin provides. The public backend kinds are `runtime`, `snapshot` and `monitor`;
-/// `store`, `event` and `service` are berth's internal kinds.
+/// `store`, `event`, `gc` and `service` are berth's internal kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginKind {
@@ -33,14 +33,16 @@ pub enum PluginKind {
     Runtime,
     /// Task monitors.
     Monitor,
+    /// The garbage collector's scheduler.
+    Gc,
     /// gRPC services.
     Service,
 }
 
 impl PluginKind {
     /// Every kind, in the order plugins of equal standing are initialised.
-    pub const ALL: [PluginKind; 6] =
-        [Self::Store, Self::Event, Self::Snapshot, Self::Runtime, Self::Monitor, Self::Service];
+    pub const ALL: [PluginKind; 7] =
+        [Self::Store, Self::Event, Self::Snapshot, Self::Runtime, Self::Monitor, Self::Gc, Self::Service];
 
     /// The kind as written in plugin ids and config.
     pub fn as_str(self) -> &'static str {
@@ -50,6 +52,7 @@ impl PluginKind {
             Self::Snapshot => "snapshot",
             Self::Runtime => "runtime",
             Self::Monitor => "monitor",
+            Self::Gc => "gc",
             Self::Service => "service",
         }
     }
@@ -63,6 +66,7 @@ impl PluginKind {
             Self::Snapshot => "io.containerd.snapshotter.v1",
             Self::Runtime => "io.containerd.runtime.v2",
             Self::Monitor => "io.containerd.monitor.task.v1",
+            Self::Gc => "io.containerd.gc.v1",
             Self::Service => "io.containerd.grpc.v1",
         }
     }
@@ -78,7 +82,7 @@ impl FromStr for PluginKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
-            format!("unknown plugin kind {s:?} (expected one of store, event, snapshot, runtime, monitor, service)")
+            format!("unknown plugin kind {s:?} (expected one of store, event, snapshot, runtime, monitor, gc, service)")
         })
     }
 }

@@ -1,9 +1,12 @@
 //! `containerd.services.images.v1.Images`: image records (a name, labels and a target descriptor)
 //! per namespace, as `ctr images` and pulls use them.
 //!
-//! Delete's `sync` asks to wait for the garbage collection the delete makes due. berth has no
-//! garbage collector yet, so it is accepted and does nothing: the record is gone when Delete
-//! returns, and what it pointed at stays until a collector exists.
+//! Deleting an image record leaves what it pointed at (the manifest, config and layers, and the
+//! snapshots their labels reference) to the garbage collector (`crate::gc`). Delete's `sync`
+//! waits for a collection that started after the record was gone, so when Delete returns
+//! whatever only that image held is removed, files and backend snapshots included. Without
+//! `sync` they go at the next scheduled collection. With the `gc.scheduler` plugin disabled,
+//! `sync` has nothing to wait for and is ignored.
 
 use berth_proto::containerd::services::images::v1::images_server::{Images, ImagesServer};
 use berth_proto::containerd::services::images::v1::*;
@@ -14,18 +17,20 @@ use super::{GrpcService, namespace};
 use crate::Error;
 use crate::events::Exchange;
 use crate::filters::{Adaptor, FilterSet, map_field};
+use crate::gc::GcScheduler;
 use crate::store::{self, MetadataStore};
 
 struct ImagesService {
     store: MetadataStore,
     events: Exchange,
+    gc: Option<GcScheduler>,
 }
 
-pub(super) fn service(deps: super::ServiceDeps) -> GrpcService {
+pub(super) fn service(deps: super::ServiceDeps, gc: Option<GcScheduler>) -> GrpcService {
     let super::ServiceDeps { store, events, max_recv: recv, max_send: send } = deps;
     GrpcService::new(
         "containerd.services.images.v1.Images",
-        ImagesServer::new(ImagesService { store, events })
+        ImagesServer::new(ImagesService { store, events, gc })
             .max_decoding_message_size(recv)
             .max_encoding_message_size(send),
     )
@@ -128,8 +133,8 @@ impl Images for ImagesService {
 
     async fn delete(&self, request: Request<DeleteImageRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&request)?;
-        // `sync`: see the module doc; a no-op until berth has a garbage collector.
-        let DeleteImageRequest { name, sync: _, target } = request.into_inner();
+        // `sync`: see the module doc.
+        let DeleteImageRequest { name, sync, target } = request.into_inner();
         if let Some(target) = target.filter(|t| !t.digest.is_empty()) {
             // containerd's DeleteTarget: delete only if the image still points at this target.
             let stored = self.store.get_image(&ns, &name)?;
@@ -144,6 +149,9 @@ impl Images for ImagesService {
         }
         self.store.delete_image(&ns, &name).await?;
         self.publish(&ns, "/images/delete", "ImageDelete", &ImageDelete { name });
+        if let (true, Some(gc)) = (sync, &self.gc) {
+            gc.collect().await?;
+        }
         Ok(Response::new(()))
     }
 }
@@ -190,7 +198,7 @@ mod tests {
         let (_dir, store) = open_temp();
         let events = Exchange::new();
         let mut subscription = events.subscribe(FilterSet::default());
-        let svc = ImagesService { store, events };
+        let svc = ImagesService { store, events, gc: None };
         for i in
             [image("docker.io/library/busybox:latest", 'a', MANIFEST, &[("team", "a")]), image("b", 'b', INDEX, &[])]
         {

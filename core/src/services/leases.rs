@@ -1,5 +1,10 @@
 //! `containerd.services.leases.v1.Leases`: the leases clients take to keep what they create from
-//! garbage collection.
+//! garbage collection (`crate::gc`): until it is deleted, or its `containerd.io/gc.expire` time
+//! (RFC 3339) passes, a lease holds its resources and what they reference.
+//!
+//! Delete's `sync` waits for a collection that started after the lease was gone, so what only
+//! the lease held is removed when Delete returns; without it, at the next scheduled collection.
+//! With the `gc.scheduler` plugin disabled, `sync` has nothing to wait for and is ignored.
 
 use std::io::Read;
 
@@ -10,17 +15,19 @@ use tonic::{Request, Response, Status};
 use super::{GrpcService, namespace};
 use crate::Error;
 use crate::filters::{Adaptor, FilterSet, map_field};
+use crate::gc::GcScheduler;
 use crate::store::{MetadataStore, records};
 
 struct LeasesService {
     store: MetadataStore,
+    gc: Option<GcScheduler>,
 }
 
-pub(super) fn service(deps: super::ServiceDeps) -> GrpcService {
+pub(super) fn service(deps: super::ServiceDeps, gc: Option<GcScheduler>) -> GrpcService {
     let super::ServiceDeps { store, max_recv: recv, max_send: send, .. } = deps;
     GrpcService::new(
         "containerd.services.leases.v1.Leases",
-        LeasesServer::new(LeasesService { store }).max_decoding_message_size(recv).max_encoding_message_size(send),
+        LeasesServer::new(LeasesService { store, gc }).max_decoding_message_size(recv).max_encoding_message_size(send),
     )
 }
 
@@ -64,11 +71,12 @@ impl Leases for LeasesService {
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&request)?;
-        // `sync` asks to wait for the garbage collection the delete makes due. berth has no
-        // garbage collector yet, so there is nothing to wait for: the lease and the record of
-        // what it held are gone when this returns, with or without it.
-        let DeleteRequest { id, sync: _ } = request.into_inner();
+        // `sync`: see the module doc.
+        let DeleteRequest { id, sync } = request.into_inner();
         self.store.delete_lease(&ns, &id).await?;
+        if let (true, Some(gc)) = (sync, &self.gc) {
+            gc.collect().await?;
+        }
         Ok(Response::new(()))
     }
 
@@ -154,7 +162,7 @@ mod tests {
     #[tokio::test]
     async fn create_list_delete() {
         let (_dir, store) = open_temp();
-        let svc = LeasesService { store };
+        let svc = LeasesService { store, gc: None };
         let lease = create(&svc, "default", "l1", &[("containerd.io/gc.expire", "2030-01-01T00:00:00Z")]).await;
         assert_eq!(lease.id, "l1");
         assert!(lease.created_at.is_some());
@@ -195,7 +203,7 @@ mod tests {
     #[tokio::test]
     async fn resources() {
         let (_dir, store) = open_temp();
-        let svc = LeasesService { store };
+        let svc = LeasesService { store, gc: None };
         create(&svc, "default", "l", &[]).await;
         let content = Resource { id: format!("sha256:{}", "e".repeat(64)), r#type: "content".into() };
         let snapshot = Resource { id: "default/1/sha256:abc".into(), r#type: "snapshots/overlayfs".into() };
@@ -228,7 +236,7 @@ mod tests {
     #[tokio::test]
     async fn namespace_is_required() {
         let (_dir, store) = open_temp();
-        let svc = LeasesService { store };
+        let svc = LeasesService { store, gc: None };
         let err = svc.create(Request::new(CreateRequest::default())).await.unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
         let err = svc.list(req("a/b", ListRequest::default())).await.unwrap_err();

@@ -22,6 +22,7 @@ pub mod version;
 use tonic::service::RoutesBuilder;
 
 use crate::events::Exchange;
+use crate::gc::GcScheduler;
 use crate::ident;
 use crate::plugin::{NoConfig, PluginId, PluginKind, Registration, Requirement};
 use crate::store::MetadataStore;
@@ -99,6 +100,12 @@ pub fn exchange_id() -> PluginId {
     PluginId::new(PluginKind::Event, "exchange")
 }
 
+/// The id of the garbage collector's scheduler, which Images and Leases ask for synchronous
+/// collections.
+pub fn gc_id() -> PluginId {
+    PluginId::new(PluginKind::Gc, "scheduler")
+}
+
 /// What a stateful service is built from.
 pub struct ServiceDeps {
     /// The metadata store.
@@ -113,9 +120,27 @@ pub struct ServiceDeps {
 
 /// Registers a service that needs the metadata store and the event exchange.
 fn store_service(name: &str, description: &str, make: fn(ServiceDeps) -> GrpcService) -> Registration {
+    store_service_with(name, description, move |deps, _| make(deps))
+}
+
+/// Registers a store service that may wait for garbage collections (the `sync` of Images.Delete
+/// and Leases.Delete): it starts after the `gc` plugin and gets its scheduler, if that loaded.
+fn collecting_service(
+    name: &str,
+    description: &str,
+    make: fn(ServiceDeps, Option<GcScheduler>) -> GrpcService,
+) -> Registration {
+    store_service_with(name, description, make).requires(Requirement::Kind(PluginKind::Gc))
+}
+
+fn store_service_with<F>(name: &str, description: &str, make: F) -> Registration
+where
+    F: Fn(ServiceDeps, Option<GcScheduler>) -> GrpcService + Copy + Send + Sync + 'static,
+{
     Registration::new::<NoConfig, _, _>(PluginKind::Service, name, move |ctx| {
         let store = ctx.get::<MetadataStore>(&store_id());
         let events = ctx.get::<Exchange>(&exchange_id());
+        let gc = ctx.get::<GcScheduler>(&gc_id()).map(|gc| (*gc).clone());
         let grpc = ctx.daemon_config().grpc.clone();
         async move {
             let missing = |what: &str| crate::plugin::InitError::Failed(format!("{what} not loaded"));
@@ -125,7 +150,7 @@ fn store_service(name: &str, description: &str, make: fn(ServiceDeps) -> GrpcSer
                 max_recv: grpc.max_recv_message_size,
                 max_send: grpc.max_send_message_size,
             };
-            Ok(crate::plugin::Instance::new(make(deps)))
+            Ok(crate::plugin::Instance::new(make(deps, gc)))
         }
     })
     .requires(Requirement::Plugin(store_id()))
@@ -140,8 +165,8 @@ pub fn registrations() -> Vec<Registration> {
         store_service("namespaces", "containerd.services.namespaces.v1.Namespaces", namespaces::service),
         store_service("containers", "containerd.services.containers.v1.Containers", containers::service),
         store_service("sandboxes", "containerd.services.sandbox.v1.Store", sandboxes::service),
-        store_service("leases", "containerd.services.leases.v1.Leases", leases::service),
-        store_service("images", "containerd.services.images.v1.Images", images::service),
+        collecting_service("leases", "containerd.services.leases.v1.Leases", leases::service),
+        collecting_service("images", "containerd.services.images.v1.Images", images::service),
         content::registration(),
         diff::registration(),
         snapshots::registration(),
