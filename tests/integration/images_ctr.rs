@@ -4,6 +4,7 @@
 //! with whiteouts, hostile layers that try to write outside their snapshot, an image with more
 //! lowers than one page of overlay mount options holds, and `ctr images rm`.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ fn snapshots(daemon: &Daemon) -> Vec<(String, String, String)> {
 }
 
 /// The committed snapshots, as (key, parent).
-fn committed(daemon: &Daemon) -> Vec<(String, String)> {
+fn committed(daemon: &Daemon) -> BTreeSet<(String, String)> {
     snapshots(daemon).into_iter().filter(|(.., kind)| kind == "Committed").map(|(k, p, _)| (k, p)).collect()
 }
 
@@ -48,7 +49,7 @@ fn images(daemon: &Daemon) -> Vec<String> {
 }
 
 /// The committed snapshots unpacking `layout` must make: its chain, each on the one below.
-fn chain_snapshots(layout: &ImageLayout) -> Vec<(String, String)> {
+fn chain_snapshots(layout: &ImageLayout) -> BTreeSet<(String, String)> {
     let chain = layout.chain_ids();
     chain
         .iter()
@@ -275,7 +276,7 @@ fn whiteouts_delete_files_of_lower_layers() {
 
     let daemon = Daemon::start();
     import(&daemon, &archive);
-    assert_eq!(committed(&daemon).len(), 6);
+    assert_eq!(committed(&daemon), chain_snapshots(&layout));
     let script = "cat /data/keep; for f in /bin/vi /etc/motd /data/sub /data/sub/gone; do \
                   test -e $f && echo still there: $f; done; test -e /bin/sh && echo sh";
     let (code, out, err) = run(&daemon, "localhost/layered:latest", "w1", script);
@@ -338,4 +339,74 @@ fn hostile_layers_write_nothing_outside_their_snapshot() {
     let (code, out, err) = run(&daemon, BUSYBOX, "after", "echo ok");
     assert_eq!((code, out.as_str()), (0, "ok\n"), "{err}");
     assert_run_left_nothing(&daemon, "after");
+}
+
+/// Layers of `many_layers`: with berthd's snapshot paths (~60 bytes each under /tmp) their
+/// lowerdir option is about twice the 4096 bytes mount(2) takes.
+const MANY: usize = 120;
+
+/// busybox then `MANY - 1` layers adding one file each, `/layers/<n>` saying `n`, the last one
+/// also deleting /bin/vi; built once per test process.
+fn many_layers() -> &'static (ImageLayout, PathBuf) {
+    static IMAGE: std::sync::OnceLock<(ImageLayout, PathBuf)> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = images_fixture::fixtures_dir().join("many");
+        let mut builder = ImageBuilder::on(images_fixture::busybox(), dir.join("layout"));
+        for n in 1..MANY - 1 {
+            builder.file(&format!("/layers/{n:03}"), format!("{n}\n"));
+        }
+        builder.whiteout("/bin/vi");
+        let layout = builder.build();
+        assert_eq!(layout.chain_ids().len(), MANY);
+        let archive = dir.join("many.tar");
+        layout.write_archive(&archive, "localhost/many:latest");
+        (layout, archive)
+    })
+}
+
+#[test]
+fn an_image_of_many_layers_runs_beyond_the_mount_options_page() {
+    if !requires_root() {
+        return;
+    }
+    let (layout, archive) = many_layers();
+    let daemon = Daemon::start();
+    import(&daemon, archive);
+    let (got, want) = (committed(&daemon), chain_snapshots(layout));
+    assert!(
+        got == want,
+        "unpacked {} snapshots, not the image's {} layers: {:?}",
+        got.len(),
+        want.len(),
+        got.symmetric_difference(&want).take(4).collect::<Vec<_>>()
+    );
+    let script = "ls /layers | wc -l; cat /layers/001 /layers/118; test -e /bin/vi || echo no vi";
+    let (code, out, err) = run(&daemon, "localhost/many:latest", "m1", script);
+    assert_eq!((code, out.as_str()), (0, format!("{}\n1\n118\nno vi\n", MANY - 2).as_str()), "{err}");
+    assert_run_left_nothing(&daemon, "m1");
+
+    // ctr mounting the Snapshots service's mounts itself: past a page of options it makes the
+    // lowers relative to their common directory too, chdir'ing there (in a thread of its own) to
+    // mount. Its lease is named after the target, and berthd refuses a '/' in lease IDs, so the
+    // target is relative; for it to name the same directory after ctr's chdir, ctr runs in that
+    // common directory, the snapshotter's snapshots/.
+    let snapshots_dir = daemon.root().join("snapshot.overlayfs/snapshots");
+    let target = snapshots_dir.join("mnt");
+    std::fs::create_dir(&target).unwrap();
+    let ctr_in = |args: &[&str]| {
+        let out = std::process::Command::new(ctr_path())
+            .current_dir(&snapshots_dir)
+            .arg("-a")
+            .arg(&daemon.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        ok(out, &format!("ctr {}", args.join(" ")))
+    };
+    ctr_in(&["images", "mount", "localhost/many:latest", "mnt"]);
+    let seen = (std::fs::read_to_string(target.join("layers/118")), target.join("bin/vi").exists());
+    ctr_in(&["images", "unmount", "--rm", "mnt"]);
+    std::fs::remove_dir(&target).unwrap();
+    assert_eq!((seen.0.unwrap().as_str(), seen.1), ("118\n", false));
+    assert_run_left_nothing(&daemon, "mnt");
 }

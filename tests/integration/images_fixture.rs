@@ -534,9 +534,9 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
-/// A directory for this test process's cached fixtures, under /tmp. Directories of test
-/// processes that are gone are removed first, so runs do not pile up.
-fn fixtures_dir() -> &'static Path {
+/// A directory for this test process's cached fixtures (put more there), under /tmp. Directories
+/// of test processes that are gone are removed first, so runs do not pile up.
+pub fn fixtures_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         const PREFIX: &str = "berth-test-images-";

@@ -24,6 +24,10 @@
 //!
 //! Committing changes only the record: the upper directory becomes a lower one where it is.
 //!
+//! Every lower is `<root>/snapshots/<id>/fs`, so when a deep image's `lowerdir=` outgrows the page of
+//! options mount(2) takes, a mounter can name the lowers relative to `<root>/snapshots/` from there:
+//! containerd's mount package (in ctr) and berth's reaper both do.
+//!
 //! The backend loads only where it can work (see [`check_support`]): the kernel must have overlayfs and a
 //! test mount in the root directory must succeed, and the root must not itself be on overlayfs, which
 //! cannot hold an upper directory (containerd#2071). Otherwise the plugin is skipped with the reason.

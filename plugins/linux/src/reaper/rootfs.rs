@@ -2,7 +2,7 @@
 //! `<task dir>/rootfs` before the container is created and unmounted when the task is deleted.
 
 use std::io;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
@@ -67,15 +67,104 @@ fn mount_one(m: &RootfsMount, root: &Path) -> Result<(), String> {
         Some(m.kind.as_str())
     };
     let data = data.join(",");
+    if kind == Some("overlay")
+        && data.len() + 1 > page_size() - COMPACT_MARGIN
+        && let Some((common, compacted)) = compact_lowerdir(&data)
+    {
+        // The target is resolved before the working directory moves.
+        let target = std::path::absolute(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+        let _back = WorkingDir::enter(&common)?;
+        return mount_data(m, &target, kind, flags, &compacted)
+            .map_err(|e| format!("{e} (lower directories relative to {})", common.display()));
+    }
+    mount_data(m, &target, kind, flags, &data)
+}
+
+fn mount_data(m: &RootfsMount, target: &Path, kind: Option<&str>, flags: MsFlags, data: &str) -> Result<(), String> {
+    if data.len() + 1 > page_size() {
+        return Err(format!(
+            "the mount options are {} bytes, more than the {} mount(2) takes",
+            data.len(),
+            page_size() - 1
+        ));
+    }
     let readonly_bind = flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY);
-    nix::mount::mount(Some(m.source.as_str()), &target, kind, flags, (!data.is_empty()).then_some(data.as_str()))
+    nix::mount::mount(Some(m.source.as_str()), target, kind, flags, (!data.is_empty()).then_some(data))
         .map_err(|e| e.to_string())?;
     // A bind mount ignores MS_RDONLY on the first call; it takes a remount.
     if readonly_bind {
-        nix::mount::mount(None::<&str>, &target, None::<&str>, flags | MsFlags::MS_REMOUNT, None::<&str>)
+        nix::mount::mount(None::<&str>, target, None::<&str>, flags | MsFlags::MS_REMOUNT, None::<&str>)
             .map_err(|e| format!("remounting read-only: {e}"))?;
     }
     Ok(())
+}
+
+/// How far under a page of mount options an overlay's lowers are made relative, as containerd does
+/// (mount/mount_linux.go): room for the rest of the options.
+const COMPACT_MARGIN: usize = 512;
+
+/// The most bytes of options mount(2) copies from the caller, the terminating NUL included.
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as usize } else { 4096 }
+}
+
+/// An overlay's `lowerdir=` made short enough for mount(2), as containerd's
+/// compactLowerdirOption does: the lowers (`<root>/snapshots/<id>/fs` from a snapshotter) relative
+/// to the longest directory they all are in, which the caller makes the working directory while
+/// mounting. None when there is nothing to gain: one lower, a relative one, or no common
+/// directory but `/`. Returns that directory and the new options, `lowerdir=` last.
+fn compact_lowerdir(data: &str) -> Option<(PathBuf, String)> {
+    let options: Vec<&str> = data.split(',').collect();
+    let index = options.iter().position(|o| o.starts_with("lowerdir="))?;
+    let lowers: Vec<&Path> = options[index]["lowerdir=".len()..].split(':').map(Path::new).collect();
+    if lowers.len() < 2 || lowers.iter().any(|l| !l.is_absolute()) {
+        return None;
+    }
+    // Components shared by the parents of every lower: each keeps at least its last one.
+    let mut common: Vec<Component> = lowers[0].parent()?.components().collect();
+    for lower in &lowers[1..] {
+        let parent: Vec<Component> = lower.parent()?.components().collect();
+        let shared = common.iter().zip(&parent).take_while(|(a, b)| a == b).count();
+        common.truncate(shared);
+    }
+    let common: PathBuf = common.iter().collect();
+    common.parent()?; // none for `/`: nothing to strip
+    let relative: Vec<String> = lowers
+        .iter()
+        .map(|l| l.strip_prefix(&common).map(|r| r.to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let mut compacted: Vec<String> =
+        options.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, o)| o.to_string()).collect();
+    compacted.push(format!("lowerdir={}", relative.join(":")));
+    Some((common, compacted.join(",")))
+}
+
+/// The working directory moved for a mount with relative lower directories, and moved back on
+/// drop. Changing it is safe here because the reaper is single-threaded (see server.rs): no other
+/// thread resolves a relative path meanwhile. Going back is by a descriptor of the old one, which
+/// works even if its path changed.
+struct WorkingDir(std::fs::File);
+
+impl WorkingDir {
+    fn enter(dir: &Path) -> Result<WorkingDir, String> {
+        let old = std::fs::File::open(".").map_err(|e| format!("opening the working directory: {e}"))?;
+        std::env::set_current_dir(dir).map_err(|e| format!("changing to {}: {e}", dir.display()))?;
+        Ok(WorkingDir(old))
+    }
+}
+
+impl Drop for WorkingDir {
+    fn drop(&mut self) {
+        // SAFETY: fchdir on a descriptor we own.
+        if unsafe { libc::fchdir(std::os::fd::AsRawFd::as_raw_fd(&self.0)) } != 0 {
+            // Only relative paths would go wrong from here on, and the reaper's are absolute (its task
+            // directory); say so in its log rather than abort a created container.
+            eprintln!("berth-reaper: going back to the working directory: {}", io::Error::last_os_error());
+        }
+    }
 }
 
 /// Unmounts everything mounted at or under `root` (deepest first); a root with nothing mounted is fine.
@@ -114,4 +203,73 @@ fn unescape(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lowers(n: usize) -> String {
+        (1..=n).map(|i| format!("/r/snapshots/{i}/fs")).collect::<Vec<_>>().join(":")
+    }
+
+    #[test]
+    fn lowers_are_made_relative_to_their_longest_common_directory() {
+        let data = format!("index=off,lowerdir={},upperdir=/r/snapshots/9/fs,workdir=/r/snapshots/9/work", lowers(3));
+        let (common, compacted) = compact_lowerdir(&data).unwrap();
+        assert_eq!(common, Path::new("/r/snapshots"));
+        assert_eq!(
+            compacted,
+            "index=off,upperdir=/r/snapshots/9/fs,workdir=/r/snapshots/9/work,lowerdir=1/fs:2/fs:3/fs"
+        );
+        // Of different depths, and one the parent of another's: each keeps at least its last component.
+        let (common, compacted) = compact_lowerdir("lowerdir=/r/s/x/2/fs:/r/s/1/fs:/r/s").unwrap();
+        assert_eq!((common.to_str().unwrap(), compacted.as_str()), ("/r", "lowerdir=s/x/2/fs:s/1/fs:s"));
+    }
+
+    #[test]
+    fn nothing_to_gain_is_left_alone() {
+        assert_eq!(compact_lowerdir("lowerdir=/r/snapshots/1/fs,upperdir=/u"), None, "one lower");
+        assert_eq!(compact_lowerdir("lowerdir=/a/fs:/b/fs"), None, "only / in common");
+        assert_eq!(compact_lowerdir("lowerdir=r/1/fs:r/2/fs"), None, "relative already");
+        assert_eq!(compact_lowerdir("upperdir=/u,workdir=/w"), None, "no lowers");
+    }
+
+    /// A real overlay of more lowers than one page of options names, mounted with `mount_all` as
+    /// the reaper does; the working directory is the same afterwards. (It moves meanwhile, for the
+    /// whole test process: no other test here uses relative paths.)
+    #[test]
+    fn an_overlay_of_many_long_lowers_mounts() {
+        if unsafe { libc::geteuid() } != 0 {
+            return eprintln!("skipping: needs root");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = dir.path().join("a-rather-long-directory-name-for-snapshots/snapshots");
+        let mut lowers = Vec::new();
+        for i in 0..150 {
+            let fs = snapshots.join(format!("{i}/fs"));
+            std::fs::create_dir_all(&fs).unwrap();
+            std::fs::write(fs.join(format!("f{i}")), "").unwrap();
+            lowers.push(fs.display().to_string());
+        }
+        std::fs::write(snapshots.join("0/fs/top"), "nearest\n").unwrap();
+        std::fs::write(snapshots.join("149/fs/top"), "farthest\n").unwrap();
+        for d in ["upper", "work"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        let options = vec![
+            format!("lowerdir={}", lowers.join(":")),
+            format!("upperdir={}", dir.path().join("upper").display()),
+            format!("workdir={}", dir.path().join("work").display()),
+        ];
+        assert!(options[0].len() > page_size(), "the test needs options beyond a page");
+        let m = RootfsMount { kind: "overlay".into(), source: "overlay".into(), target: String::new(), options };
+        let cwd = std::env::current_dir().unwrap();
+        let root = dir.path().join("rootfs");
+        mount_all(&[m], &root).unwrap();
+        let seen = (std::fs::read_to_string(root.join("top")), root.join("f0").exists(), root.join("f149").exists());
+        unmount(&root).unwrap();
+        assert_eq!(std::env::current_dir().unwrap(), cwd);
+        assert_eq!((seen.0.unwrap().as_str(), seen.1, seen.2), ("nearest\n", true, true));
+    }
 }
