@@ -14,6 +14,7 @@ mod content;
 mod ctr;
 mod diff;
 mod events;
+mod gc;
 mod images_ctr;
 mod lifecycle;
 mod oci;
