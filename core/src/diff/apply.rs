@@ -201,12 +201,33 @@ struct Applier {
     /// Directories whose times are set last, since adding to a directory changes its mtime.
     dir_times: Vec<(PathBuf, libc::timespec, libc::timespec)>,
     is_root: bool,
+    /// The layers under the target (an overlay's lower directories, top first): a parent
+    /// directory made in the target takes the attributes of the one they have.
+    parents: Vec<Root>,
 }
 
 /// Applies `layer` (of `media_type`; empty to go by the bytes alone) onto directory `target`,
 /// writing whiteouts as `whiteouts` says. Returns the uncompressed stream's digest and size.
 pub fn apply(layer: impl Read, media_type: &str, target: &Path, whiteouts: Whiteouts) -> Result<Applied, DiffError> {
+    apply_over(layer, media_type, target, whiteouts, &[])
+}
+
+/// [`apply`] onto the upper directory `target` of an overlay whose lower directories are
+/// `parents` (top first): a directory the layer needs but does not list (`etc` for `etc/x`) is
+/// made in `target` with the attributes it has in the topmost parent that has it, as
+/// containerd's overlay applier does, so that it does not hide the lower one's mode and owner.
+pub fn apply_over(
+    layer: impl Read,
+    media_type: &str,
+    target: &Path,
+    whiteouts: Whiteouts,
+    parents: &[PathBuf],
+) -> Result<Applied, DiffError> {
     let root = Root::open(target).map_err(io_error(format!("opening the target {}", target.display())))?;
+    let parents = parents
+        .iter()
+        .map(|p| Root::open(p).map_err(io_error(format!("opening the lower directory {}", p.display()))))
+        .collect::<Result<Vec<_>, _>>()?;
     let progress = Progress::default();
     let mut hashing = Hashing { inner: decompress(layer, media_type)?, hasher: Sha256::new(), progress: &progress };
     let mut applier = Applier {
@@ -215,6 +236,7 @@ pub fn apply(layer: impl Read, media_type: &str, target: &Path, whiteouts: White
         written: HashSet::new(),
         dir_times: Vec::new(),
         is_root: unsafe { libc::geteuid() } == 0,
+        parents,
     };
     {
         let mut archive = tar::Archive::new(&mut hashing);
@@ -267,10 +289,7 @@ impl Applier {
         }
 
         let mut made = Vec::new();
-        let dir = self
-            .root
-            .mkdir_all(parent, &mut |p: &Path| made.push(p.to_owned()))
-            .map_err(failed("making its parent directories"))?;
+        let dir = self.make_parents(parent, &mut made).map_err(failed("making its parent directories"))?;
         let dirfd = dir.as_raw_fd();
         let existing = fs::lstatat(dirfd, base).map_err(failed("looking at what is there"))?;
         let keep_dir = kind == EntryType::Directory && existing.as_ref().is_some_and(fs::is_dir);
@@ -358,6 +377,32 @@ impl Applier {
         Ok(())
     }
 
+    /// Directory `parent`, made where missing (see [`Root::mkdir_all`]); what was made is added
+    /// to `made` and given the attributes of the same directory in the topmost lower layer.
+    fn make_parents(&mut self, parent: &Path, made: &mut Vec<PathBuf>) -> io::Result<std::os::fd::OwnedFd> {
+        let first = made.len();
+        let dir = self.root.mkdir_all(parent, &mut |p: &Path| made.push(p.to_owned()))?;
+        let mut times = Vec::new();
+        for rel in &made[first..] {
+            for lower in &self.parents {
+                match lower.open_dir(rel) {
+                    Ok(from) => {
+                        let to = self.root.open_dir(rel)?;
+                        let (atime, mtime) = fs::copy_dir_info(&from, &to)?;
+                        times.push((rel.clone(), atime, mtime));
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    // Replaced by a file there: nothing to copy.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.dir_times.extend(times);
+        Ok(dir)
+    }
+
     fn wrote(&mut self, rel: &Path, made: Vec<PathBuf>) {
         self.written.extend(made);
         let mut p = Some(rel);
@@ -388,10 +433,7 @@ impl Applier {
         match (self.whiteouts, opaque) {
             (Whiteouts::Overlay, true) => {
                 let mut made = Vec::new();
-                let dir = self
-                    .root
-                    .mkdir_all(parent, &mut |p: &Path| made.push(p.to_owned()))
-                    .map_err(failed("making the opaque directory"))?;
+                let dir = self.make_parents(parent, &mut made).map_err(failed("making the opaque directory"))?;
                 self.written.extend(made);
                 // Through the fd's magic link: the xattr goes on the directory itself.
                 fs::lsetxattr(dir.as_raw_fd(), OsStr::new("."), "trusted.overlay.opaque", b"y")
@@ -399,10 +441,7 @@ impl Applier {
             }
             (Whiteouts::Overlay, false) => {
                 let mut made = Vec::new();
-                let dir = self
-                    .root
-                    .mkdir_all(parent, &mut |p: &Path| made.push(p.to_owned()))
-                    .map_err(failed("making its parent directories"))?;
+                let dir = self.make_parents(parent, &mut made).map_err(failed("making its parent directories"))?;
                 self.written.extend(made);
                 let dirfd = dir.as_raw_fd();
                 fs::remove_all_at(dirfd, victim).map_err(failed("removing what was there"))?;

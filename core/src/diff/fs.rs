@@ -61,15 +61,30 @@ impl Root {
         Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
     }
 
-    /// Directory `rel`, made (0755, as containerd makes missing parents) where missing.
+    /// Directory `rel`, made (0755, as containerd makes missing parents) where missing. A
+    /// symlink on the way to a missing directory is followed inside the root and what it points
+    /// to is made, as containerd's applier makes the parents of `fs.RootPath`. `made` is told
+    /// each directory made, by its path inside the root.
     pub fn mkdir_all(&self, rel: &Path, made: &mut impl FnMut(&Path)) -> io::Result<OwnedFd> {
+        self.mkdir_all_within(rel, made, 0)
+    }
+
+    fn mkdir_all_within(&self, rel: &Path, made: &mut impl FnMut(&Path), links: u32) -> io::Result<OwnedFd> {
         match self.open_dir(rel) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else { return Err(e) };
-                let parent_fd = self.mkdir_all(parent, made)?;
+                let parent_fd = self.mkdir_all_within(parent, made, links)?;
                 match mkdirat(parent_fd.as_raw_fd(), name, 0o755) {
                     Ok(()) => made(rel),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        // Something is there yet `rel` did not open: a symlink to what is missing.
+                        let Some(target) = readlinkat(parent_fd.as_raw_fd(), name)? else { return Err(e) };
+                        if links >= 40 {
+                            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                        }
+                        let target = resolve_link(parent, &target);
+                        return self.mkdir_all_within(&target, made, links + 1);
+                    }
                     Err(e) => return Err(e),
                 }
                 self.open_dir(rel)
@@ -77,6 +92,92 @@ impl Root {
             other => other,
         }
     }
+}
+
+/// Where a symlink in directory `parent` (inside the root) with target `target` points, as a
+/// path inside the root: absolute targets start at the root, `..` stops there. Lexical only;
+/// whatever is then opened is resolved again with RESOLVE_IN_ROOT.
+fn resolve_link(parent: &Path, target: &[u8]) -> std::path::PathBuf {
+    use std::path::Component;
+    let target = Path::new(OsStr::from_bytes(target));
+    let mut out = if target.is_absolute() { std::path::PathBuf::new() } else { parent.to_path_buf() };
+    for c in target.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+/// The target of symlink `dir/name`; None if it is not a symlink.
+pub fn readlinkat(dir: RawFd, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    let c = name_cstr(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    let n = unsafe { libc::readlinkat(dir, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EINVAL) { Ok(None) } else { Err(e) };
+    }
+    buf.truncate(n as usize);
+    Ok(Some(buf))
+}
+
+/// Copies mode, owner, times and extended attributes (but `trusted.*`, which overlayfs keeps
+/// for itself, e.g. opaque markers) of directory `from` onto directory `to`, as containerd's
+/// applier gives a parent it makes in an upper directory the attributes of the lower one.
+/// Returns the times, which the caller sets again once the layer is written.
+pub fn copy_dir_info(from: &OwnedFd, to: &OwnedFd) -> io::Result<(libc::timespec, libc::timespec)> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstat(from.as_raw_fd(), &mut st) })?;
+    for (key, value) in fxattrs(from)? {
+        if key.starts_with("trusted.") {
+            continue;
+        }
+        let k = cstr(key.as_bytes())?;
+        cvt(unsafe { libc::fsetxattr(to.as_raw_fd(), k.as_ptr(), value.as_ptr().cast(), value.len(), 0) })?;
+    }
+    cvt(unsafe { libc::fchown(to.as_raw_fd(), st.st_uid, st.st_gid) })?;
+    // After chown, which clears setuid/setgid bits.
+    cvt(unsafe { libc::fchmod(to.as_raw_fd(), st.st_mode & 0o7777) })?;
+    let atime = libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec };
+    let mtime = libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec };
+    cvt(unsafe { libc::futimens(to.as_raw_fd(), [atime, mtime].as_ptr()) })?;
+    Ok((atime, mtime))
+}
+
+/// The extended attributes of an open file.
+fn fxattrs(fd: &OwnedFd) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let size = unsafe { libc::flistxattr(fd.as_raw_fd(), std::ptr::null_mut(), 0) };
+    if size < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENOTSUP) { Ok(Vec::new()) } else { Err(e) };
+    }
+    let mut names = vec![0u8; size as usize];
+    let size = unsafe { libc::flistxattr(fd.as_raw_fd(), names.as_mut_ptr().cast(), names.len()) };
+    if size < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    names.truncate(size as usize);
+    let mut out = Vec::new();
+    for key in names.split(|b| *b == 0).filter(|k| !k.is_empty()) {
+        let ckey = cstr(key)?;
+        let len = unsafe { libc::fgetxattr(fd.as_raw_fd(), ckey.as_ptr(), std::ptr::null_mut(), 0) };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut value = vec![0u8; len as usize];
+        let len = unsafe { libc::fgetxattr(fd.as_raw_fd(), ckey.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        value.truncate(len as usize);
+        out.push((String::from_utf8_lossy(key).into_owned(), value));
+    }
+    Ok(out)
 }
 
 /// Splits a relative path of normal components into (parent, name).

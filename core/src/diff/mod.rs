@@ -19,7 +19,7 @@ pub mod mounts;
 #[cfg(test)]
 mod tests;
 
-pub use self::apply::{Applied, Whiteouts, apply};
+pub use self::apply::{Applied, Whiteouts, apply, apply_over};
 pub use self::layer::{Layer, LayerCompression, write_layer};
 use crate::Error;
 

@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Applied, Whiteouts, apply};
+use super::{Applied, Whiteouts, apply_over};
 use crate::mount::Mount;
 use crate::{Error, Result};
 
@@ -113,6 +113,8 @@ pub struct ApplyTarget {
     pub path: PathBuf,
     /// How its whiteouts are written there.
     pub whiteouts: Whiteouts,
+    /// The layers under it (an overlay's lower directories, top first).
+    pub parents: Vec<PathBuf>,
     _mounted: Option<Mounted>,
 }
 
@@ -124,17 +126,28 @@ pub fn apply_target(mounts: &[Mount], tmp: &Path) -> Result<ApplyTarget> {
             if m.options.iter().any(|o| o == "ro") {
                 return Err(Error::InvalidArgument(format!("bind mount of {:?} is read-only", m.source)));
             }
-            Ok(ApplyTarget { path: PathBuf::from(&m.source), whiteouts: Whiteouts::Delete, _mounted: None })
+            Ok(ApplyTarget {
+                path: PathBuf::from(&m.source),
+                whiteouts: Whiteouts::Delete,
+                parents: Vec::new(),
+                _mounted: None,
+            })
         }
         [m] if m.kind == "overlay" => {
             let upper = option(m, "upperdir").ok_or_else(|| {
                 Error::InvalidArgument("overlay mount has no upperdir: a read-only view cannot take a layer".into())
             })?;
-            Ok(ApplyTarget { path: PathBuf::from(upper), whiteouts: Whiteouts::Overlay, _mounted: None })
+            let parents = option(m, "lowerdir").map(|l| l.split(':').map(PathBuf::from).collect()).unwrap_or_default();
+            Ok(ApplyTarget { path: PathBuf::from(upper), whiteouts: Whiteouts::Overlay, parents, _mounted: None })
         }
         _ => {
             let mounted = mount_all(mounts, tmp, false)?;
-            Ok(ApplyTarget { path: mounted.dir.clone(), whiteouts: Whiteouts::Delete, _mounted: Some(mounted) })
+            Ok(ApplyTarget {
+                path: mounted.dir.clone(),
+                whiteouts: Whiteouts::Delete,
+                parents: Vec::new(),
+                _mounted: Some(mounted),
+            })
         }
     }
 }
@@ -179,7 +192,7 @@ pub fn apply_to_mounts(
     sync: bool,
 ) -> Result<Applied> {
     let target = apply_target(mounts, tmp)?;
-    let applied = apply(layer, media_type, &target.path, target.whiteouts)?;
+    let applied = apply_over(layer, media_type, &target.path, target.whiteouts, &target.parents)?;
     if sync {
         sync_fs(&target.path)?;
     }

@@ -287,10 +287,60 @@ fn symlinks_out_of_the_root_are_followed_inside_it() {
         escape(Tar::new().dir("etc").dir("d").symlink("d/l", "/etc").file("d/l/evil", b"e").done());
     result.unwrap();
     assert!(root.join("etc/evil").exists());
-    // The same where <root>/etc is missing: the entry fails, and names itself.
-    let (_outside, _root, result) = escape(Tar::new().dir("d").symlink("d/l", "/etc").file("d/l/evil", b"e").done());
+    // The same where <root>/etc is missing: it is made inside the root, as containerd makes the
+    // parents it resolves, and the file lands there.
+    let (outside, root, result) = escape(Tar::new().dir("d").symlink("d/l", "/etc").file("d/l/evil", b"e").done());
+    result.unwrap();
+    assert_eq!(fs::read(root.join("etc/evil")).unwrap(), b"e");
+    nothing_outside(outside.path());
+    // A chain of links, one relative with `..` past the root, still ends inside it.
+    let (outside, root, result) =
+        escape(Tar::new().symlink("a", "b/c").symlink("b", "../../../x").file("a/deep", b"d").done());
+    result.unwrap();
+    assert_eq!(fs::read(root.join("x/c/deep")).unwrap(), b"d");
+    nothing_outside(outside.path());
+    // A loop is an error naming the entry, not a hang.
+    let (_outside, _root, result) = escape(Tar::new().symlink("p", "q").symlink("q", "p").file("p/f", b"").done());
     let e = result.unwrap_err();
-    assert!(e.to_string().contains("\"d/l/evil\""), "{e}");
+    assert!(e.to_string().contains("\"p/f\""), "{e}");
+}
+
+#[test]
+fn parents_made_in_an_upper_directory_take_the_lower_layers_attributes() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempdir();
+    let (lower_top, lower_bottom, upper) = (dir.path().join("l1"), dir.path().join("l2"), dir.path().join("up"));
+    for d in [&lower_top, &lower_bottom, &upper] {
+        fs::create_dir(d).unwrap();
+    }
+    // tmp only in the bottom layer: sticky, another owner, a user xattr and an overlay one.
+    let tmp = lower_bottom.join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::lchown(&tmp, Some(1000), Some(1001)).unwrap();
+    let set = |p: &Path, k: &str, v: &[u8]| {
+        let (p, k) = (std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap(), std::ffi::CString::new(k).unwrap());
+        assert_eq!(unsafe { libc::lsetxattr(p.as_ptr(), k.as_ptr(), v.as_ptr().cast(), v.len(), 0) }, 0);
+    };
+    set(&tmp, "user.team", b"a");
+    set(&tmp, "trusted.overlay.opaque", b"y");
+    let then = libc::timespec { tv_sec: 1_500_000_000, tv_nsec: 0 };
+    let c = std::ffi::CString::new(tmp.as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [then, then].as_ptr(), 0) }, 0);
+    // lib is a file in the top layer, a directory below it: replaced, so nothing is copied.
+    fs::write(lower_top.join("lib"), b"").unwrap();
+    fs::create_dir(lower_bottom.join("lib")).unwrap();
+    fs::set_permissions(lower_bottom.join("lib"), fs::Permissions::from_mode(0o700)).unwrap();
+
+    let layer = Tar::new().file("tmp/x", b"x").file("lib/y", b"y").file("new/z", b"z").done();
+    apply_over(&layer[..], "", &upper, Whiteouts::Overlay, &[lower_top.clone(), lower_bottom.clone()]).unwrap();
+    let made = fs::metadata(upper.join("tmp")).unwrap();
+    assert_eq!((made.mode() & 0o7777, made.uid(), made.gid()), (0o1777, 1000, 1001));
+    assert_eq!(made.mtime(), 1_500_000_000, "the lower directory's times, kept after its file was written");
+    let xattrs = super::fs::llistxattrs(&upper.join("tmp")).unwrap();
+    assert_eq!(xattrs, [("user.team".to_string(), b"a".to_vec())], "trusted.* stays overlayfs's own");
+    assert_eq!(fs::metadata(upper.join("lib")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(fs::metadata(upper.join("new")).unwrap().mode() & 0o7777, 0o755);
 }
 
 #[test]
