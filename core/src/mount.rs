@@ -1,4 +1,7 @@
-//! A filesystem mount as runtimes and snapshotters exchange it (containerd's `types.Mount`).
+//! A filesystem mount as runtimes and snapshotters exchange it (containerd's `types.Mount`), and
+//! what mounting an overlay of many layers takes.
+
+use std::path::{Component, Path, PathBuf};
 
 /// One mount: `mount -t <kind> -o <options> <source> <target>`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -11,4 +14,85 @@ pub struct Mount {
     pub target: String,
     /// Mount options as `mount -o` takes them: `ro`, `rbind`, `lowerdir=...`.
     pub options: Vec<String>,
+}
+
+/// How far under a page of mount options an overlay's lowers are made relative, as containerd does
+/// (mount/mount_linux.go): room for the rest of the options.
+pub const COMPACT_MARGIN: usize = 512;
+
+/// The most bytes of options mount(2) copies from the caller, the terminating NUL included.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as usize } else { 4096 }
+}
+
+/// An overlay's `lowerdir=` made short enough for mount(2), as containerd's
+/// compactLowerdirOption does: the lowers (`<root>/snapshots/<id>/fs` from a snapshotter) relative
+/// to the longest directory they all are in, which the caller makes the working directory while
+/// mounting. None when there is nothing to gain: one lower, a relative one, or no common
+/// directory but `/`. Returns that directory and the new options, `lowerdir=` last.
+///
+/// ```
+/// use berth_core::mount::compact_lowerdir;
+///
+/// let (dir, options) = compact_lowerdir("lowerdir=/r/snapshots/1/fs:/r/snapshots/2/fs,upperdir=/u").unwrap();
+/// assert_eq!((dir.to_str().unwrap(), options.as_str()), ("/r/snapshots", "upperdir=/u,lowerdir=1/fs:2/fs"));
+/// ```
+pub fn compact_lowerdir(data: &str) -> Option<(PathBuf, String)> {
+    let options: Vec<&str> = data.split(',').collect();
+    let index = options.iter().position(|o| o.starts_with("lowerdir="))?;
+    let lowers: Vec<&Path> = options[index]["lowerdir=".len()..].split(':').map(Path::new).collect();
+    if lowers.len() < 2 || lowers.iter().any(|l| !l.is_absolute()) {
+        return None;
+    }
+    // Components shared by the parents of every lower: each keeps at least its last one.
+    let mut common: Vec<Component> = lowers[0].parent()?.components().collect();
+    for lower in &lowers[1..] {
+        let parent: Vec<Component> = lower.parent()?.components().collect();
+        let shared = common.iter().zip(&parent).take_while(|(a, b)| a == b).count();
+        common.truncate(shared);
+    }
+    let common: PathBuf = common.iter().collect();
+    common.parent()?; // none for `/`: nothing to strip
+    let relative: Vec<String> = lowers
+        .iter()
+        .map(|l| l.strip_prefix(&common).map(|r| r.to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let mut compacted: Vec<String> =
+        options.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, o)| o.to_string()).collect();
+    compacted.push(format!("lowerdir={}", relative.join(":")));
+    Some((common, compacted.join(",")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lowers(n: usize) -> String {
+        (1..=n).map(|i| format!("/r/snapshots/{i}/fs")).collect::<Vec<_>>().join(":")
+    }
+
+    #[test]
+    fn lowers_are_made_relative_to_their_longest_common_directory() {
+        let data = format!("index=off,lowerdir={},upperdir=/r/snapshots/9/fs,workdir=/r/snapshots/9/work", lowers(3));
+        let (common, compacted) = compact_lowerdir(&data).unwrap();
+        assert_eq!(common, Path::new("/r/snapshots"));
+        assert_eq!(
+            compacted,
+            "index=off,upperdir=/r/snapshots/9/fs,workdir=/r/snapshots/9/work,lowerdir=1/fs:2/fs:3/fs"
+        );
+        // Of different depths, and one the parent of another's: each keeps at least its last component.
+        let (common, compacted) = compact_lowerdir("lowerdir=/r/s/x/2/fs:/r/s/1/fs:/r/s").unwrap();
+        assert_eq!((common.to_str().unwrap(), compacted.as_str()), ("/r", "lowerdir=s/x/2/fs:s/1/fs:s"));
+    }
+
+    #[test]
+    fn nothing_to_gain_is_left_alone() {
+        assert_eq!(compact_lowerdir("lowerdir=/r/snapshots/1/fs,upperdir=/u"), None, "one lower");
+        assert_eq!(compact_lowerdir("lowerdir=/a/fs:/b/fs"), None, "only / in common");
+        assert_eq!(compact_lowerdir("lowerdir=r/1/fs:r/2/fs"), None, "relative already");
+        assert_eq!(compact_lowerdir("upperdir=/u,workdir=/w"), None, "no lowers");
+    }
 }

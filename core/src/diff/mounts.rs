@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Applied, Whiteouts, apply_over};
-use crate::mount::Mount;
+use crate::mount::{COMPACT_MARGIN, Mount, compact_lowerdir, page_size};
 use crate::{Error, Result};
 
 /// A name no other temporary mount point of this process has.
@@ -44,6 +44,31 @@ impl Drop for Mounted {
             tracing::warn!(path = %self.dir.display(), error = %e, "removing a diff mount point");
         }
     }
+}
+
+/// Runs `mount(data)` with `dir` as the working directory, for an overlay whose lower directories
+/// are relative to it (see [`compact_lowerdir`]). berthd is multi-threaded, so the working
+/// directory cannot move for the process: the mount runs on a thread of its own that first
+/// unshares its filesystem attributes (CLONE_FS), as containerd's mountAt does with a locked OS
+/// thread, and the thread ends with the mount.
+fn in_directory(
+    dir: &Path,
+    mount: impl FnOnce(std::ffi::CString) -> io::Result<()> + Send,
+    data: std::ffi::CString,
+) -> io::Result<()> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                std::env::set_current_dir(dir)?;
+                mount(data)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the mounting thread panicked")))
+    })
+    .map_err(|e| io::Error::new(e.kind(), format!("{e} (lower directories relative to {})", dir.display())))
 }
 
 fn mount_error(m: &Mount, e: impl std::fmt::Display) -> Error {
@@ -84,11 +109,21 @@ pub fn mount_all(mounts: &[Mount], tmp: &Path, readonly: bool) -> Result<Mounted
         }
         let c = |s: &str| std::ffi::CString::new(s).map_err(|_| mount_error(m, "a NUL byte in the mount"));
         let (source, target) = (c(&m.source)?, c(&point.to_string_lossy())?);
-        let (kind, data) = (c(&m.kind)?, c(&data.join(","))?);
-        let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), kind.as_ptr(), flags, data.as_ptr().cast()) };
-        if rc != 0 {
-            return Err(mount_error(m, io::Error::last_os_error()));
-        }
+        let data = data.join(",");
+        let compacted = (m.kind == "overlay" && data.len() + 1 > page_size() - COMPACT_MARGIN)
+            .then(|| compact_lowerdir(&data))
+            .flatten();
+        let kind = c(&m.kind)?;
+        let mount = |data: std::ffi::CString| {
+            let rc =
+                unsafe { libc::mount(source.as_ptr(), target.as_ptr(), kind.as_ptr(), flags, data.as_ptr().cast()) };
+            if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        };
+        let mounted_now = match compacted {
+            None => mount(c(&data)?),
+            Some((common, data)) => in_directory(&common, mount, c(&data)?),
+        };
+        mounted_now.map_err(|e| mount_error(m, e))?;
         mounted.points.push(point.clone());
         if flags & libc::MS_BIND != 0 && flags & libc::MS_RDONLY != 0 {
             // A bind mount takes its read-only flag only from a remount.
@@ -197,4 +232,41 @@ pub fn apply_to_mounts(
         sync_fs(&target.path)?;
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An overlay of more lowers than one page of options names, mounted the way the Diff service
+    /// mounts what it reads, from a thread while the process's working directory stays put.
+    #[test]
+    fn an_overlay_of_many_long_lowers_mounts_without_moving_the_process() {
+        if unsafe { libc::geteuid() } != 0 {
+            return eprintln!("skipping: needs root");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = dir.path().join("a-rather-long-directory-name-for-snapshots/snapshots");
+        let mut lowers = Vec::new();
+        for i in 0..150 {
+            let fs = snapshots.join(format!("{i}/fs"));
+            std::fs::create_dir_all(&fs).unwrap();
+            std::fs::write(fs.join(format!("f{i}")), "").unwrap();
+            lowers.push(fs.display().to_string());
+        }
+        std::fs::write(snapshots.join("0/fs/top"), "nearest\n").unwrap();
+        std::fs::write(snapshots.join("149/fs/top"), "farthest\n").unwrap();
+        let options = vec![format!("lowerdir={}", lowers.join(":"))];
+        assert!(options[0].len() > page_size(), "the test needs options longer than a page");
+        let overlay = Mount { kind: "overlay".into(), source: "overlay".into(), target: String::new(), options };
+        let cwd = std::env::current_dir().unwrap();
+        let tmp = dir.path().join("tmp");
+        let mounted = mount_all(&[overlay], &tmp, true).unwrap();
+        assert_eq!(std::env::current_dir().unwrap(), cwd);
+        assert_eq!(std::fs::read_to_string(mounted.dir.join("top")).unwrap(), "nearest\n");
+        assert!(mounted.dir.join("f0").exists() && mounted.dir.join("f149").exists());
+        let point = mounted.dir.clone();
+        drop(mounted);
+        assert!(!point.exists(), "unmounted and removed");
+    }
 }

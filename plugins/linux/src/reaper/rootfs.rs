@@ -2,8 +2,9 @@
 //! `<task dir>/rootfs` before the container is created and unmounted when the task is deleted.
 
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
+use berth_core::mount::{COMPACT_MARGIN, compact_lowerdir, page_size};
 use nix::mount::{MntFlags, MsFlags};
 
 use super::protocol::RootfsMount;
@@ -99,49 +100,6 @@ fn mount_data(m: &RootfsMount, target: &Path, kind: Option<&str>, flags: MsFlags
     Ok(())
 }
 
-/// How far under a page of mount options an overlay's lowers are made relative, as containerd does
-/// (mount/mount_linux.go): room for the rest of the options.
-const COMPACT_MARGIN: usize = 512;
-
-/// The most bytes of options mount(2) copies from the caller, the terminating NUL included.
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 { size as usize } else { 4096 }
-}
-
-/// An overlay's `lowerdir=` made short enough for mount(2), as containerd's
-/// compactLowerdirOption does: the lowers (`<root>/snapshots/<id>/fs` from a snapshotter) relative
-/// to the longest directory they all are in, which the caller makes the working directory while
-/// mounting. None when there is nothing to gain: one lower, a relative one, or no common
-/// directory but `/`. Returns that directory and the new options, `lowerdir=` last.
-fn compact_lowerdir(data: &str) -> Option<(PathBuf, String)> {
-    let options: Vec<&str> = data.split(',').collect();
-    let index = options.iter().position(|o| o.starts_with("lowerdir="))?;
-    let lowers: Vec<&Path> = options[index]["lowerdir=".len()..].split(':').map(Path::new).collect();
-    if lowers.len() < 2 || lowers.iter().any(|l| !l.is_absolute()) {
-        return None;
-    }
-    // Components shared by the parents of every lower: each keeps at least its last one.
-    let mut common: Vec<Component> = lowers[0].parent()?.components().collect();
-    for lower in &lowers[1..] {
-        let parent: Vec<Component> = lower.parent()?.components().collect();
-        let shared = common.iter().zip(&parent).take_while(|(a, b)| a == b).count();
-        common.truncate(shared);
-    }
-    let common: PathBuf = common.iter().collect();
-    common.parent()?; // none for `/`: nothing to strip
-    let relative: Vec<String> = lowers
-        .iter()
-        .map(|l| l.strip_prefix(&common).map(|r| r.to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let mut compacted: Vec<String> =
-        options.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, o)| o.to_string()).collect();
-    compacted.push(format!("lowerdir={}", relative.join(":")));
-    Some((common, compacted.join(",")))
-}
-
 /// The working directory moved for a mount with relative lower directories, and moved back on
 /// drop. Changing it is safe here because the reaper is single-threaded (see server.rs): no other
 /// thread resolves a relative path meanwhile. Going back is by a descriptor of the old one, which
@@ -208,32 +166,6 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lowers(n: usize) -> String {
-        (1..=n).map(|i| format!("/r/snapshots/{i}/fs")).collect::<Vec<_>>().join(":")
-    }
-
-    #[test]
-    fn lowers_are_made_relative_to_their_longest_common_directory() {
-        let data = format!("index=off,lowerdir={},upperdir=/r/snapshots/9/fs,workdir=/r/snapshots/9/work", lowers(3));
-        let (common, compacted) = compact_lowerdir(&data).unwrap();
-        assert_eq!(common, Path::new("/r/snapshots"));
-        assert_eq!(
-            compacted,
-            "index=off,upperdir=/r/snapshots/9/fs,workdir=/r/snapshots/9/work,lowerdir=1/fs:2/fs:3/fs"
-        );
-        // Of different depths, and one the parent of another's: each keeps at least its last component.
-        let (common, compacted) = compact_lowerdir("lowerdir=/r/s/x/2/fs:/r/s/1/fs:/r/s").unwrap();
-        assert_eq!((common.to_str().unwrap(), compacted.as_str()), ("/r", "lowerdir=s/x/2/fs:s/1/fs:s"));
-    }
-
-    #[test]
-    fn nothing_to_gain_is_left_alone() {
-        assert_eq!(compact_lowerdir("lowerdir=/r/snapshots/1/fs,upperdir=/u"), None, "one lower");
-        assert_eq!(compact_lowerdir("lowerdir=/a/fs:/b/fs"), None, "only / in common");
-        assert_eq!(compact_lowerdir("lowerdir=r/1/fs:r/2/fs"), None, "relative already");
-        assert_eq!(compact_lowerdir("upperdir=/u,workdir=/w"), None, "no lowers");
-    }
 
     /// A real overlay of more lowers than one page of options names, mounted with `mount_all` as
     /// the reaper does; the working directory is the same afterwards. (It moves meanwhile, for the
