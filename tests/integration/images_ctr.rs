@@ -386,27 +386,28 @@ fn an_image_of_many_layers_runs_beyond_the_mount_options_page() {
     assert_run_left_nothing(&daemon, "m1");
 
     // ctr mounting the Snapshots service's mounts itself: past a page of options it makes the
-    // lowers relative to their common directory too, chdir'ing there (in a thread of its own) to
-    // mount. Its lease is named after the target, and berthd refuses a '/' in lease IDs, so the
-    // target is relative; for it to name the same directory after ctr's chdir, ctr runs in that
-    // common directory, the snapshotter's snapshots/.
-    let snapshots_dir = daemon.root().join("snapshot.overlayfs/snapshots");
-    let target = snapshots_dir.join("mnt");
+    // lowers relative to their common directory too, from a thread of its own. Its lease is named
+    // after the (absolute) target, as containerd allows.
+    let mnt = tempfile::tempdir().unwrap();
+    let target = mnt.path().join("mnt");
     std::fs::create_dir(&target).unwrap();
-    let ctr_in = |args: &[&str]| {
-        let out = std::process::Command::new(ctr_path())
-            .current_dir(&snapshots_dir)
-            .arg("-a")
-            .arg(&daemon.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        ok(out, &format!("ctr {}", args.join(" ")))
-    };
-    ctr_in(&["images", "mount", "localhost/many:latest", "mnt"]);
+    let target_arg = target.to_str().unwrap();
+    daemon.ctr_ok(&["images", "mount", "localhost/many:latest", target_arg]);
     let seen = (std::fs::read_to_string(target.join("layers/118")), target.join("bin/vi").exists());
-    ctr_in(&["images", "unmount", "--rm", "mnt"]);
-    std::fs::remove_dir(&target).unwrap();
+    daemon.ctr_ok(&["images", "unmount", "--rm", target_arg]);
     assert_eq!((seen.0.unwrap().as_str(), seen.1), ("118\n", false));
-    assert_run_left_nothing(&daemon, "mnt");
+    let snaps = snapshots(&daemon);
+    assert!(snaps.iter().all(|(_, _, kind)| kind == "Committed"), "snapshots left: {snaps:?}");
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(target_arg), "mount left");
+    assert!(daemon.ctr_ok(&["leases", "ls", "-q"]).trim().is_empty(), "ctr's lease left");
+
+    // The Diff service mounts 120 lowers too (berthd is multi-threaded: from a thread that
+    // unshares its working directory): the difference of a new active snapshot from its parent.
+    let top = layout.chain_ids().last().unwrap().clone();
+    daemon.ctr_ok(&["snapshots", "prepare", "many-top", &top]);
+    // ctr writes the layer itself to stdout: an (empty) gzip-compressed tar.
+    let diff = daemon.ctr(&["snapshots", "diff", "many-top"]);
+    assert!(diff.status.success(), "ctr snapshots diff: {}", String::from_utf8_lossy(&diff.stderr));
+    assert_eq!(diff.stdout.get(..2), Some(&[0x1f, 0x8b][..]), "not a gzip layer");
+    daemon.ctr_ok(&["snapshots", "rm", "many-top"]);
 }

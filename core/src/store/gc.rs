@@ -267,7 +267,7 @@ fn mark_and_sweep(
     for entry in resources.iter(txn).map_err(reading("lease resources"))? {
         let (key, ()) = entry.map_err(reading("lease resources"))?;
         let ns = namespace_of(key);
-        let Some((lease, rest)) = key[ns.len() + 1..].split_once('/') else { continue };
+        let Some((lease, rest)) = key[ns.len() + 1..].split_once('\0') else { continue };
         let lease_key = object_key(ns, lease);
         let Some(&flat) = live.get(&lease_key) else {
             if expired_keys.contains(&lease_key) {

@@ -185,9 +185,9 @@ fn require_lease(txn: &RoTxn<'_, WithoutTls>, tables: &Tables<'static>, ns: &str
 /// Not [`ident::validate`]: containerd checks only that a lease id is set, and its own client
 /// names the lease it takes around every container create `<nanoseconds>-<4 base64url characters>`
 /// (`leases.WithRandomID`), which may end in `-` or hold `_-`; identifier rules would refuse one
-/// `ctr containers create` in sixteen. So berth asks only what its keys need: not empty, no `/`
-/// (it ends the lease id in a `lease_resources` key), no control characters (NUL among them), at
-/// most [`MAX_LEASE_ID_LEN`] bytes.
+/// `ctr containers create` in sixteen, and `ctr images mount` names its lease after the mount
+/// point, `/` and all. So berth asks only what its keys need: not empty, no control characters
+/// (NUL ends the lease id in a `lease_resources` key), at most [`MAX_LEASE_ID_LEN`] bytes.
 pub fn validate_id(id: &str) -> Result<()> {
     if id.is_empty() {
         return Err(Error::InvalidArgument("lease id must not be empty".into()));
@@ -199,8 +199,8 @@ pub fn validate_id(id: &str) -> Result<()> {
             id.len()
         )));
     }
-    if id.contains('/') || id.chars().any(char::is_control) {
-        return Err(Error::InvalidArgument(format!("lease id {id:?} must not contain '/' or control characters")));
+    if id.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!("lease id {id:?} must not contain control characters")));
     }
     Ok(())
 }
@@ -323,7 +323,8 @@ mod tests {
         let (_dir, store) = open_temp();
         // What containerd's leases.WithRandomID makes (base64url may give `_-` and a final `-`),
         // and the other ids clients use.
-        for id in ["123456789-Ab_-", "5-_x-Q", "987-AAA-", "buildkit-1234", "moby-image-sha256:ab", "l"] {
+        // `ctr images mount IMAGE /mnt/x` names its lease after the mount point.
+        for id in ["123456789-Ab_-", "5-_x-Q", "987-AAA-", "buildkit-1234", "moby-image-sha256:ab", "l", "/mnt/x"] {
             store.create_lease("default", lease(id, &[])).await.unwrap_or_else(|e| panic!("{id}: {e}"));
             assert_eq!(store.get_lease("default", id).unwrap().id, id);
         }
@@ -335,7 +336,6 @@ mod tests {
         let long = "x".repeat(MAX_LEASE_ID_LEN + 1);
         let cases: Vec<(&str, Lease, &str)> = vec![
             ("default", lease("", &[]), "lease id must not be empty"),
-            ("default", lease("a/b", &[]), "lease id \"a/b\" must not contain '/' or control characters"),
             ("default", lease("a\0b", &[]), "lease id \"a\\0b\" must not contain"),
             ("default", lease("a\nb", &[]), "lease id \"a\\nb\" must not contain"),
             ("default", lease(&long, &[]), "lease id \"xxxx"),
@@ -393,7 +393,7 @@ mod tests {
         let rtxn = store.read_txn().unwrap();
         let table = store.tables().lease_resources;
         let keys: Vec<String> = table.iter(&rtxn).unwrap().map(|e| e.unwrap().0.to_owned()).collect();
-        assert_eq!(keys, ["default/l-2/ingests\0other"]);
+        assert_eq!(keys, ["default/l-2\0ingests\0other"]);
         drop(rtxn);
         // A lease made again under the same id starts empty.
         store.create_lease("default", lease("l", &[])).await.unwrap();

@@ -17,7 +17,7 @@
 //! ├── leases                                            (since version 2)
 //! │   └── <namespace>/<lease>       → Lease
 //! ├── lease_resources                                   (since version 2)
-//! │   └── <namespace>/<lease>/<type>\0<resource id>
+//! │   └── <namespace>/<lease>\0<type>\0<resource id>      (the lease id ended by `/` before 5)
 //! │                                 → empty: the key is the record
 //! ├── content                                           (since version 3)
 //! │   └── <namespace>/<digest>      → ContentInfo: the blob is visible in the namespace
@@ -37,10 +37,10 @@
 //! record for, by the name it gave them, so namespaces cannot see each other's snapshots.
 //!
 //! Identifiers and digests cannot contain `/`, so the prefix `<namespace>/` selects exactly one
-//! namespace's objects, and LMDB's byte order lists them sorted by id. Lease ids cannot contain `/` either, so
-//! `<namespace>/<lease>/` selects exactly one lease's resources; a resource type (which may
-//! contain `/`, as in `snapshots/overlayfs`) and a resource id never contain NUL, so the first NUL
-//! ends the type. Snapshot keys and image names may contain `/`, but the namespace and snapshotter
+//! namespace's objects, and LMDB's byte order lists them sorted by id. Lease ids may contain `/`
+//! (containerd's may) but never NUL, so `<namespace>/<lease>\0` selects exactly one lease's
+//! resources; a resource type (which may contain `/`, as in `snapshots/overlayfs`) and a resource
+//! id never contain NUL either, so the next NUL ends the type. Snapshot keys and image names may contain `/`, but the namespace and snapshotter
 //! before them cannot, so `<namespace>/<snapshotter>/` and `<namespace>/` prefixes stay exact. The `name`/`id` field of a record is stored too, but reads always take it from
 //! the key.
 //!
@@ -302,7 +302,7 @@ mod tests {
     fn fresh_store_is_current_version_in_a_private_directory() {
         let (dir, store) = open_temp();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 4);
+        assert_eq!(SCHEMA_VERSION, 5);
         let mode = std::fs::metadata(dir.path().join("meta")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
     }
@@ -335,7 +335,7 @@ mod tests {
         let err = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("99") && msg.contains("version 4,"), "{msg}");
+        assert!(msg.contains("99") && msg.contains("version 5,"), "{msg}");
     }
 
     #[tokio::test]

@@ -130,10 +130,10 @@ pub fn namespace_prefix(namespace: &str) -> String {
     format!("{namespace}/")
 }
 
-/// The prefix of every resource key of lease `lease`: `<namespace>/<lease>/`. Neither part can
-/// contain `/`, so the scan is exact.
+/// The prefix of every resource key of lease `lease`: `<namespace>/<lease>\0`. A namespace has
+/// no `/` and a lease id (which may hold `/`, as containerd's may) no NUL, so the scan is exact.
 pub fn lease_resources_prefix(namespace: &str, lease: &str) -> String {
-    format!("{namespace}/{lease}/")
+    format!("{namespace}/{lease}\0")
 }
 
 /// The prefix of every snapshot key of `snapshotter` in `namespace`: `<namespace>/<snapshotter>/`.
@@ -147,7 +147,7 @@ pub fn snapshot_key(namespace: &str, snapshotter: &str, key: &str) -> String {
     format!("{namespace}/{snapshotter}/{key}")
 }
 
-/// The key of a resource held by a lease: `<namespace>/<lease>/<type>\0<resource id>`. The type
+/// The key of a resource held by a lease: `<namespace>/<lease>\0<type>\0<resource id>`. The type
 /// may contain `/` (`snapshots/overlayfs`) and the id anything, but neither contains NUL, so the
 /// first NUL after the prefix splits them again ([`split_lease_resource`]).
 pub fn lease_resource_key(namespace: &str, lease: &str, resource: &LeaseResource) -> String {
@@ -172,13 +172,16 @@ mod tests {
 
         let r = LeaseResource { id: "default/3/sha256:ab".into(), kind: "snapshots/overlayfs".into() };
         let key = lease_resource_key("k8s.io", "l1", &r);
-        assert_eq!(key, "k8s.io/l1/snapshots/overlayfs\0default/3/sha256:ab");
+        assert_eq!(key, "k8s.io/l1\0snapshots/overlayfs\0default/3/sha256:ab");
         let prefix = lease_resources_prefix("k8s.io", "l1");
-        assert_eq!(prefix, "k8s.io/l1/");
+        assert_eq!(prefix, "k8s.io/l1\0");
         assert_eq!(split_lease_resource(&key[prefix.len()..]), Some(r));
         assert_eq!(split_lease_resource("no-separator"), None);
         // Lease "l1" does not see the resources of lease "l1-2", nor of namespace "k8s.io-2".
         assert!(!lease_resource_key("k8s.io", "l1-2", &LeaseResource::default()).starts_with(&prefix));
         assert!(!lease_resource_key("k8s.io-2", "l1", &LeaseResource::default()).starts_with("k8s.io/"));
+        // Nor lease "l1/x" (ctr names a lease after a mount point), nor "l1" those of "l1/x".
+        assert!(!lease_resource_key("k8s.io", "l1/x", &LeaseResource::default()).starts_with(&prefix));
+        assert!(!key.starts_with(&lease_resources_prefix("k8s.io", "l1/x")));
     }
 }

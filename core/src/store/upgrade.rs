@@ -15,7 +15,7 @@ use super::tables::{MetaTable, Tables, db_name, meta_key};
 use crate::error::{Error, Result};
 
 /// The schema version this binary reads and writes.
-pub const CURRENT_VERSION: u32 = 4;
+pub const CURRENT_VERSION: u32 = 5;
 
 type StepFn = for<'e> fn(&DatabaseOpener<'e, WithoutTls>, &mut RwTxn<'e>) -> heed::Result<()>;
 
@@ -34,6 +34,7 @@ const STEPS: &[Step] = &[
     Step { from: 1, what: "create the lease tables", run: create_lease_tables },
     Step { from: 2, what: "create the content table", run: create_content_table },
     Step { from: 3, what: "create the snapshot and image tables", run: create_snapshot_and_image_tables },
+    Step { from: 4, what: "end lease ids in lease resource keys with NUL", run: lease_resource_keys_end_with_nul },
 ];
 
 /// 0→1: the first schema has the `namespaces`, `containers` and `sandboxes` tables.
@@ -67,6 +68,31 @@ fn create_snapshot_and_image_tables<'e>(
 ) -> heed::Result<()> {
     opener.create_database::<Str, Proto<Snapshot>>(wtxn, Some(db_name::SNAPSHOTS))?;
     opener.create_database::<Str, Proto<Image>>(wtxn, Some(db_name::IMAGES))?;
+    Ok(())
+}
+
+/// 4→5: `lease_resources` keys `<namespace>/<lease>/<type>\0<id>` become
+/// `<namespace>/<lease>\0<type>\0<id>`, so that lease ids may hold `/` as containerd's do. Before
+/// version 5 neither a namespace nor a lease id could contain `/`: the first two `/` split them.
+fn lease_resource_keys_end_with_nul<'e>(
+    opener: &DatabaseOpener<'e, WithoutTls>,
+    wtxn: &mut RwTxn<'e>,
+) -> heed::Result<()> {
+    let Some(table) = opener.open_database::<Str, Unit>(wtxn, Some(db_name::LEASE_RESOURCES))? else {
+        return Ok(());
+    };
+    let mut moved = Vec::new();
+    for entry in table.iter(wtxn)? {
+        let (key, ()) = entry?;
+        let mut parts = key.splitn(3, '/');
+        if let (Some(ns), Some(lease), Some(rest)) = (parts.next(), parts.next(), parts.next()) {
+            moved.push((key.to_owned(), format!("{ns}/{lease}\0{rest}")));
+        }
+    }
+    for (old, new) in moved {
+        table.delete(wtxn, &old)?;
+        table.put(wtxn, &new, &())?;
+    }
     Ok(())
 }
 
@@ -317,7 +343,11 @@ mod tests {
         assert!(tables.content.is_empty(&rtxn).unwrap());
         assert_eq!(tables.containers.get(&rtxn, "default/c1").unwrap(), Some(container));
         assert_eq!(tables.leases.get(&rtxn, "default/l1").unwrap(), Some(lease));
-        assert_eq!(tables.lease_resources.get(&rtxn, &resource_key).unwrap(), Some(()));
+        // Version 5 ends the lease id with NUL: the one resource moved to its new key.
+        assert_eq!(resource_key, format!("default/l1/content\0sha256:{}", "a".repeat(64)));
+        let moved = format!("default/l1\0content\0sha256:{}", "a".repeat(64));
+        assert_eq!(tables.lease_resources.get(&rtxn, &moved).unwrap(), Some(()));
+        assert_eq!(tables.lease_resources.len(&rtxn).unwrap(), 1);
         assert_eq!(tables.namespaces.len(&rtxn).unwrap(), 1);
     }
 
@@ -388,14 +418,14 @@ mod tests {
         {
             let env = raw_env(dir.path());
             let tables = open_and_upgrade(&env).unwrap();
-            assert_eq!(stored_version(&env, &tables), Some(4));
+            assert_eq!(stored_version(&env, &tables), Some(CURRENT_VERSION));
             let rtxn = env.read_txn().unwrap();
             assert!(tables.snapshots.is_empty(&rtxn).unwrap());
             assert!(tables.images.is_empty(&rtxn).unwrap());
             assert_eq!(tables.content.get(&rtxn, &format!("default/{}", info.digest)).unwrap(), Some(info.clone()));
         }
         let store = MetadataStore::open(dir.path(), StoreOptions::default()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 4);
+        assert_eq!(store.schema_version().unwrap(), CURRENT_VERSION);
         assert_eq!(store.get_container("default", "c1").unwrap(), container);
         assert_eq!(store.get_content("default", &info.digest).unwrap().size, 7);
         let record =
@@ -422,7 +452,7 @@ mod tests {
         let err = open_and_upgrade(&env).unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("schema version 99") && msg.contains("version 4,"), "{msg}");
+        assert!(msg.contains("schema version 99") && msg.contains(&format!("version {CURRENT_VERSION},")), "{msg}");
         assert_eq!(stored_version(&env, &tables), Some(99));
     }
 }
