@@ -50,7 +50,7 @@ fn berth_pull_then_ctr_run_and_inspect() {
     let layer = layout.manifest()["layers"][0]["digest"].as_str().unwrap().to_owned();
     let size = layout.manifest()["layers"][0]["size"].as_u64().unwrap();
     assert!(stderr.contains(&format!("layer-{layer} unpacked {size}/{size}")), "no unpacked layer in:\n{stderr}");
-    assert_eq!(images(&daemon), [reference.clone()]);
+    assert_eq!(images(&daemon), std::slice::from_ref(&reference));
     // The layer is one committed snapshot named by its chain ID; no active snapshot is left over.
     let snapshots = daemon.ctr_ok(&["snapshots", "ls"]);
     assert!(snapshots.contains(&layout.chain_ids()[0]) && !snapshots.contains("Active"), "{snapshots}");
