@@ -18,7 +18,11 @@
 #   2. `ctr snapshots prepare KEY PARENT` on the busybox layer's chain ID, and `ctr snapshots rm`;
 #   3. `ctr run --rm --fifo-dir DIR IMAGE ID /bin/true` with the busybox image pulled, and
 #      `ctr version` as the floor and `ctr run --rm --rootfs` of the same files (no image, no
-#      snapshot) as the reference.
+#      snapshot) as the reference;
+#   4. the same run in three ctr commands, with the image and with --rootfs: `ctr containers
+#      create` (with the image: its config read, the snapshot prepared), `ctr tasks start` (task
+#      create with the root filesystem mounted, start, exit, delete), `ctr containers rm` (with
+#      the image: the snapshot removed): where the image's extra time in 3 goes.
 #
 # Run as root from anywhere: `sudo bench/images.sh`. The markdown report goes to stdout and, with
 # the raw JSON lines, to $BENCH_OUT. Settings (environment):
@@ -31,7 +35,8 @@
 #   IMG_ROUNDS=5         rounds; each round runs every tool, interleaved
 #   IMG_BIG_LAYERS=5     layers of the large image ...
 #   IMG_BIG_LAYER_MB=20  ... of this many MiB of random data each
-#   IMG_SECTIONS="1 2 3" which of the sections above to run
+#   IMG_SECTIONS="1 2 3 4"   which of the sections above to run (IMG_PULLS=0: section 1 without
+#                        its rounds, only the second-namespace pulls and the timelines)
 #   BENCH_DIR=/var/tmp   where the daemons' roots, the registry and the images go (a disk)
 #   BENCH_OUT=target/berth-bench/images   where the JSON lines, logs and report.md are written
 #   BENCH_SKIP_BUILD=1   use the release binaries already built
@@ -48,7 +53,7 @@ ctr_runs=${IMG_RUNS:-50}
 rounds=${IMG_ROUNDS:-5}
 big_layers=${IMG_BIG_LAYERS:-5}
 big_layer_mb=${IMG_BIG_LAYER_MB:-20}
-sections=${IMG_SECTIONS:-1 2 3}
+sections=${IMG_SECTIONS:-1 2 3 4}
 base_dir=${BENCH_DIR:-/var/tmp}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${BENCH_OUT:-$repo/target/berth-bench/images}
@@ -257,7 +262,7 @@ for attempt in $(seq 10); do
     cat >"$work/registry/config.yml" <<EOF
 version: 0.1
 log:
-  level: warn
+  level: info
   accesslog:
     disabled: false
 storage:
@@ -543,7 +548,7 @@ pull_modes=(pull)
 : >"$pull_results"
 : >"$pull_detail"
 for round in $(seq "$rounds"); do
-    has_section 1 || break
+    if ! has_section 1 || (( pulls == 0 )); then break; fi
     for image in "${images[@]}"; do
         for mode in "${pull_modes[@]}"; do
             step pull_step containerd ctr "$image" "$mode"
@@ -552,15 +557,42 @@ for round in $(seq "$rounds"); do
         done
     done
 done
-# One more berth pull of each image, its progress lines stamped with the time since the start:
-# when the layers were in and when they were unpacked.
+# The blob GETs the registry served since line `mark` of its log, from its "response completed"
+# lines (logged at the end, with the duration): "start_ms end_ms digest" since t0 (µs), by start.
+registry_requests() {
+    local mark=$1 image=$2 t0=$3 line end_us digest
+    tail -n +"$(( mark + 1 ))" "$registry_log" | grep -F 'msg="response completed"' | grep -F 'http.request.method=GET' |
+        grep -F "http.request.uri=\"/v2/imb/$image/blobs/" | while IFS= read -r line; do
+        [[ $line =~ ^time=\"([^\"]+)\" ]] || continue
+        end_us=$(date -d "${BASH_REMATCH[1]}" +%s%6N)
+        [[ $line =~ /blobs/(sha256:[0-9a-f]+) ]] || continue
+        digest=${BASH_REMATCH[1]}
+        [[ $line =~ http.response.duration=([0-9.]+)(ns|µs|us|ms|s) ]] || continue
+        awk -v end="$end_us" -v t0="$t0" -v d="${BASH_REMATCH[1]}" -v u="${BASH_REMATCH[2]}" -v dg="$digest" 'BEGIN {
+            f = (u == "ns") ? 0.001 : (u == "ms") ? 1000 : (u == "s") ? 1000000 : 1
+            printf "%d %d %s\n", (end - d * f - t0) / 1000, (end - t0) / 1000, dg}'
+    done | sort -n
+}
+# One more berth pull of each image, its progress lines stamped with the time since the start
+# (berthd sends progress every 100 ms), and when the registry served each blob: when the layers
+# were in and when they were unpacked.
 timeline() {
-    local image=$1 t0 line
+    local image=$1 t0 line mark
+    mark=$(wc -l <"$registry_log")
     t0=${EPOCHREALTIME/./}
     "$bin/berth" --address "$berthd_sock" -n imb-timeline pull "${ref[$image]}" 2>&1 >/dev/null | while IFS= read -r line; do
         printf '%6d ms  %s\n' "$(( (${EPOCHREALTIME/./} - t0) / 1000 ))" "$line"
     done >"$out/timeline-$image.txt"
     printf '%6d ms  (berth pull exited)\n' "$(( (${EPOCHREALTIME/./} - t0) / 1000 ))" >>"$out/timeline-$image.txt"
+    sleep 0.5 # the registry logs a request once it is done
+    {
+        echo
+        echo "blobs as the registry served them (ms since the start; layer N of the manifest):"
+        registry_requests "$mark" "$image" "$t0" | while read -r from to digest; do
+            printf '%6d–%d ms  %s %s\n' "$from" "$to" \
+                "$(jq -r --arg d "$digest" 'if .config.digest == $d then "config" else (.layers | map(.digest) | index($d) | "layer \(. + 1)") end' "$work/$image.manifest.json")" "$digest"
+        done
+    } >>"$out/timeline-$image.txt"
     clear_ns berthd imb-timeline
 }
 if has_section 1; then
@@ -597,7 +629,7 @@ snap_results=$out/snapshots.jsonl
 run_results=$out/run.jsonl
 : >"$snap_results"
 : >"$run_results"
-if has_section 2 || has_section 3; then
+if has_section 2 || has_section 3 || has_section 4; then
     for target in berthd containerd; do
         ctr -a "${sock[$target]}" -n "$run_ns" images pull --plain-http "${ref[busybox]}" >/dev/null
         ctr -a "${sock[$target]}" -n "$run_ns" snapshots ls | awk 'NR > 1 {print $1}' | grep -qxF "$chain" ||
@@ -626,10 +658,30 @@ run_step() {
         ctr -a "$s" -n "$run_ns" run --rm --fifo-dir "$work/fifo" --rootfs "$rootfs" "rootfs-r$round-{i}" /bin/true \
         | tee -a "$run_results" | jq -c '{target, phase, p50_us, p95_us}' >&2
 }
+# 4. ctr run in three commands: create the container, run its task (create, start, exit, delete),
+# remove the container; with the image and with --rootfs.
+parts_results=$out/run-parts.jsonl
+: >"$parts_results"
+parts_step() {
+    local target=$1 s=${sock[$1]} i what
+    local -a src cmd=(ctr -a "$s" -n "$run_ns")
+    for what in image rootfs; do
+        if [[ $what == image ]]; then src=("${ref[busybox]}"); else src=(--rootfs "$rootfs"); fi
+        log "round $round: $target, ctr run in three commands, $what, $runs_per_round each"
+        for i in $(seq 0 $((runs_per_round - 1))) warm-0 warm-1 warm-2; do echo "$run_ns/$what-r$round-$i"; done >>"$ids_file"
+        "$bin/berth-bench" exec --samples --label "$target" --phase "$what: ctr containers create" --runs "$runs_per_round" -- \
+            "${cmd[@]}" containers create "${src[@]}" "$what-r$round-{i}" /bin/true | tee -a "$parts_results" | jq -c '{target, phase, p50_us, p95_us}' >&2
+        "$bin/berth-bench" exec --samples --label "$target" --phase "$what: ctr tasks start" --runs "$runs_per_round" -- \
+            "${cmd[@]}" tasks start --fifo-dir "$work/fifo" "$what-r$round-{i}" | tee -a "$parts_results" | jq -c '{target, phase, p50_us, p95_us}' >&2
+        "$bin/berth-bench" exec --samples --label "$target" --phase "$what: ctr containers rm" --runs "$runs_per_round" -- \
+            "${cmd[@]}" containers rm "$what-r$round-{i}" | tee -a "$parts_results" | jq -c '{target, phase, p50_us, p95_us}' >&2
+    done
+}
 for round in $(seq "$rounds"); do
     for target in berthd containerd; do
         has_section 2 && step snap_step "$target"
         has_section 3 && step run_step "$target"
+        has_section 4 && step parts_step "$target"
     done
 done
 
@@ -655,7 +707,7 @@ jq -c 'select(.target == "containerd" and (.phase | test(", ctr images pull$|, c
     echo "- images: busybox, ${image_layers[busybox]} layer, ${image_bytes[busybox]} bytes of blobs; big, ${image_layers[big]} layers of $big_layer_mb MiB of random data, ${image_bytes[big]} bytes of blobs (gzip, as umoci writes them), from docker-registry on $registry"
     echo "- other load: each step started on idle CPUs; other processes then used at most ${worst_other}% of the CPUs during a step (worst: ${worst_step}); per step in others.txt"
     echo "- rounds: $rounds, tools interleaved in each round; medians and p95 over all rounds' samples, the range of the rounds' medians in parentheses"
-    if has_section 1; then
+    if has_section 1 && (( pulls > 0 )); then
         short=0
         for image in "${images[@]}"; do
             short=$(( short + $(jq -s --arg i "$image: " --argjson n "${image_blobs[$image]}" --argjson b "${image_bytes[$image]}" \
@@ -690,12 +742,20 @@ jq -c 'select(.target == "containerd" and (.phase | test(", ctr images pull$|, c
         echo
         "$bin/berth-bench" pool --target berthd --base containerd "$snap_results" "$run_results"
     fi
-    echo
-    echo "### Goals"
-    echo
-    echo "| goal | figure | verdict |"
-    echo "|---|---|---|"
-    if has_section 1; then
+    if has_section 4; then
+        echo
+        echo "### ctr run in three commands: containers create, tasks start, containers rm ($runs_per_round runs per round after 3 warm-ups)"
+        echo
+        "$bin/berth-bench" pool --target berthd --base containerd "$parts_results"
+    fi
+    if { has_section 1 && (( pulls > 0 )); } || has_section 3; then
+        echo
+        echo "### Goals"
+        echo
+        echo "| goal | figure | verdict |"
+        echo "|---|---|---|"
+    fi
+    if has_section 1 && (( pulls > 0 )); then
         for image in "${images[@]}"; do
             for tt in "berth pull ctr pull berth pull vs containerd's ctr images pull" \
                 "berth pull ctr debug berth pull vs containerd's ctr --debug images pull" \
