@@ -152,6 +152,7 @@ pub async fn run_until(
         let _ = stopping_tx.send(());
     };
     let server = tonic::transport::Server::builder()
+        .layer(crate::services::rpclog::RpcLogLayer)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), graceful);
     let timeout = Duration::from_secs(config.shutdown_timeout_secs);

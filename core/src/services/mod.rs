@@ -13,6 +13,7 @@ pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
+pub mod rpclog;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod status;
