@@ -719,7 +719,7 @@ jq -c 'select(.target == "containerd" and (.phase | test(", ctr images pull$|, c
         echo
         "$bin/berth-bench" pool --target berthd --base containerd "$pull_results" "$work/pulls-vs.jsonl"
         echo
-        echo "Rows \"berth pull\" compare berthd's own puller with containerd's \`ctr images pull\` (\`ctr content fetch\` for fetch only)."
+        echo "Rows \"berth pull\" compare berthd's own puller with containerd's \`ctr images pull\` (\`ctr --debug content fetch\` for fetch only)."
         if [[ $fetch_only == 1 ]]; then
             echo
             echo "| image | unpack: pull + unpack − fetch only (medians) | containerd, ctr --debug | berthd, ctr --debug | berthd, berth pull |"
