@@ -427,3 +427,48 @@ fn on_a_terminal_progress_is_bars_redrawn_in_place() {
     assert!(text.lines().any(|l| l.contains("layer-sha256:") && l.contains("unpacked") && l.contains("MB")), "{text}");
     assert!(text.contains(&format!("{reference} sha256:")), "{text}");
 }
+
+#[test]
+fn layers_are_fetched_in_layer_order() {
+    if !requires_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut builder = ImageBuilder::on(images_fixture::busybox(), dir.path().join("layers"));
+    for i in 0..4 {
+        builder.file(&format!("/layer{i}"), format!("{i}\n"));
+    }
+    let layout = builder.build();
+    let registry = Registry::start();
+    registry.push(&layout, "layers:1");
+    // One download at a time: the order the registry serves them is the order they were asked for.
+    let daemon = Daemon::start_with("[plugins.\"service.pull\"]\nmax_concurrent_downloads = 1\n");
+    let before = registry.log_text().len();
+    daemon.berth_ok(&["pull", &registry.reference("layers:1")]);
+    let log = registry.log_text();
+    let layers: Vec<String> = layout.manifest()["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect();
+    let fetched: Vec<&String> = log[before..]
+        .lines()
+        .filter(|l| l.contains("GET /v2/layers/blobs/"))
+        .filter_map(|l| layers.iter().find(|d| l.contains(d.as_str())))
+        .collect();
+    assert_eq!(fetched, layers.iter().collect::<Vec<_>>(), "blob requests out of layer order:\n{log}");
+    let fifo = daemon.fifo_dir();
+    let out = daemon.ctr_ok(&[
+        "run",
+        "--rm",
+        "--fifo-dir",
+        fifo.to_str().unwrap(),
+        &registry.reference("layers:1"),
+        "l1",
+        "cat",
+        "/layer0",
+        "/layer3",
+    ]);
+    assert_eq!(out, "0\n3\n");
+}

@@ -412,29 +412,52 @@ impl Puller {
             )));
         }
 
-        // Layers: all downloads start now (as many at a time as configured); unpacking takes
-        // them in order as they land.
+        // Layers: downloads start in layer order, as many at a time as configured (a download
+        // gives its place up once its bytes are in, before the blob's fsync); unpacking takes
+        // them in order as they land, so the first layers are wanted first.
         let permits = Arc::new(Semaphore::new(self.config.max_concurrent_downloads.max(1)));
-        let mut downloads = Vec::new();
+        let running = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut landed = Vec::new();
+        let mut jobs = Vec::new();
         for layer in &manifest.layers {
             let item = progress.add(&format!("layer-{}", layer.digest), layer.size.max(0) as u64);
-            let (this, remote, layer, permits) = (self.clone(), remote.clone(), layer.clone(), permits.clone());
-            let (ns, lease, progress) = (ns.to_owned(), lease.to_owned(), progress.clone());
-            downloads.push((
-                item,
-                tokio::spawn(async move {
-                    let _permit = permits.acquire_owned().await;
-                    this.fetch_blob(&ns, &remote, &lease, &progress, item, &layer, BTreeMap::new()).await
-                }),
-            ));
+            let (done, landing) = tokio::sync::oneshot::channel::<Result<()>>();
+            landed.push((item, landing));
+            jobs.push((item, layer.clone(), done));
         }
-        let aborts: Vec<_> = downloads.iter().map(|(_, h)| h.abort_handle()).collect();
-        let _abort_on_return = AbortAll(aborts);
+        let dispatcher = {
+            let (this, remote, running) = (self.clone(), remote.clone(), running.clone());
+            let (ns, lease, progress) = (ns.to_owned(), lease.to_owned(), progress.clone());
+            tokio::spawn(async move {
+                for (item, layer, done) in jobs {
+                    let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                    let (this, remote) = (this.clone(), remote.clone());
+                    let (ns, lease, progress) = (ns.clone(), lease.clone(), progress.clone());
+                    let download = tokio::spawn(async move {
+                        let result = this.fetch_blob(
+                            &ns,
+                            &remote,
+                            &lease,
+                            &progress,
+                            item,
+                            &layer,
+                            BTreeMap::new(),
+                            Some(permit),
+                        );
+                        let _ = done.send(result.await);
+                    });
+                    running.lock().unwrap_or_else(|e| e.into_inner()).push(download.abort_handle());
+                }
+            })
+        };
+        let _abort_on_return = AbortAll { dispatcher: dispatcher.abort_handle(), running };
 
         let mut parent: Option<String> = None;
-        for (i, (item, handle)) in downloads.into_iter().enumerate() {
+        for (i, (item, landing)) in landed.into_iter().enumerate() {
             let layer = &manifest.layers[i];
-            handle.await.map_err(|e| Error::Internal(format!("downloading layer {}: {e}", layer.digest)))??;
+            landing
+                .await
+                .map_err(|_| Error::Internal(format!("downloading layer {}: the task ended", layer.digest)))??;
             if options.skip_unpack {
                 continue;
             }
@@ -503,7 +526,7 @@ impl Puller {
             )));
         }
         let item = progress.add(&format!("{kind}-{}", desc.digest), desc.size as u64);
-        self.fetch_blob(ns, remote, lease, progress, item, desc, BTreeMap::new()).await?;
+        self.fetch_blob(ns, remote, lease, progress, item, desc, BTreeMap::new(), None).await?;
         let digest = Digest::parse(&desc.digest).map_err(Error::from)?;
         let (_, file) = self.content.open(ns, &digest)?;
         let bytes = tokio::task::spawn_blocking(move || {
@@ -529,6 +552,7 @@ impl Puller {
         item: Item,
         desc: &Desc,
         mut labels: BTreeMap<String, String>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<()> {
         let digest = Digest::parse(&desc.digest).map_err(|e| Error::from(e).context("a manifest descriptor"))?;
         let size = u64::try_from(desc.size)
@@ -580,6 +604,8 @@ impl Puller {
                 Err(e) => return Err(e),
             }
         }
+        // The bytes are in: the next download may start while this blob is synced and committed.
+        drop(permit);
         match writer.commit(size, Some(digest), labels).await {
             Ok(_) => {}
             Err(e) => {
@@ -782,12 +808,16 @@ impl Drop for LeaseGuard {
     }
 }
 
-/// Aborts the downloads still running when the pull returns early.
-struct AbortAll(Vec<tokio::task::AbortHandle>);
+/// Aborts the downloads still running (and those not started) when the pull returns early.
+struct AbortAll {
+    dispatcher: tokio::task::AbortHandle,
+    running: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
 
 impl Drop for AbortAll {
     fn drop(&mut self) {
-        for handle in &self.0 {
+        self.dispatcher.abort();
+        for handle in self.running.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             handle.abort();
         }
     }
