@@ -418,17 +418,31 @@ pub struct Registry {
 impl Registry {
     /// A registry that anyone may pull from and push to.
     pub fn start() -> Registry {
-        Self::launch(None)
+        Self::launch(None, None)
     }
 
     /// A registry that needs `user` and `password` (bcrypt htpasswd file) for everything.
     pub fn with_auth(user: &str, password: &str) -> Registry {
-        Self::launch(Some((user.to_string(), password.to_string())))
+        Self::launch(Some((user.to_string(), password.to_string())), None)
     }
 
-    fn launch(creds: Option<(String, String)>) -> Registry {
+    /// A registry that takes only bearer tokens of `tokens` (Distribution's token auth: a 401 with
+    /// a Bearer challenge naming the token service, which hands out tokens for the basic
+    /// credentials it was made with).
+    pub fn with_token_auth(tokens: &TokenServer) -> Registry {
+        let creds = Some((tokens.user.clone(), tokens.password.clone()));
+        let auth = format!(
+            "auth:\n  token:\n    realm: http://{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+            tokens.addr,
+            tokens.cert.display()
+        );
+        Self::launch(creds, Some(auth))
+    }
+
+    fn launch(creds: Option<(String, String)>, token_auth: Option<String>) -> Registry {
         let dir = tempfile::Builder::new().prefix("berth-registry").tempdir_in("/tmp").expect("tempdir");
         let auth = match &creds {
+            _ if token_auth.is_some() => token_auth.unwrap_or_default(),
             None => String::new(),
             Some((user, password)) => {
                 let out = Command::new("htpasswd")
@@ -523,6 +537,140 @@ impl Drop for Registry {
 }
 
 /// The status code of `GET path` on `addr`, or None when nothing answers.
+const TOKEN_SERVICE: &str = "berth-test";
+const TOKEN_ISSUER: &str = "berth-test-issuer";
+
+/// A registry token service (Distribution's token auth, as Docker Hub's auth.docker.io is) on
+/// 127.0.0.1: `GET /token?service=..&scope=repository:NAME:pull,push` with the basic credentials
+/// it was made with answers `{"token": JWT}`, an RS256 JWT signed with a key whose self-signed
+/// certificate the registry trusts (`x5c` header), granting the scope's actions on NAME. Wrong
+/// or missing credentials get a 401. Counts the tokens it issued.
+pub struct TokenServer {
+    pub addr: String,
+    pub user: String,
+    pub password: String,
+    cert: PathBuf,
+    issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _dir: tempfile::TempDir,
+}
+
+impl TokenServer {
+    pub fn start(user: &str, password: &str) -> TokenServer {
+        let dir = tempfile::Builder::new().prefix("berth-tokens").tempdir_in("/tmp").expect("tempdir");
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=berth-test-tokens"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("running openssl");
+        assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+        let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&cert).output().unwrap();
+        assert!(der.status.success());
+        let x5c = base64_std(&der.stdout);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let expected = format!("Basic {}", base64_std(format!("{user}:{password}").as_bytes()));
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = issued.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let request = String::from_utf8_lossy(&request).into_owned();
+                let authorized = request
+                    .lines()
+                    .any(|l| l.to_ascii_lowercase().starts_with("authorization:") && l[14..].trim() == expected);
+                let scope = request
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|target| target.split_once('?'))
+                    .and_then(|(_, query)| query.split('&').find_map(|kv| kv.strip_prefix("scope=")))
+                    .map(|s| s.replace("%3A", ":").replace("%2C", ",").replace("%2F", "/"));
+                let response = match (authorized, scope) {
+                    (true, Some(scope)) => {
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let token = sign_token(&key, &x5c, &scope);
+                        let body = format!("{{\"token\":\"{token}\",\"access_token\":\"{token}\",\"expires_in\":300}}");
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
+                    _ => "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+                };
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        TokenServer { addr, user: user.into(), password: password.into(), cert, issued, _dir: dir }
+    }
+
+    /// How many tokens it has handed out.
+    pub fn issued(&self) -> usize {
+        self.issued.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// An RS256 JWT for `scope` (`repository:NAME:ACTIONS`), signed by openssl with `key`.
+fn sign_token(key: &Path, x5c: &str, scope: &str) -> String {
+    let mut parts = scope.splitn(3, ':');
+    let (kind, name, actions) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": "berth", "aud": TOKEN_SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now,
+        "jti": format!("{now}-{}", std::process::id()),
+        "access": [{"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}],
+    });
+    let signing_input = format!(
+        "{}.{}",
+        base64_url(&serde_json::to_vec(&header).unwrap()),
+        base64_url(&serde_json::to_vec(&claims).unwrap())
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(signing_input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl dgst -sign");
+    format!("{signing_input}.{}", base64_url(&out.stdout))
+}
+
+/// Standard base64 with padding (HTTP basic credentials, JWT certificates).
+pub fn base64_std(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn base64_url(data: &[u8]) -> String {
+    base64_std(data).trim_end_matches('=').replace('+', "-").replace('/', "_")
+}
+
 fn http_status(addr: &str, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

@@ -472,3 +472,60 @@ fn layers_are_fetched_in_layer_order() {
     ]);
     assert_eq!(out, "0\n3\n");
 }
+
+/// A token from `tokens` for `scope`, asked for as a client of the token service would.
+fn token_for(tokens: &images_fixture::TokenServer, scope: &str) -> String {
+    use std::io::BufRead;
+    let mut stream = TcpStream::connect(&tokens.addr).unwrap();
+    let basic = images_fixture::base64_std(format!("{}:{}", tokens.user, tokens.password).as_bytes());
+    write!(stream, "GET /token?service=berth-test&scope={scope} HTTP/1.0\r\nAuthorization: Basic {basic}\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 {
+        if line == "\r\n" {
+            break;
+        }
+        line.clear();
+    }
+    reader.read_to_string(&mut body).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    json["token"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn bearer_tokens_from_the_registrys_token_service() {
+    if !requires_root() {
+        return;
+    }
+    let tokens = images_fixture::TokenServer::start("berth", "t0ken");
+    let registry = Registry::with_token_auth(&tokens);
+    registry.push(images_fixture::busybox(), "busybox:latest");
+    let daemon = Daemon::start();
+    let reference = registry.reference("busybox:latest");
+
+    // No credentials, or wrong ones: the token service refuses, and the pull says so.
+    for (args, what) in [
+        (vec!["pull", reference.as_str()], "no credentials"),
+        (vec!["pull", "--user", "berth:wrong", reference.as_str()], "a wrong password"),
+    ] {
+        let e = fails(daemon.berth(&args), what);
+        assert!(e.contains(&registry.addr) && (e.contains("credentials") || e.contains("authenticat")), "{what}: {e}");
+    }
+    assert!(images(&daemon).is_empty());
+
+    // Basic credentials: oci-client follows the Bearer challenge to the token service.
+    let issued = tokens.issued();
+    daemon.berth_ok(&["pull", "--user", "berth:t0ken", &reference]);
+    assert!(tokens.issued() > issued, "no token was asked for");
+    assert_eq!(run_echo(&daemon, &reference, "bearer1"), "pulled\n0\n");
+
+    // A bearer token handed over as is (`--token`), into a fresh daemon.
+    let daemon = Daemon::start();
+    let token = token_for(&tokens, "repository:busybox:pull");
+    daemon.berth_ok(&["pull", "--token", &token, &reference]);
+    assert_eq!(run_echo(&daemon, &reference, "bearer2"), "pulled\n0\n");
+    let e = fails(daemon.berth(&["pull", "--token", "not-a-token", &reference]), "a bad token");
+    assert!(e.contains(&registry.addr), "{e}");
+}
