@@ -20,6 +20,7 @@ pub mod events;
 pub mod filters;
 pub mod gc;
 pub mod ident;
+pub mod monitor;
 pub mod mount;
 pub mod plugin;
 pub mod registry;
