@@ -58,6 +58,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     registry.register(berth_plugin_snapshot_overlayfs::registration())?;
     registry.register(berth_plugin_snapshot_native::registration())?;
     registry.register(berth_plugin_pull::registration())?;
+    registry.register(berth_plugin_linux::monitor::registration())?;
     match args.command {
         Some(Command::Config { command: ConfigCommand::Default }) => {
             print!("{DEFAULT_CONFIG}");

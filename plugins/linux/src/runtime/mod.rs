@@ -7,7 +7,7 @@
 //! with the exit status the reaper wrote (or 255 when it died first), until it is deleted.
 
 mod client;
-mod metrics;
+pub(crate) mod metrics;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -151,7 +151,7 @@ impl LinuxRuntime {
         LinuxRuntime {
             inner: Arc::new(Inner {
                 tasks_dir: state.join("tasks"),
-                oci_dir: state.join("oci"),
+                oci_dir: oci_dir(&state),
                 reaper,
                 create_timeout: Duration::from_secs(config.create_timeout_secs.max(1)),
                 tasks: Mutex::new(HashMap::new()),
@@ -361,6 +361,12 @@ impl LinuxRuntime {
             ))),
         }
     }
+}
+
+/// Where the runtime whose state directory is `state` keeps its containers' runtime state (one directory per
+/// namespace); `monitor.cgroups` finds tasks' cgroups there.
+pub(crate) fn oci_dir(state: &Path) -> PathBuf {
+    state.join("oci")
 }
 
 fn read_dirs(dir: &Path) -> Vec<PathBuf> {
