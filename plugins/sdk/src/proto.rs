@@ -1,0 +1,643 @@
+//! The messages that cross the ABI, as prost structs written out here so the SDK needs neither protoc nor
+//! berth's generated API. Each is wire-identical to its .proto definition in berth's `proto/` folder (field
+//! numbers and types), which berth's tests check:
+//!
+//! * [`InitRequest`] and [`PluginError`] as in `proto/berth/plugin/v1/plugin.proto`;
+//! * [`snapshots`] as containerd's `proto/containerd/services/snapshots/v1/snapshots.proto`, and [`Mount`] as
+//!   `proto/containerd/types/mount.proto`;
+//! * [`runtime`] as `proto/berth/plugin/runtime/v1/runtime.proto`.
+
+use std::collections::HashMap;
+
+pub use prost::Message;
+pub use prost_types::{Any, FieldMask, Timestamp};
+
+/// What the host hands [`crate::abi::CreateFn`] (`berth.plugin.v1.InitRequest`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InitRequest {
+    /// The plugin id, `kind.name`.
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// The plugin's `config` table from berthd's config file, as JSON (an object, `{}` without one).
+    #[prost(bytes = "vec", tag = "2")]
+    pub config_json: Vec<u8>,
+    /// A persistent directory for the plugin (`<root>/<kind>.<name>`), not created.
+    #[prost(string, tag = "3")]
+    pub root_dir: String,
+    /// A directory for runtime state, gone after a reboot (`<state>/<kind>.<name>`), not created.
+    #[prost(string, tag = "4")]
+    pub state_dir: String,
+    /// The host's ABI minor version.
+    #[prost(uint32, tag = "5")]
+    pub host_abi_minor: u32,
+}
+
+/// Why a call failed (`berth.plugin.v1.PluginError`), in the buffer of a call that returned an error code.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PluginError {
+    /// The code the call returned.
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    /// What went wrong, lowercase, without a trailing period. For NotFound and AlreadyExists: what is missing
+    /// or taken (`snapshot key`: a key for snapshots, `task "id"` for runtimes).
+    #[prost(string, tag = "2")]
+    pub message: String,
+    /// For a config error at init: the path of the offending key inside the plugin's `config` table, which
+    /// berthd turns into a file, line and column.
+    #[prost(string, repeated, tag = "3")]
+    pub config_path: Vec<String>,
+}
+
+/// A filesystem mount (`containerd.types.Mount`).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Mount {
+    /// Filesystem type: `bind`, `overlay`...
+    #[prost(string, tag = "1")]
+    pub r#type: String,
+    /// What is mounted.
+    #[prost(string, tag = "2")]
+    pub source: String,
+    /// Where, relative to the root it goes into; empty for the root itself.
+    #[prost(string, tag = "3")]
+    pub target: String,
+    /// `mount -o` options.
+    #[prost(string, repeated, tag = "4")]
+    pub options: Vec<String>,
+}
+
+/// containerd's snapshots service messages (`containerd.services.snapshots.v1`); the `snapshotter` field of
+/// each request holds the plugin's name.
+pub mod snapshots {
+    use super::*;
+
+    /// Snapshot kinds.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum Kind {
+        /// Not set.
+        Unknown = 0,
+        /// Read-only, made by view.
+        View = 1,
+        /// Writable, made by prepare.
+        Active = 2,
+        /// Immutable, made by commit.
+        Committed = 3,
+    }
+
+    /// What is known of one snapshot.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Info {
+        /// Key (active, view) or name (committed).
+        #[prost(string, tag = "1")]
+        pub name: String,
+        /// The committed parent, empty without one.
+        #[prost(string, tag = "2")]
+        pub parent: String,
+        /// Its [`Kind`].
+        #[prost(enumeration = "Kind", tag = "3")]
+        pub kind: i32,
+        /// When it was made (committed: when committed).
+        #[prost(message, optional, tag = "4")]
+        pub created_at: Option<Timestamp>,
+        /// When it last changed.
+        #[prost(message, optional, tag = "5")]
+        pub updated_at: Option<Timestamp>,
+        /// Labels.
+        #[prost(map = "string, string", tag = "6")]
+        pub labels: HashMap<String, String>,
+    }
+
+    /// Prepare: a new active snapshot.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PrepareSnapshotRequest {
+        /// The plugin's name.
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        /// The new key.
+        #[prost(string, tag = "2")]
+        pub key: String,
+        /// Its committed parent, empty for none.
+        #[prost(string, tag = "3")]
+        pub parent: String,
+        /// Its labels.
+        #[prost(map = "string, string", tag = "4")]
+        pub labels: HashMap<String, String>,
+    }
+
+    /// Its mounts.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PrepareSnapshotResponse {
+        /// Mounts, in order.
+        #[prost(message, repeated, tag = "1")]
+        pub mounts: Vec<Mount>,
+    }
+
+    /// View: a new read-only snapshot.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ViewSnapshotRequest {
+        /// The plugin's name.
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        /// The new key.
+        #[prost(string, tag = "2")]
+        pub key: String,
+        /// Its committed parent, empty for none.
+        #[prost(string, tag = "3")]
+        pub parent: String,
+        /// Its labels.
+        #[prost(map = "string, string", tag = "4")]
+        pub labels: HashMap<String, String>,
+    }
+
+    /// Its mounts.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ViewSnapshotResponse {
+        /// Mounts, in order.
+        #[prost(message, repeated, tag = "1")]
+        pub mounts: Vec<Mount>,
+    }
+
+    /// The mounts of an active snapshot or view.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct MountsRequest {
+        /// The plugin's name.
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        /// The key.
+        #[prost(string, tag = "2")]
+        pub key: String,
+    }
+
+    /// The mounts.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct MountsResponse {
+        /// Mounts, in order.
+        #[prost(message, repeated, tag = "1")]
+        pub mounts: Vec<Mount>,
+    }
+
+    /// Remove a snapshot.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RemoveSnapshotRequest {
+        /// The plugin's name.
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        /// The key.
+        #[prost(string, tag = "2")]
+        pub key: String,
+    }
+
+    /// Commit an active snapshot under a name.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CommitSnapshotRequest {
+        /// The plugin's name.
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        /// The committed name.
+        #[prost(string, tag = "2")]
+        pub name: String,
+        /// The active key.
+        #[prost(string, tag = "3")]
+        pub key: String,
+        /// The committed snapshot's labels.
+        #[prost(map = "string, string", tag = "4")]
+        pub labels: HashMap<String, String>,
+    }
+
+    /// Stat a snapshot.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StatSnapshotRequest {
+        /// The plugin's name.
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        /// The key.
+        #[prost(string, tag = "2")]
+        pub key: String,
+    }
+
+    /// Its info.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StatSnapshotResponse {
+        /// Info.
+        #[prost(message, optional, tag = "1")]
+        pub info: Option<Info>,
+    }
+
+    /// Change labels: `info.name` names the snapshot; `update_mask` paths as containerd's
+    /// (`labels`, `labels.KEY`; none: replace the labels).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct UpdateSnapshotRequest {
+        /// The plugin's name.
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        /// The snapshot and its new labels.
+        #[prost(message, optional, tag = "2")]
+        pub info: Option<Info>,
+        /// What to change.
+        #[prost(message, optional, tag = "3")]
+        pub update_mask: Option<FieldMask>,
+    }
+
+    /// The info after the change.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct UpdateSnapshotResponse {
+        /// Info.
+        #[prost(message, optional, tag = "1")]
+        pub info: Option<Info>,
+    }
+
+    /// List snapshots. berthd sends no filters and applies its own to what comes back.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ListSnapshotsRequest {
+        /// The plugin's name.
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        /// containerd filters; berthd sends none.
+        #[prost(string, repeated, tag = "2")]
+        pub filters: Vec<String>,
+    }
+
+    /// Every snapshot, in one message.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ListSnapshotsResponse {
+        /// Infos.
+        #[prost(message, repeated, tag = "1")]
+        pub info: Vec<Info>,
+    }
+
+    /// Disk usage of a snapshot.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct UsageRequest {
+        /// The plugin's name.
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        /// The key.
+        #[prost(string, tag = "2")]
+        pub key: String,
+    }
+
+    /// Bytes and inodes.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct UsageResponse {
+        /// Bytes allocated.
+        #[prost(int64, tag = "1")]
+        pub size: i64,
+        /// Inodes, the root included.
+        #[prost(int64, tag = "2")]
+        pub inodes: i64,
+    }
+
+    /// Remove what no snapshot owns.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CleanupRequest {
+        /// The plugin's name.
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+    }
+}
+
+/// The runtime kind's messages (`berth.plugin.runtime.v1`). Every request names the namespace and the task
+/// (container) id; `exec_id` is empty for the task's init process.
+pub mod runtime {
+    use super::*;
+
+    /// A process's standard streams: FIFO paths the client made, empty when not connected.
+    #[derive(Clone, PartialEq, Eq, prost::Message)]
+    pub struct Io {
+        /// Read by the process.
+        #[prost(string, tag = "1")]
+        pub stdin: String,
+        /// Written by the process.
+        #[prost(string, tag = "2")]
+        pub stdout: String,
+        /// Written by the process (unused with a terminal).
+        #[prost(string, tag = "3")]
+        pub stderr: String,
+        /// Run on a pseudo-terminal.
+        #[prost(bool, tag = "4")]
+        pub terminal: bool,
+    }
+
+    /// Process states (the numbers of containerd's `containerd.v1.types.Status`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum Status {
+        /// Not known.
+        Unknown = 0,
+        /// Created, not started.
+        Created = 1,
+        /// Running.
+        Running = 2,
+        /// Exited.
+        Stopped = 3,
+        /// Frozen.
+        Paused = 4,
+        /// Being frozen.
+        Pausing = 5,
+    }
+
+    /// Create a task; its init process is created, not started.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CreateRequest {
+        /// Namespace.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Task id.
+        #[prost(string, tag = "2")]
+        pub id: String,
+        /// The OCI runtime spec (JSON in `value`).
+        #[prost(message, optional, tag = "3")]
+        pub spec: Option<Any>,
+        /// Mounts making up the root filesystem, in order; empty when the spec's root path is used as it is.
+        #[prost(message, repeated, tag = "4")]
+        pub rootfs: Vec<Mount>,
+        /// The init's streams.
+        #[prost(message, optional, tag = "5")]
+        pub io: Option<Io>,
+        /// Restore from this checkpoint directory; empty: start fresh.
+        #[prost(string, tag = "6")]
+        pub checkpoint: String,
+        /// Runtime options of the container record.
+        #[prost(message, optional, tag = "7")]
+        pub runtime_options: Option<Any>,
+        /// Options of the create request.
+        #[prost(message, optional, tag = "8")]
+        pub task_options: Option<Any>,
+    }
+
+    /// The created init.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CreateResponse {
+        /// Its host pid, 0 while it has none.
+        #[prost(uint32, tag = "1")]
+        pub pid: u32,
+    }
+
+    /// Names a process: init with an empty `exec_id`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ProcessRequest {
+        /// Namespace.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Task id.
+        #[prost(string, tag = "2")]
+        pub id: String,
+        /// Exec id, empty for init.
+        #[prost(string, tag = "3")]
+        pub exec_id: String,
+    }
+
+    /// Names a task.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TaskRequest {
+        /// Namespace.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Task id.
+        #[prost(string, tag = "2")]
+        pub id: String,
+    }
+
+    /// The started process.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StartResponse {
+        /// Its host pid.
+        #[prost(uint32, tag = "1")]
+        pub pid: u32,
+    }
+
+    /// How a process ended.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Exit {
+        /// Its pid.
+        #[prost(uint32, tag = "1")]
+        pub pid: u32,
+        /// Exit code, or 128 + signal.
+        #[prost(uint32, tag = "2")]
+        pub status: u32,
+        /// When.
+        #[prost(message, optional, tag = "3")]
+        pub exited_at: Option<Timestamp>,
+    }
+
+    /// A process's state.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StateResponse {
+        /// Its [`Status`].
+        #[prost(enumeration = "Status", tag = "1")]
+        pub status: i32,
+        /// Host pid, 0 while it has none.
+        #[prost(uint32, tag = "2")]
+        pub pid: u32,
+        /// Exit status once stopped.
+        #[prost(uint32, tag = "3")]
+        pub exit_status: u32,
+        /// Exit time once stopped.
+        #[prost(message, optional, tag = "4")]
+        pub exited_at: Option<Timestamp>,
+        /// Its streams.
+        #[prost(message, optional, tag = "5")]
+        pub io: Option<Io>,
+    }
+
+    /// Signal a process.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KillRequest {
+        /// Namespace.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Task id.
+        #[prost(string, tag = "2")]
+        pub id: String,
+        /// Exec id, empty for init.
+        #[prost(string, tag = "3")]
+        pub exec_id: String,
+        /// The signal number.
+        #[prost(uint32, tag = "4")]
+        pub signal: u32,
+        /// Every process of the task (init only).
+        #[prost(bool, tag = "5")]
+        pub all: bool,
+    }
+
+    /// Start a new process in a task (created, not started).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExecRequest {
+        /// Namespace.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Task id.
+        #[prost(string, tag = "2")]
+        pub id: String,
+        /// The new exec id.
+        #[prost(string, tag = "3")]
+        pub exec_id: String,
+        /// The OCI process spec (JSON in `value`).
+        #[prost(message, optional, tag = "4")]
+        pub spec: Option<Any>,
+        /// Its streams.
+        #[prost(message, optional, tag = "5")]
+        pub io: Option<Io>,
+    }
+
+    /// Resize a process's terminal.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResizePtyRequest {
+        /// Namespace.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Task id.
+        #[prost(string, tag = "2")]
+        pub id: String,
+        /// Exec id, empty for init.
+        #[prost(string, tag = "3")]
+        pub exec_id: String,
+        /// Columns.
+        #[prost(uint32, tag = "4")]
+        pub width: u32,
+        /// Rows.
+        #[prost(uint32, tag = "5")]
+        pub height: u32,
+    }
+
+    /// One process of a task.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ProcessInfo {
+        /// Host pid.
+        #[prost(uint32, tag = "1")]
+        pub pid: u32,
+        /// Its exec id when the runtime exec'd it.
+        #[prost(string, tag = "2")]
+        pub exec_id: String,
+    }
+
+    /// Every process of a task.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PidsResponse {
+        /// Processes.
+        #[prost(message, repeated, tag = "1")]
+        pub processes: Vec<ProcessInfo>,
+    }
+
+    /// Checkpoint a task.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CheckpointRequest {
+        /// Namespace.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Task id.
+        #[prost(string, tag = "2")]
+        pub id: String,
+        /// Directory to write to.
+        #[prost(string, tag = "3")]
+        pub path: String,
+        /// Options.
+        #[prost(message, optional, tag = "4")]
+        pub options: Option<Any>,
+    }
+
+    /// Change a running task's resources.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct UpdateRequest {
+        /// Namespace.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Task id.
+        #[prost(string, tag = "2")]
+        pub id: String,
+        /// The resources.
+        #[prost(message, optional, tag = "3")]
+        pub resources: Option<Any>,
+        /// Annotations.
+        #[prost(map = "string, string", tag = "4")]
+        pub annotations: HashMap<String, String>,
+    }
+
+    /// Resource usage.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StatsResponse {
+        /// A `containerd.cgroups` metrics message.
+        #[prost(message, optional, tag = "1")]
+        pub stats: Option<Any>,
+    }
+
+    /// List tasks.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ListRequest {
+        /// The namespace; ignored when `all_namespaces` is set.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Tasks of every namespace.
+        #[prost(bool, tag = "2")]
+        pub all_namespaces: bool,
+    }
+
+    /// A task's namespace and id.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TaskRef {
+        /// Namespace.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Task id.
+        #[prost(string, tag = "2")]
+        pub id: String,
+    }
+
+    /// The tasks.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ListResponse {
+        /// Tasks.
+        #[prost(message, repeated, tag = "1")]
+        pub tasks: Vec<TaskRef>,
+    }
+
+    /// A process exited.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExitEvent {
+        /// Namespace.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Task id.
+        #[prost(string, tag = "2")]
+        pub id: String,
+        /// Exec id, empty for init.
+        #[prost(string, tag = "3")]
+        pub exec_id: String,
+        /// How.
+        #[prost(message, optional, tag = "4")]
+        pub exit: Option<Exit>,
+    }
+
+    /// A process of a task was killed for going over its memory limit.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct OomEvent {
+        /// Namespace.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Task id.
+        #[prost(string, tag = "2")]
+        pub id: String,
+    }
+
+    /// Something the runtime noticed by itself, sent through [`crate::abi::HostApi::event`].
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Event {
+        /// What.
+        #[prost(oneof = "event::Kind", tags = "1, 2")]
+        pub kind: Option<event::Kind>,
+    }
+
+    /// The kinds of [`Event`].
+    pub mod event {
+        /// What happened.
+        #[derive(Clone, PartialEq, prost::Oneof)]
+        pub enum Kind {
+            /// An exit.
+            #[prost(message, tag = "1")]
+            Exit(super::ExitEvent),
+            /// An OOM kill.
+            #[prost(message, tag = "2")]
+            Oom(super::OomEvent),
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The snapshot kind: implement [`Snapshotter`] and export it with [`crate::export_snapshot!`].
+//!
+//! The rules are containerd's (and berth's conformance suite checks them through the native loader): keys are
+//! the backend's own (berthd maps namespaces onto them); active snapshots are writable and can be committed,
+//! views are read-only, committed snapshots are immutable and the only possible parents; the backend never
+//! mounts anything itself, it returns the mounts that show a snapshot's tree.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+
+use crate::abi::{Buffer, Bytes, MethodFn, snapshot_methods as m};
+use crate::error::{Error, Result};
+use crate::export;
+use crate::host::Init;
+use crate::proto::Mount;
+use crate::proto::snapshots::*;
+
+/// Labels of a snapshot.
+pub type Labels = HashMap<String, String>;
+
+/// A snapshot backend, on the model of berth's (and containerd's) `Snapshotter`. Every call is a whole
+/// operation and may block: berthd calls from a blocking thread, several at once.
+///
+/// Errors: [`Error::not_found`] and [`Error::already_exists`] with the key as message; FailedPrecondition
+/// for a snapshot in the wrong state (has children, not active, committed has no mounts); InvalidArgument for
+/// a wrong request (empty key, parent not committed, unknown update path).
+pub trait Snapshotter: Sized + Send + Sync + 'static {
+    /// The plugin's name: its table is `[plugins."snapshot.NAME"]` and clients pick it by this name.
+    const NAME: &'static str;
+
+    /// Makes the backend from its config and directories.
+    fn new(init: Init) -> Result<Self>;
+
+    /// What is known of snapshot `key`.
+    fn stat(&self, key: &str) -> Result<Info>;
+
+    /// Changes the labels of `info.name` as containerd does: no `fieldpaths` or `labels` replaces them all,
+    /// `labels.KEY` sets or removes one; any other path is InvalidArgument. Returns the new info.
+    fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info>;
+
+    /// Disk space of the snapshot's own files.
+    fn usage(&self, key: &str) -> Result<UsageResponse>;
+
+    /// The mounts of an active snapshot or a view.
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>>;
+
+    /// A new active snapshot `key` on committed `parent` (empty: none); returns its mounts.
+    fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>>;
+
+    /// A new read-only snapshot `key` on committed `parent` (empty: none); returns its mounts.
+    fn view(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>>;
+
+    /// Turns active snapshot `key` into committed snapshot `name`.
+    fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()>;
+
+    /// Removes snapshot `key`; FailedPrecondition while it has children.
+    fn remove(&self, key: &str) -> Result<()>;
+
+    /// Every snapshot (berthd filters them).
+    fn list(&self) -> Result<Vec<Info>>;
+
+    /// Removes files no snapshot owns (left by a crash).
+    fn cleanup(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn required(info: Option<Info>) -> Result<Info> {
+    info.ok_or_else(|| Error::invalid_argument("the request has no snapshot info"))
+}
+
+#[doc(hidden)]
+pub unsafe extern "C" fn __create<T: Snapshotter>(
+    request: Bytes,
+    host: *const crate::abi::HostApi,
+    instance: *mut *mut c_void,
+    error: *mut Buffer,
+) -> i32 {
+    // SAFETY: forwarded from the host's call.
+    unsafe { export::create(request, host, instance, error, T::new) }
+}
+
+macro_rules! method {
+    ($name:ident, $req:ty, |$this:ident, $r:ident| $body:expr) => {
+        unsafe extern "C" fn $name<T: Snapshotter>(i: *mut c_void, request: Bytes, response: *mut Buffer) -> i32 {
+            // SAFETY: forwarded from the host's call.
+            unsafe { export::call(i, request, response, |$this: &T, $r: $req| $body) }
+        }
+    };
+}
+
+method!(stat, StatSnapshotRequest, |t, r| Ok(StatSnapshotResponse { info: Some(t.stat(&r.key)?) }));
+method!(update, UpdateSnapshotRequest, |t, r| {
+    let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+    Ok(UpdateSnapshotResponse { info: Some(t.update(required(r.info)?, &paths)?) })
+});
+method!(usage, UsageRequest, |t, r| t.usage(&r.key));
+method!(mounts, MountsRequest, |t, r| Ok(MountsResponse { mounts: t.mounts(&r.key)? }));
+method!(prepare, PrepareSnapshotRequest, |t, r| Ok(PrepareSnapshotResponse {
+    mounts: t.prepare(&r.key, &r.parent, r.labels)?
+}));
+method!(view, ViewSnapshotRequest, |t, r| Ok(ViewSnapshotResponse { mounts: t.view(&r.key, &r.parent, r.labels)? }));
+method!(commit, CommitSnapshotRequest, |t, r| t.commit(&r.name, &r.key, r.labels));
+method!(remove, RemoveSnapshotRequest, |t, r| t.remove(&r.key));
+method!(list, ListSnapshotsRequest, |t, _r| Ok(ListSnapshotsResponse { info: t.list()? }));
+method!(cleanup, CleanupRequest, |t, _r| t.cleanup());
+
+/// The method table of `T`, by [`crate::abi::snapshot_methods`] index.
+#[doc(hidden)]
+pub const fn __methods<T: Snapshotter>() -> [Option<MethodFn>; m::COUNT] {
+    let mut table: [Option<MethodFn>; m::COUNT] = [None; m::COUNT];
+    table[m::STAT] = Some(stat::<T>);
+    table[m::UPDATE] = Some(update::<T>);
+    table[m::USAGE] = Some(usage::<T>);
+    table[m::MOUNTS] = Some(mounts::<T>);
+    table[m::PREPARE] = Some(prepare::<T>);
+    table[m::VIEW] = Some(view::<T>);
+    table[m::COMMIT] = Some(commit::<T>);
+    table[m::REMOVE] = Some(remove::<T>);
+    table[m::LIST] = Some(list::<T>);
+    table[m::CLEANUP] = Some(cleanup::<T>);
+    table
+}
+
+/// Exports a [`Snapshotter`] from a `cdylib`: defines the entry symbol `berth_plugin_entry`, the header
+/// (kind `snapshot`, the type's [`Snapshotter::NAME`], the crate's version) and the function table. Use it
+/// once per library, at the crate root.
+#[macro_export]
+macro_rules! export_snapshot {
+    ($ty:ty) => {
+        /// The berth plugin entry point.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn berth_plugin_entry() -> *const $crate::abi::Header {
+            static METHODS: [Option<$crate::abi::MethodFn>; $crate::abi::snapshot_methods::COUNT] =
+                $crate::snapshot::__methods::<$ty>();
+            static TABLE: $crate::abi::FunctionTable = $crate::abi::FunctionTable {
+                create: $crate::snapshot::__create::<$ty>,
+                destroy: $crate::__private::destroy::<$ty>,
+                method_count: $crate::abi::snapshot_methods::COUNT as u32,
+                methods: METHODS.as_ptr(),
+            };
+            static HEADER: $crate::abi::Header = $crate::abi::Header::new(
+                "snapshot",
+                <$ty as $crate::snapshot::Snapshotter>::NAME,
+                env!("CARGO_PKG_VERSION"),
+                &TABLE,
+            );
+            &HEADER
+        }
+    };
+}
