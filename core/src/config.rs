@@ -4,15 +4,22 @@
 //! Every problem is reported with the file, line, column and key it is about, so an operator can
 //! go straight to it: unknown keys, wrong types, bad values, and keys in a plugin's table that the
 //! plugin does not take.
+//!
+//! A plugin table with a `source` other than `builtin` describes a plugin from outside berthd
+//! ([`crate::external`]): its keys `source`, `path`, `required` and `config` are checked here, the rest by
+//! the source, and the `config` table by the plugin itself when it loads, whose errors are located in this
+//! file all the same ([`ConfigLocator`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::plugin::PluginId;
+use crate::external::ExternalPlugin;
+use crate::plugin::{PluginId, PluginKind};
 use crate::registry::Registry;
 
 /// The default configuration, compiled into berthd.
@@ -49,6 +56,9 @@ pub struct Config {
     /// One table per plugin, keyed by plugin id; validated by the plugin's own config type.
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
+    /// The plugin tables with a `source` other than `builtin`, checked; filled by [`Config::parse`].
+    #[serde(skip)]
+    pub external: BTreeMap<PluginId, ExternalPlugin>,
 }
 
 /// The gRPC endpoint.
@@ -116,7 +126,11 @@ struct Source<'a> {
     doc: toml_edit::Document<&'a str>,
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    fn new(file: &'a str, text: &'a str) -> Option<Self> {
+        Some(Source { file, text, doc: toml_edit::Document::parse(text).ok()? })
+    }
+
     fn error(&self, path: &[String], span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
         let span = span.or_else(|| self.span_of(path));
         let (line, column) = span.map(|s| line_column(self.text, s.start)).unwrap_or((0, 0));
@@ -222,7 +236,7 @@ impl Config {
         })?;
         let source = Source { file, text, doc };
         let deserializer = toml::Deserializer::parse(text).map_err(|e| source.error(&[], e.span(), e.message()))?;
-        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let mut path = segments(e.path());
             let message = e.inner().message().to_string();
             let span = if let Some(field) = unknown_field(&message) {
@@ -233,11 +247,15 @@ impl Config {
             };
             source.error(&path, span, message)
         })?;
-        config.check(&source, registry)?;
+        config.external = config.check(&source, registry)?;
         Ok(config)
     }
 
-    fn check(&self, source: &Source<'_>, registry: &Registry) -> Result<(), ConfigError> {
+    fn check(
+        &self,
+        source: &Source<'_>,
+        registry: &Registry,
+    ) -> Result<BTreeMap<PluginId, ExternalPlugin>, ConfigError> {
         let at = |path: &[&str], message: String| {
             source.error(&path.iter().map(|s| s.to_string()).collect::<Vec<_>>(), None, message)
         };
@@ -270,31 +288,46 @@ impl Config {
         if let Err(e) = tracing_filter_check(&self.log_level) {
             return Err(at(&["log_level"], e));
         }
-        for (list_name, list) in
-            [("disabled_plugins", &self.disabled_plugins), ("required_plugins", &self.required_plugins)]
-        {
-            for (i, entry) in list.iter().enumerate() {
-                let path = [list_name.to_string(), i.to_string()];
-                let id: PluginId = entry.parse().map_err(|e: String| source.error(&path[..1], None, e))?;
-                if registry.get(&id).is_none() {
-                    return Err(source.error(
-                        &path[..1],
-                        None,
-                        format!("no plugin {id} is registered (known: {})", known_ids(registry)),
-                    ));
-                }
-            }
-        }
+        let mut external = BTreeMap::new();
         for (name, table) in &self.plugins {
             let path = vec!["plugins".to_string(), name.clone()];
             let id: PluginId = name.parse().map_err(|e: String| source.error(&path, None, e))?;
-            let registration = registry.get(&id).ok_or_else(|| {
-                source.error(&path, None, format!("no plugin {id} is registered (known: {})", known_ids(registry)))
-            })?;
-            if !table.is_table() {
+            let Some(table) = table.as_table() else {
                 return Err(source.error(&path, None, format!("must be a table, got a {}", table.type_str())));
+            };
+            let at = |key: &str| [path.clone(), vec![key.to_string()]].concat();
+            let plugin_source = match table.get("source") {
+                None => None,
+                Some(toml::Value::String(s)) if s == "builtin" => None,
+                Some(toml::Value::String(s)) => Some(s.as_str()),
+                Some(other) => {
+                    return Err(source.error(
+                        &at("source"),
+                        None,
+                        format!("must be a string naming where the plugin comes from, got a {}", other.type_str()),
+                    ));
+                }
+            };
+            if let Some(name) = plugin_source {
+                let plugin = self.external_plugin(source, registry, &id, name, table, &path)?;
+                external.insert(id, plugin);
+                continue;
             }
-            (registration.parse_config)(table.clone()).map_err(|e| {
+            let registration = registry.get(&id).ok_or_else(|| {
+                let hint = if registry.sources().is_empty() {
+                    String::new()
+                } else {
+                    format!("; a plugin from outside berthd needs a source ({})", known_sources(registry))
+                };
+                source.error(
+                    &path,
+                    None,
+                    format!("no plugin {id} is registered (known: {}){hint}", known_ids(registry)),
+                )
+            })?;
+            let mut own = table.clone();
+            own.remove("source");
+            (registration.parse_config)(toml::Value::Table(own)).map_err(|e| {
                 let mut full = path.clone();
                 full.extend(segments(e.path()));
                 let message = e.inner().message().to_string();
@@ -304,8 +337,138 @@ impl Config {
                 source.error(&full, None, message)
             })?;
         }
-        Ok(())
+        for (list_name, list) in
+            [("disabled_plugins", &self.disabled_plugins), ("required_plugins", &self.required_plugins)]
+        {
+            for (i, entry) in list.iter().enumerate() {
+                let path = [list_name.to_string(), i.to_string()];
+                let id: PluginId = entry.parse().map_err(|e: String| source.error(&path[..1], None, e))?;
+                if registry.get(&id).is_none() && !external.contains_key(&id) {
+                    return Err(source.error(
+                        &path[..1],
+                        None,
+                        format!("no plugin {id} is registered (known: {})", known_ids(registry)),
+                    ));
+                }
+            }
+        }
+        Ok(external)
     }
+
+    /// Checks the table of a plugin from source `name` and keeps what loading it takes.
+    fn external_plugin(
+        &self,
+        source: &Source<'_>,
+        registry: &Registry,
+        id: &PluginId,
+        name: &str,
+        table: &toml::Table,
+        path: &[String],
+    ) -> Result<ExternalPlugin, ConfigError> {
+        let at = |key: &str| [path.to_vec(), vec![key.to_string()]].concat();
+        let plugin_source = registry.source(name).ok_or_else(|| {
+            source.error(
+                &at("source"),
+                None,
+                format!("unknown plugin source {name:?} (known: {})", known_sources(registry)),
+            )
+        })?;
+        if registry.get(id).is_some() {
+            return Err(source.error(
+                &at("source"),
+                None,
+                format!("plugin {id} is built into berthd; a {name} plugin needs a name of its own"),
+            ));
+        }
+        if !matches!(id.kind, PluginKind::Snapshot | PluginKind::Runtime | PluginKind::Monitor) {
+            return Err(source.error(
+                path,
+                None,
+                format!(
+                    "a {} plugin cannot come from outside berthd: only snapshot, runtime and monitor plugins can",
+                    id.kind
+                ),
+            ));
+        }
+        let plugin_path = match table.get("path") {
+            Some(toml::Value::String(p)) if Path::new(p).is_absolute() => PathBuf::from(p),
+            Some(toml::Value::String(p)) => {
+                return Err(source.error(&at("path"), None, format!("must be an absolute path, got {p:?}")));
+            }
+            Some(other) => {
+                return Err(source.error(&at("path"), None, format!("must be a string, got a {}", other.type_str())));
+            }
+            None => return Err(source.error(path, None, format!("a {name} plugin needs `path`, the file to load"))),
+        };
+        let required = match table.get("required") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(other) => {
+                return Err(source.error(
+                    &at("required"),
+                    None,
+                    format!("must be true or false, got a {}", other.type_str()),
+                ));
+            }
+        };
+        let config = match table.get("config") {
+            None => serde_json::Value::Object(Default::default()),
+            Some(value @ toml::Value::Table(_)) => crate::external::toml_to_json(value),
+            Some(other) => {
+                return Err(source.error(
+                    &at("config"),
+                    None,
+                    format!("must be a table (the plugin's own config), got a {}", other.type_str()),
+                ));
+            }
+        };
+        let mut options = table.clone();
+        for key in ["source", "path", "required", "config"] {
+            options.remove(key);
+        }
+        let options = (plugin_source.parse_options)(toml::Value::Table(options)).map_err(|e| {
+            let mut full = path.to_vec();
+            full.extend(segments(e.path()));
+            let message = e.inner().message().to_string();
+            if let Some(field) = unknown_field(&message) {
+                push_unknown(&mut full, field);
+            }
+            source.error(&full, None, message)
+        })?;
+        Ok(ExternalPlugin {
+            id: id.clone(),
+            source: name.to_string(),
+            path: plugin_path,
+            required,
+            config,
+            options,
+            locator: ConfigLocator { file: source.file.into(), text: source.text.into(), base: at("config") },
+        })
+    }
+}
+
+/// Locates keys of an external plugin's `config` table in the config file, for the errors the plugin reports
+/// when it loads (after the file was parsed).
+#[derive(Clone)]
+pub struct ConfigLocator {
+    file: String,
+    text: Arc<str>,
+    base: Vec<String>,
+}
+
+impl ConfigLocator {
+    /// A problem with key `path` below the plugin's `config` table.
+    pub fn error(&self, path: &[String], message: String) -> ConfigError {
+        let full = [self.base.clone(), path.to_vec()].concat();
+        match Source::new(&self.file, &self.text) {
+            Some(source) => source.error(&full, None, message),
+            None => ConfigError { file: self.file.clone(), line: 0, column: 0, key: key_path(&full), message },
+        }
+    }
+}
+
+fn known_sources(registry: &Registry) -> String {
+    std::iter::once("builtin").chain(registry.sources().iter().map(|s| s.name())).collect::<Vec<_>>().join(", ")
 }
 
 fn known_ids(registry: &Registry) -> String {

@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod diff;
 pub mod error;
 pub mod events;
+pub mod external;
 pub mod filters;
 pub mod gc;
 pub mod ident;

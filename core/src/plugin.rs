@@ -178,7 +178,7 @@ pub(crate) type ConfigParser = Arc<
         + Sync,
 >;
 
-type InitFn = Arc<dyn Fn(InitContext) -> BoxFuture<'static, Result<Instance, InitError>> + Send + Sync>;
+pub(crate) type InitFn = Arc<dyn Fn(InitContext) -> BoxFuture<'static, Result<Instance, InitError>> + Send + Sync>;
 
 /// Everything the registry needs to know about one plugin.
 #[derive(Clone)]
@@ -191,6 +191,7 @@ pub struct Registration {
     pub description: String,
     pub(crate) parse_config: ConfigParser,
     pub(crate) init: InitFn,
+    pub(crate) origin: crate::external::Origin,
 }
 
 impl Registration {
@@ -212,6 +213,7 @@ impl Registration {
                 Ok(Arc::new(config) as Arc<dyn Any + Send + Sync>)
             }),
             init: Arc::new(move |ctx| Box::pin(init(ctx))),
+            origin: crate::external::Origin::Builtin,
         }
     }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
+use crate::external::{ExternalPlugin, LoadContext, Origin, PluginSource, StatusHandle};
 use crate::plugin::{
     InitError, Instance, PluginDirs, PluginId, PluginKind, Registration, Requirement, SharedPluginTable,
 };
@@ -17,6 +18,9 @@ pub enum RegistryError {
     /// Two registrations share an id.
     #[error("plugin {0} is registered twice")]
     Duplicate(PluginId),
+    /// Two plugin sources share a name.
+    #[error("plugin source {0:?} is registered twice")]
+    DuplicateSource(String),
     /// Requirements form a cycle; the path is listed from and back to one plugin.
     #[error("plugin requirements form a cycle: {}", .0.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(" -> "))]
     Cycle(Vec<PluginId>),
@@ -54,6 +58,11 @@ pub struct PluginStatus {
     pub description: String,
     /// Where it stands.
     pub state: PluginState,
+    /// Built in, or which source loaded it from where.
+    pub origin: Origin,
+    /// The last error a call into it failed with inside the plugin (external plugins: a panic, an internal
+    /// failure), for introspection.
+    pub last_error: Option<String>,
 }
 
 /// The status of every registered plugin, in init order.
@@ -116,10 +125,11 @@ impl InitContext {
     }
 }
 
-/// Registered plugins, before start-up.
-#[derive(Default)]
+/// Registered plugins and plugin sources, before start-up.
+#[derive(Default, Clone)]
 pub struct Registry {
     registrations: Vec<Registration>,
+    sources: Vec<PluginSource>,
 }
 
 /// Plugins after start-up: the exported values of the loaded ones and the status of all.
@@ -143,6 +153,26 @@ impl Registry {
         }
         self.registrations.push(registration);
         Ok(())
+    }
+
+    /// Adds a source of plugins from outside berthd ([`crate::external`]): tables with
+    /// `source = "<its name>"` are loaded by it.
+    pub fn add_source(&mut self, source: PluginSource) -> Result<(), RegistryError> {
+        if self.sources.iter().any(|s| s.name == source.name) || source.name == "builtin" {
+            return Err(RegistryError::DuplicateSource(source.name));
+        }
+        self.sources.push(source);
+        Ok(())
+    }
+
+    /// The source named `name`, if registered.
+    pub fn source(&self, name: &str) -> Option<&PluginSource> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// Every registered source.
+    pub fn sources(&self) -> &[PluginSource] {
+        &self.sources
     }
 
     /// The registration of `id`, if any.
@@ -197,7 +227,18 @@ impl Registry {
     /// Starts every plugin in dependency order. A plugin that cannot run here is skipped with a
     /// logged reason; one that fails is recorded; start-up fails only when a plugin named in
     /// `required_plugins` did not load.
+    ///
+    /// The external plugins of the config ([`Config::external`]) are registered first, one registration
+    /// each whose init is its source's load.
     pub async fn start(&self, config: Arc<Config>) -> Result<Started, RegistryError> {
+        let mut all = self.clone();
+        for plugin in config.external.values() {
+            all.register(external_registration(plugin, self.source(&plugin.source)))?;
+        }
+        all.start_registered(config).await
+    }
+
+    async fn start_registered(&self, config: Arc<Config>) -> Result<Started, RegistryError> {
         let order = self.init_order()?;
         let table: SharedPluginTable = Arc::new(RwLock::new(PluginTable {
             plugins: order
@@ -209,6 +250,8 @@ impl Registry {
                         requires: r.requires.clone(),
                         description: r.description.clone(),
                         state: PluginState::Pending,
+                        origin: r.origin.clone(),
+                        last_error: None,
                     }
                 })
                 .collect(),
@@ -236,7 +279,8 @@ impl Registry {
                     PluginState::Failed(error)
                 }
             };
-            let required = config.required_plugins.iter().any(|r| r == &id.to_string());
+            let required = config.required_plugins.iter().any(|r| r == &id.to_string())
+                || config.external.get(id).is_some_and(|p| p.required);
             table.write().expect("plugin table lock").plugins[index].state = state.clone();
             if required {
                 let reason = match state {
@@ -296,6 +340,42 @@ impl Registry {
             daemon: Arc::clone(config),
         };
         (registration.init)(ctx).await
+    }
+}
+
+/// The registration of an external plugin: its init is its source's load. A source that is not registered
+/// (a config checked against another registry) fails the plugin, not start-up.
+fn external_registration(plugin: &ExternalPlugin, source: Option<&PluginSource>) -> Registration {
+    let origin = Origin::External(crate::external::ExternalOrigin {
+        source: plugin.source.clone(),
+        path: plugin.path.clone(),
+        ..Default::default()
+    });
+    let description = format!("{} plugin from {}", plugin.source, plugin.path.display());
+    let id = plugin.id.clone();
+    let plugin = plugin.clone();
+    let load = source.map(|s| Arc::clone(&s.load));
+    let init: crate::plugin::InitFn = Arc::new(move |ctx: InitContext| {
+        let plugin = plugin.clone();
+        match &load {
+            Some(load) => {
+                let status = StatusHandle::new(ctx.plugin_table(), plugin.id.clone());
+                load(LoadContext { plugin, init: ctx, status })
+            }
+            None => {
+                let error = format!("no plugin source {:?} is registered", plugin.source);
+                Box::pin(async move { Err(InitError::Failed(error)) })
+            }
+        }
+    });
+    Registration {
+        id,
+        requires: Vec::new(),
+        description,
+        // The table's own keys were checked with the config; the plugin reads its `config` itself.
+        parse_config: Arc::new(|_| Ok(Arc::new(()) as Arc<dyn Any + Send + Sync>)),
+        init,
+        origin,
     }
 }
 
@@ -506,5 +586,90 @@ mod tests {
         let started = registry.start(config).await.unwrap();
         started.shutdown();
         assert_eq!(*log.lock().unwrap(), ["second", "first"]);
+    }
+
+    /// A source of berth's own making, to show that a new source needs nothing of the registry or the config
+    /// but `add_source`: its plugin is registered from the table, its options checked, its failures recorded.
+    fn echo_source() -> PluginSource {
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        struct EchoOptions {
+            fail: bool,
+        }
+        PluginSource::new::<EchoOptions, _, _>("echo", |ctx: LoadContext| async move {
+            ctx.status.update_origin(|o| o.version = Some("9.9".into()));
+            if ctx.options::<EchoOptions>().fail {
+                return Err(InitError::Failed("told to fail".into()));
+            }
+            Ok(Instance::new(ctx.plugin.config.to_string()))
+        })
+    }
+
+    #[tokio::test]
+    async fn external_plugins_come_from_their_source() {
+        let mut registry = registry_of(vec![plugin(PluginKind::Store, "db", &[])]);
+        registry.add_source(echo_source()).unwrap();
+        assert!(matches!(registry.add_source(echo_source()), Err(RegistryError::DuplicateSource(_))));
+        let text = "version = 1\nroot = \"/r\"\nstate = \"/s\"\ndisabled_plugins = [\"monitor.off\"]\n[grpc]\naddress = \"/s.sock\"\n\
+            [plugins.\"snapshot.one\"]\nsource = \"echo\"\npath = \"/one\"\n[plugins.\"snapshot.one\".config]\nword = \"hi\"\nwhen = 1979-05-27\n\
+            [plugins.\"runtime.two\"]\nsource = \"echo\"\npath = \"/two\"\nfail = true\n\
+            [plugins.\"monitor.off\"]\nsource = \"echo\"\npath = \"/off\"\n";
+        let config = Arc::new(Config::parse("t.toml", text, &registry).unwrap());
+        assert_eq!(config.external.len(), 3);
+        let started = registry.start(Arc::clone(&config)).await.unwrap();
+        let one = started.get::<String>(&id("snapshot.one")).unwrap();
+        assert_eq!(*one, r#"{"when":"1979-05-27","word":"hi"}"#);
+        assert_eq!(state(&started, "runtime.two"), PluginState::Failed("told to fail".into()));
+        assert!(matches!(state(&started, "monitor.off"), PluginState::Skipped(_)));
+        let row = started.table.read().unwrap().plugins.iter().find(|p| p.id == id("snapshot.one")).unwrap().clone();
+        let Origin::External(origin) = &row.origin else { panic!("{:?}", row.origin) };
+        assert_eq!(
+            (origin.source.as_str(), origin.path.to_str(), origin.version.as_deref()),
+            ("echo", Some("/one"), Some("9.9"))
+        );
+        assert_eq!(row.description, "echo plugin from /one");
+        started.shutdown();
+
+        // required = true makes a failure stop start-up.
+        let text = text.replace("fail = true", "fail = true\nrequired = true");
+        let config = Arc::new(Config::parse("t.toml", &text, &registry).unwrap());
+        let Err(e) = registry.start(config).await else { panic!("started") };
+        assert_eq!(e.to_string(), "required plugin runtime.two did not load: told to fail");
+    }
+
+    #[test]
+    fn external_tables_are_checked_where_they_are_written() {
+        let mut registry = registry_of(vec![plugin(PluginKind::Store, "db", &[])]);
+        registry.add_source(echo_source()).unwrap();
+        let base = "version = 1\nroot = \"/r\"\nstate = \"/s\"\n[grpc]\naddress = \"/s.sock\"\n";
+        let error = |table: &str| Config::parse("t.toml", &format!("{base}{table}"), &registry).unwrap_err();
+        let e = error("[plugins.\"snapshot.x\"]\nsource = \"wasm\"\npath = \"/x\"\n");
+        assert_eq!((e.line, e.column, e.key.as_str()), (7, 1, "plugins.\"snapshot.x\".source"), "{e}");
+        assert_eq!(e.message, "unknown plugin source \"wasm\" (known: builtin, echo)");
+        let e = error("[plugins.\"snapshot.x\"]\nsource = \"echo\"\npath = \"/x\"\n  fial = true\n");
+        assert_eq!((e.line, e.column, e.key.as_str()), (9, 3, "plugins.\"snapshot.x\".fial"), "{e}");
+        let e = error("[plugins.\"snapshot.x\"]\nsource = \"echo\"\npath = \"x\"\n");
+        assert_eq!((e.line, e.key.as_str()), (8, "plugins.\"snapshot.x\".path"), "{e}");
+        let e = error("[plugins.\"snapshot.x\"]\nsource = \"echo\"\n");
+        assert!(e.message.contains("needs `path`"), "{e}");
+        let e = error("[plugins.\"snapshot.x\"]\nsource = \"echo\"\npath = \"/x\"\nrequired = \"yes\"\n");
+        assert_eq!(e.key, "plugins.\"snapshot.x\".required", "{e}");
+        let e = error("[plugins.\"snapshot.x\"]\nsource = \"echo\"\npath = \"/x\"\nconfig = 3\n");
+        assert_eq!(e.key, "plugins.\"snapshot.x\".config", "{e}");
+        let e = error("[plugins.\"store.db\"]\nsource = \"echo\"\npath = \"/x\"\n");
+        assert!(e.message.contains("built into berthd"), "{e}");
+        let e = error("[plugins.\"service.x\"]\nsource = \"echo\"\npath = \"/x\"\n");
+        assert!(e.message.contains("cannot come from outside berthd"), "{e}");
+        let e = error("[plugins.\"snapshot.x\"]\nsource = 1\n");
+        assert_eq!(e.key, "plugins.\"snapshot.x\".source", "{e}");
+
+        // What a plugin reports about its own config later is located too.
+        let text = format!(
+            "{base}[plugins.\"snapshot.x\"]\nsource = \"echo\"\npath = \"/x\"\n[plugins.\"snapshot.x\".config]\nnested = {{ deep = 1 }}\n"
+        );
+        let config = Config::parse("t.toml", &text, &registry).unwrap();
+        let plugin = &config.external[&id("snapshot.x")];
+        let e = plugin.config_error(&["nested".into(), "deep".into()], "must be a string");
+        assert_eq!(e.to_string(), "t.toml:10:12: key plugins.\"snapshot.x\".config.nested.deep: must be a string");
     }
 }

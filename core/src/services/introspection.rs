@@ -11,6 +11,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::GrpcService;
 use crate::Error;
+use crate::external::Origin;
 use crate::filters::{Adaptor, FilterSet};
 use crate::plugin::{InitError, Instance, NoConfig, PluginKind, Registration, Requirement, SharedPluginTable};
 use crate::registry::{PluginState, PluginStatus};
@@ -21,7 +22,7 @@ struct IntrospectionService {
 }
 
 /// A row of the plugin table as containerd clients filter it: `type`, `id`, and berth's own
-/// `kind` and `name`.
+/// `kind`, `name` and `source`.
 struct PluginRow<'a>(&'a PluginStatus);
 
 impl Adaptor for PluginRow<'_> {
@@ -31,6 +32,10 @@ impl Adaptor for PluginRow<'_> {
             "type" => Some(id.kind.containerd_type().to_string()),
             "id" | "name" => Some(id.name.clone()),
             "kind" => Some(id.kind.to_string()),
+            "source" => Some(match &self.0.origin {
+                Origin::Builtin => "builtin".to_string(),
+                Origin::External(o) => o.source.clone(),
+            }),
             _ => None,
         }
     }
@@ -64,15 +69,47 @@ fn to_proto(status: &PluginStatus) -> Plugin {
             })
             .collect(),
         platforms: vec![host_platform()],
-        exports: [
-            ("berth.kind".to_string(), status.id.kind.to_string()),
-            ("berth.description".to_string(), status.description.clone()),
-        ]
-        .into_iter()
-        .collect(),
+        exports: exports(status),
         capabilities: vec![],
         init_err,
     }
+}
+
+/// berth's own facts about a plugin, in the exports map containerd clients show (`ctr plugins ls -d`):
+/// `berth.kind`, `berth.description`, `berth.source` (`builtin`, `native`...), `berth.version` (berthd's for
+/// built-ins, the header's for external plugins), and for external plugins `berth.path`, `berth.sha256`
+/// and what the source read (`berth.abi`, `berth.sdk`, `berth.rustc`, `berth.target`); `berth.last_error`
+/// once a call into the plugin failed inside it.
+fn exports(status: &PluginStatus) -> std::collections::HashMap<String, String> {
+    let mut exports = std::collections::HashMap::new();
+    let mut put = |k: &str, v: String| {
+        exports.insert(format!("berth.{k}"), v);
+    };
+    put("kind", status.id.kind.to_string());
+    put("description", status.description.clone());
+    match &status.origin {
+        Origin::Builtin => {
+            put("source", "builtin".into());
+            put("version", super::version::VERSION.into());
+        }
+        Origin::External(origin) => {
+            put("source", origin.source.clone());
+            put("path", origin.path.display().to_string());
+            if let Some(sha256) = &origin.sha256 {
+                put("sha256", sha256.clone());
+            }
+            if let Some(version) = &origin.version {
+                put("version", version.clone());
+            }
+            for (k, v) in &origin.details {
+                put(k, v.clone());
+            }
+        }
+    }
+    if let Some(error) = &status.last_error {
+        put("last_error", error.clone());
+    }
+    exports
 }
 
 /// The host platform in OCI terms.

@@ -37,11 +37,14 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
             let rows: Vec<Vec<String>> = plugins
                 .iter()
                 .map(|p| {
-                    let error = p.init_err.as_ref().map(|e| e.message.clone()).unwrap_or_default();
-                    vec![p.r#type.clone(), p.id.clone(), platforms_text(&p.platforms), status(p).to_string(), error]
+                    let export = |k: &str| p.exports.get(&format!("berth.{k}")).cloned().unwrap_or_default();
+                    let kind = p.exports.get("berth.kind").cloned().unwrap_or_else(|| p.r#type.clone());
+                    // The init error, or else the last error of a call that failed inside the plugin.
+                    let error = p.init_err.as_ref().map(|e| e.message.clone()).unwrap_or_else(|| export("last_error"));
+                    vec![kind, p.id.clone(), source_text(p), export("version"), status(p).to_string(), error]
                 })
                 .collect();
-            output::emit(&output::table(&["TYPE", "ID", "PLATFORMS", "STATUS", "ERROR"], &rows, 4, 4))
+            output::emit(&output::table(&["KIND", "NAME", "SOURCE", "VERSION", "STATUS", "ERROR"], &rows, 4, 4))
         }
     }
 }
@@ -53,6 +56,20 @@ fn status(plugin: &Plugin) -> &'static str {
         None => "ok",
         Some(err) if err.message.contains("skip plugin") => "skip",
         Some(_) => "error",
+    }
+}
+
+/// Where a plugin comes from: `builtin`, or the source with the artifact's path and the first 12 hex digits
+/// of its sha256 (`-d` and `--format json` show the whole hash).
+fn source_text(plugin: &Plugin) -> String {
+    let export = |k: &str| plugin.exports.get(&format!("berth.{k}")).map(String::as_str);
+    match (export("source"), export("path")) {
+        (Some(source), Some(path)) => {
+            let hash = export("sha256").map(|h| format!(" sha256:{}", &h[..h.len().min(12)])).unwrap_or_default();
+            format!("{source} {path}{hash}")
+        }
+        (Some(source), None) => source.to_string(),
+        (None, _) => "builtin".into(),
     }
 }
 
