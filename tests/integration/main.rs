@@ -17,6 +17,7 @@ mod events;
 mod gc;
 mod images_ctr;
 mod lifecycle;
+mod native_plugins;
 mod oci;
 mod persistence;
 mod pull;

@@ -1,0 +1,109 @@
+//! A process's standard streams from the FIFOs the client made (`ctr` makes one per stream and reads or
+//! writes its other end).
+//!
+//! stdout and stderr are opened for writing and handed to the OCI runtime, so the container writes straight
+//! into them. stdin goes through a pipe that a thread fills from the FIFO: the container then sees end-of-file
+//! when the client closes its end (or CloseIO comes), which a FIFO handed over directly would not give it
+//! while anyone, the runtime included, still held it open for writing.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+/// Opens a FIFO (or file) for the process to write to. Without a reader yet, a FIFO is opened read-write,
+/// which never blocks; the client's reader joins later.
+pub fn output(path: &str) -> io::Result<Stdio> {
+    if path.is_empty() {
+        return Ok(Stdio::null());
+    }
+    let file = match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(path)?
+        }
+        Err(e) => return Err(e),
+    };
+    blocking(&file)?;
+    Ok(Stdio::from(file))
+}
+
+fn blocking(file: &File) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The writing end of a process's stdin pipe, shared with CloseIO.
+#[derive(Default, Clone)]
+pub struct StdinCloser {
+    writer: Arc<Mutex<Option<File>>>,
+    path: String,
+    closed: Arc<Mutex<bool>>,
+}
+
+impl StdinCloser {
+    /// Closes stdin: the process reads end-of-file once it has what was copied so far. A copier still
+    /// waiting for the client to open the FIFO is released by opening it ourselves.
+    pub fn close(&self) {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if !self.path.is_empty() {
+            // Unblocks an open(O_RDONLY) still waiting for a writer; fails harmlessly when nobody reads.
+            let _ = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The process's stdin, and the handle that closes it.
+pub fn input(path: &str, closer: &mut StdinCloser) -> io::Result<Stdio> {
+    closer.path = path.to_string();
+    if path.is_empty() || closer.is_closed() {
+        return Ok(Stdio::null());
+    }
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 into an array of two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and ours.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    *closer.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(write);
+    let writer = Arc::clone(&closer.writer);
+    let fifo = path.to_string();
+    std::thread::Builder::new().name("stdin-copy".into()).spawn(move || copy_stdin(&fifo, &writer))?;
+    Ok(Stdio::from(read))
+}
+
+fn copy_stdin(fifo: &str, writer: &Mutex<Option<File>>) {
+    // Blocks until the client opens its writing end (or CloseIO opens it for us).
+    let Ok(mut source) = File::open(Path::new(fifo)) else {
+        writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        return;
+    };
+    let mut buffer = [0u8; 32 * 1024];
+    loop {
+        let n = match source.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut guard = writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = guard.as_mut() else { break };
+        if w.write_all(&buffer[..n]).is_err() {
+            break;
+        }
+    }
+    writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+}

@@ -1,0 +1,566 @@
+//! Plugins from native libraries: the examples (examples/native-snapshot, examples/native-runtime) loaded
+//! through config and used through the containerd API and the real ctr, each conformance suite through the
+//! native loader, and broken libraries (tests/plugins/faulty copied under the name of each fault) refused or
+//! contained while berthd and the built-in plugins carry on.
+//!
+//! The libraries are dev-dependencies of this package, so cargo builds them before the tests, into the
+//! directory this test binary runs from (`target/<profile>/deps/`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::config::Config;
+use berth_core::registry::Registry;
+use berth_core::runtime::{CreateOptions, ExecOptions, SharedRuntime};
+use berth_core::snapshot::SharedSnapshotter;
+
+use crate::harness::*;
+use crate::images_fixture::{self, BUSYBOX};
+
+/// The path of the cdylib of crate `name` (with underscores), as cargo built it for this test binary.
+fn library(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let file = format!("lib{name}.so");
+    for dir in [deps.clone(), deps.parent().unwrap().to_path_buf()] {
+        if dir.join(&file).exists() {
+            return dir.join(&file);
+        }
+    }
+    panic!("{file} not found next to {}: build the workspace (cargo test builds it)", deps.display());
+}
+
+fn snapshot_library() -> PathBuf {
+    library("berth_example_native_snapshot")
+}
+
+fn runtime_library() -> PathBuf {
+    library("berth_example_native_runtime")
+}
+
+fn faulty_library() -> PathBuf {
+    library("berth_test_plugin_faulty")
+}
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A registry holding only the native source, started on `tables` in a temporary root: the plugin as
+/// berthd's registry loads it, without the rest of the daemon.
+async fn load_alone(dir: &Path, tables: &str) -> berth_core::registry::Started {
+    let mut registry = Registry::new();
+    registry.add_source(berth_core::external::native::source()).unwrap();
+    let text = format!(
+        "version = 1\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\naddress = \"{dir}/s.sock\"\n{tables}\n",
+        root = dir.join("root").display(),
+        state = dir.join("state").display(),
+        dir = dir.display(),
+    );
+    let config = Config::parse("test.toml", &text, &registry).expect("config");
+    registry.start(Arc::new(config)).await.expect("start")
+}
+
+fn plugin_state(started: &berth_core::registry::Started, id: &str) -> berth_core::registry::PluginState {
+    let table = started.table.read().unwrap();
+    table.plugins.iter().find(|p| p.id.to_string() == id).expect(id).state.clone()
+}
+
+#[tokio::test]
+async fn native_snapshot_example_passes_the_snapshot_suite() {
+    let dir = tempfile::Builder::new().prefix("berth-native-suite").tempdir_in("/tmp").unwrap();
+    let tables = format!(
+        "[plugins.\"snapshot.example\"]\nsource = \"native\"\npath = \"{}\"\n[plugins.\"snapshot.example\".config]\nroot = \"{}\"\n",
+        snapshot_library().display(),
+        dir.path().join("snapshots").display()
+    );
+    let started = load_alone(dir.path(), &tables).await;
+    assert_eq!(plugin_state(&started, "snapshot.example"), berth_core::registry::PluginState::Loaded);
+    let id = "snapshot.example".parse().unwrap();
+    let snapshotter: SharedSnapshotter =
+        (*started.get::<SharedSnapshotter>(&id).expect("a native snapshot plugin is a SharedSnapshotter")).clone();
+    assert_eq!(snapshotter.name(), "example");
+    berth_core::testsuite::snapshot::run_all(snapshotter.as_ref(), dir.path()).await;
+    // Its own config reached it: the snapshots live where the config said.
+    assert!(dir.path().join("snapshots/metadata.json").exists());
+    drop(snapshotter);
+    started.shutdown();
+}
+
+/// ctr 1.6's spec for `ctr run --rootfs`, on a busybox rootfs, as the built-in runtime's suite uses it.
+struct Busybox {
+    rootfs: PathBuf,
+}
+
+impl Busybox {
+    fn create(&self, id: &str, args: &[&str]) -> CreateOptions {
+        let mut spec: serde_json::Value = serde_json::from_str(include_str!("../../bench/src/spec.json")).unwrap();
+        spec["root"] = serde_json::json!({ "path": self.rootfs });
+        spec["process"]["args"] = serde_json::json!(args);
+        spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+        spec["linux"]["cgroupsPath"] = format!("/native-{}/{id}", berth_core::testsuite::runtime::NAMESPACE).into();
+        CreateOptions { spec: Some(spec_any(&spec.to_string())), ..Default::default() }
+    }
+}
+
+impl berth_core::testsuite::runtime::Fixture for Busybox {
+    fn exits(&self, id: &str, code: u32) -> CreateOptions {
+        self.create(id, &["sh", "-c", &format!("exit {code}")])
+    }
+    fn runs_until_killed(&self, id: &str) -> CreateOptions {
+        self.create(id, &["sleep", "1000"])
+    }
+    fn exec_exits(&self, code: u32) -> Option<ExecOptions> {
+        let process = serde_json::json!({ "args": ["sh", "-c", format!("exit {code}")], "cwd": "/", "env": ["PATH=/bin"],
+            "user": { "uid": 0, "gid": 0 } });
+        Some(ExecOptions {
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: process.to_string().into_bytes(),
+            }),
+            ..Default::default()
+        })
+    }
+    fn can_pause(&self) -> bool {
+        true
+    }
+}
+
+/// Removes what an OCI runtime still has under `root` when a test stops half-way.
+struct OciLeftovers(PathBuf);
+
+impl Drop for OciLeftovers {
+    fn drop(&mut self) {
+        let Ok(out) = Command::new("runc").arg("--root").arg(&self.0).args(["list", "-q"]).output() else { return };
+        for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+            let _ = Command::new("runc").arg("--root").arg(&self.0).args(["delete", "--force", id]).output();
+        }
+    }
+}
+
+fn runc_present() -> bool {
+    let found = Command::new("runc").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipping: runc is not installed (the test setup in .ci/run installs it)");
+    }
+    found
+}
+
+#[tokio::test]
+async fn native_runtime_example_passes_the_runtime_suite() {
+    if !requires_root() || !runc_present() {
+        return;
+    }
+    let daemon = Daemon::configure("");
+    let dir = daemon.dir.path();
+    let _leftovers = OciLeftovers(dir.join("state/runtime.oci/runc"));
+    let tables = format!(
+        "[plugins.\"runtime.oci\"]\nsource = \"native\"\npath = \"{}\"\nrequired = true\n[plugins.\"runtime.oci\".config]\nbinary = \"runc\"\n",
+        runtime_library().display()
+    );
+    let started = load_alone(dir, &tables).await;
+    let runtime: SharedRuntime =
+        (*started.get::<SharedRuntime>(&"runtime.oci".parse().unwrap()).expect("a SharedRuntime")).clone();
+    assert_eq!(runtime.id(), "oci");
+    let fixture = Busybox { rootfs: daemon.busybox_rootfs() };
+    berth_core::testsuite::runtime::run_all(runtime.as_ref(), &fixture, "oci").await;
+    assert!(runtime.tasks(None).await.unwrap().is_empty(), "tasks left");
+    let bundles = dir.join("state/runtime.oci/bundles/conformance");
+    let left: Vec<_> = std::fs::read_dir(&bundles).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "bundles left: {left:?}");
+    drop(runtime);
+    started.shutdown();
+    for ctl in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(ctl.path().join(format!("native-{}", berth_core::testsuite::runtime::NAMESPACE)));
+    }
+    let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/native-{}", berth_core::testsuite::runtime::NAMESPACE));
+}
+
+/// `berth plugins ls --format json`, as JSON.
+fn plugins_json(daemon: &Daemon) -> Vec<serde_json::Value> {
+    serde_json::from_str(&daemon.berth_ok(&["--format", "json", "plugins", "ls"])).unwrap()
+}
+
+fn plugin<'a>(plugins: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    plugins
+        .iter()
+        .find(|p| p["id"] == name && p["exports"]["berth.kind"] == kind)
+        .unwrap_or_else(|| panic!("no plugin {kind}.{name} in {plugins:#?}"))
+}
+
+fn init_error(plugins: &[serde_json::Value], kind: &str, name: &str) -> String {
+    plugin(plugins, kind, name)["init_err"]["message"].as_str().unwrap_or_default().to_string()
+}
+
+fn native_table(id: &str, path: &Path, config: &str) -> String {
+    format!(
+        "[plugins.\"{id}\"]\nsource = \"native\"\npath = \"{}\"\n[plugins.\"{id}\".config]\n{config}\n",
+        path.display()
+    )
+}
+
+#[test]
+fn snapshot_example_runs_containers_through_ctr() {
+    if !requires_root() {
+        return;
+    }
+    let library = snapshot_library();
+    let daemon = Daemon::start_with(&native_table("snapshot.example", &library, ""));
+    // Introspection: kind, name, source with path and content hash, version from the header, status.
+    let plugins = plugins_json(&daemon);
+    let example = plugin(&plugins, "snapshot", "example");
+    assert_eq!(example["type"], "io.containerd.snapshotter.v1");
+    assert!(example["init_err"].is_null(), "{example:#}");
+    let exports = &example["exports"];
+    assert_eq!(exports["berth.source"], "native");
+    assert_eq!(exports["berth.path"], library.display().to_string());
+    assert_eq!(exports["berth.sha256"], sha256_of(&library));
+    assert_eq!(exports["berth.version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(exports["berth.abi"], "1.0");
+    assert_eq!(plugin(&plugins, "snapshot", "native")["exports"]["berth.source"], "builtin");
+    let table = daemon.berth_ok(&["plugins", "ls"]);
+    let row = table.lines().find(|l| l.contains("example")).expect(&table);
+    assert!(row.contains("native") && row.contains(&library.display().to_string()), "{row}");
+    assert!(row.contains(&format!("sha256:{}", &sha256_of(&library)[..12])) && row.trim_end().ends_with("ok"), "{row}");
+    let ctr_plugins = daemon.ctr_ok(&["plugins", "ls"]);
+    assert!(
+        ctr_plugins
+            .lines()
+            .any(|l| l.contains("io.containerd.snapshotter.v1") && l.contains("example") && l.contains("ok")),
+        "{ctr_plugins}"
+    );
+
+    // The image unpacked into the example snapshotter, and a container run on it.
+    let archive = images_fixture::busybox_archive();
+    daemon.ctr_ok(&["images", "import", "--snapshotter", "example", archive.to_str().unwrap()]);
+    let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "example", "ls"]);
+    let chain = images_fixture::busybox().chain_ids();
+    assert!(snapshots.contains(&chain[0]) && snapshots.contains("Committed"), "{snapshots}");
+    let fifo = daemon.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    let out = daemon.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "example",
+        "--fifo-dir",
+        fifo,
+        BUSYBOX,
+        "on-example",
+        "sh",
+        "-c",
+        "echo written > /tmp/f && cat /tmp/f && exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "written\n");
+    // The container's snapshot is gone, the image's layer stays.
+    let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "example", "ls"]);
+    assert!(!snapshots.contains("on-example") && snapshots.contains(&chain[0]), "{snapshots}");
+    // The backend's own directory holds the snapshots.
+    assert!(daemon.root().join("snapshot.example/metadata.json").exists());
+    daemon.ctr_ok(&["images", "rm", "--sync", BUSYBOX]);
+    let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "example", "ls"]);
+    assert_eq!(snapshots.lines().count(), 1, "the collector removes the layers from the plugin too:\n{snapshots}");
+}
+
+#[test]
+fn runtime_example_runs_containers_through_ctr() {
+    if !requires_root() || !runc_present() {
+        return;
+    }
+    let tables = format!(
+        "{}\n[plugins.\"service.tasks\".runtime_names]\n\"io.containerd.runc.v2\" = \"linux\"\n\"io.containerd.oci.v1\" = \"oci\"\n",
+        native_table("runtime.oci", &runtime_library(), "binary = \"runc\"")
+    );
+    let daemon = Daemon::start_with(&tables);
+    let _leftovers = OciLeftovers(daemon.dir.path().join("state/runtime.oci/runc"));
+    let plugins = plugins_json(&daemon);
+    let oci = plugin(&plugins, "runtime", "oci");
+    assert!(oci["init_err"].is_null(), "{oci:#}");
+    assert_eq!(oci["exports"]["berth.source"], "native");
+    daemon.ctr_ok(&["images", "import", images_fixture::busybox_archive().to_str().unwrap()]);
+    let fifo = daemon.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    let run = |id: &str, script: &str| {
+        daemon.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.oci.v1",
+            "--fifo-dir",
+            fifo,
+            BUSYBOX,
+            id,
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+
+    // Output through the FIFOs, and the exit status.
+    let out = run("oci-echo", "echo out; echo err >&2; exit 7");
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+
+    // stdin reaches the container, and its end reaches it too (CloseIO).
+    let mut child = Command::new(ctr_path())
+        .arg("-a")
+        .arg(&daemon.socket)
+        .args(["run", "--rm", "--runtime", "io.containerd.oci.v1", "--fifo-dir", fifo, BUSYBOX, "oci-cat", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"through stdin\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+
+    // A long-running task: listed, exec'd into, killed, deleted.
+    daemon.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.oci.v1",
+        "--fifo-dir",
+        fifo,
+        BUSYBOX,
+        "oci-sleep",
+        "sleep",
+        "1000",
+    ]);
+    let tasks = daemon.ctr_ok(&["tasks", "ls"]);
+    let row = tasks.lines().find(|l| l.starts_with("oci-sleep")).expect(&tasks);
+    assert!(row.contains("RUNNING"), "{row}");
+    let out = daemon.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        "--fifo-dir",
+        fifo,
+        "oci-sleep",
+        "sh",
+        "-c",
+        "echo in-exec; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in-exec\n");
+    let ps = daemon.ctr_ok(&["tasks", "ps", "oci-sleep"]);
+    assert!(ps.lines().count() >= 2, "{ps}");
+    daemon.ctr_ok(&["tasks", "pause", "oci-sleep"]);
+    assert!(daemon.ctr_ok(&["tasks", "ls"]).lines().any(|l| l.starts_with("oci-sleep") && l.contains("PAUSED")));
+    daemon.ctr_ok(&["tasks", "resume", "oci-sleep"]);
+    let refused = fails(daemon.ctr(&["tasks", "rm", "oci-sleep"]), "removing a running task");
+    assert!(refused.contains("running"), "{refused}");
+    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "oci-sleep"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let tasks = daemon.ctr_ok(&["tasks", "ls"]);
+        if tasks.lines().any(|l| l.starts_with("oci-sleep") && l.contains("STOPPED")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "oci-sleep did not stop:\n{tasks}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.ctr_ok(&["tasks", "rm", "oci-sleep"]);
+    daemon.ctr_ok(&["containers", "rm", "oci-sleep"]);
+    let bundles = daemon.dir.path().join("state/runtime.oci/bundles/default");
+    let left: Vec<_> = std::fs::read_dir(&bundles).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "bundles left: {left:?}");
+
+    // The built-in runtime keeps working beside it.
+    let out = daemon.ctr(&["run", "--rm", "--fifo-dir", fifo, BUSYBOX, "linux-echo", "echo", "built-in"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "built-in\n", "{}", String::from_utf8_lossy(&out.stderr));
+    // And a terminal, which the example does not do, is refused with a clear error (script(1) gives ctr one).
+    let command = format!(
+        "{} -a {} run --rm -t --runtime io.containerd.oci.v1 --fifo-dir {fifo} {BUSYBOX} oci-tty true",
+        ctr_path().display(),
+        daemon.socket.display()
+    );
+    let out = Command::new("script").args(["-eqc", &command, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("no terminal support"), "{text}");
+    let _ = daemon.ctr(&["containers", "rm", "oci-tty"]);
+}
+
+/// Copies the faulty library under the name of each fault into `dir`.
+fn faulty_copies(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
+    names
+        .iter()
+        .map(|name| {
+            let path = dir.join(format!("{name}.so"));
+            std::fs::copy(faulty_library(), &path).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// A shared library that is not a berth plugin, made with the C compiler the Rust toolchain links with.
+fn foreign_library(dir: &Path) -> Option<PathBuf> {
+    let source = dir.join("foreign.c");
+    std::fs::write(&source, "int not_a_berth_plugin(void) { return 42; }\n").unwrap();
+    let library = dir.join("missing-entry.so");
+    let made = Command::new("cc").arg("-shared").arg("-fPIC").arg("-o").arg(&library).arg(&source).status();
+    made.is_ok_and(|s| s.success()).then_some(library)
+}
+
+#[test]
+fn broken_plugins_are_refused_or_contained_and_berthd_carries_on() {
+    let plugins_dir = tempfile::Builder::new().prefix("berth-broken").tempdir_in("/tmp").unwrap();
+    let dir = plugins_dir.path();
+    let faults = [
+        "bad-magic",
+        "wrong-major",
+        "wrong-kind",
+        "wrong-name",
+        "wrong-target",
+        "newer-minor",
+        "short-table",
+        "panics",
+        "panic-init",
+        "typo",
+    ];
+    faulty_copies(dir, &faults);
+    let truncated = dir.join("truncated.so");
+    let whole = std::fs::read(snapshot_library()).unwrap();
+    // The ELF header and part of the program headers: what a download cut short looks like to dlopen.
+    std::fs::write(&truncated, &whole[..2000]).unwrap();
+    let not_elf = dir.join("not-elf.so");
+    std::fs::write(&not_elf, "#!/bin/sh\necho I am a script\n").unwrap();
+    let foreign = foreign_library(dir);
+
+    let mut tables = String::new();
+    for fault in faults {
+        let config = match fault {
+            "panic-init" => "panic_on_init = true",
+            "typo" => "panic_on_ini = true",
+            _ => "",
+        };
+        tables += &native_table(&format!("snapshot.{fault}"), &dir.join(format!("{fault}.so")), config);
+    }
+    tables += &native_table("snapshot.truncated", &truncated, "");
+    tables += &native_table("snapshot.not-elf", &not_elf, "");
+    tables += &native_table("snapshot.missing-file", &dir.join("nowhere.so"), "");
+    if let Some(foreign) = &foreign {
+        tables += &native_table("snapshot.missing-entry", foreign, "");
+    }
+    let daemon = Daemon::start_with(&tables);
+    let plugins = plugins_json(&daemon);
+    let error = |name: &str| init_error(&plugins, "snapshot", name);
+    let expect = |name: &str, want: &str| {
+        let e = error(name);
+        assert!(e.contains(want), "snapshot.{name}: expected an error with {want:?}, got {e:?}");
+    };
+    expect("bad-magic", "does not return a berth plugin header");
+    expect("wrong-major", "plugin ABI version 99.0 is not supported: this berthd speaks ABI 1.x");
+    expect(
+        "wrong-kind",
+        "plugin is a runtime plugin, but its table [plugins.\"snapshot.wrong-kind\"] makes it a snapshot plugin",
+    );
+    expect("wrong-name", "plugin is named \"someone-else\"");
+    expect("wrong-target", "plugin is built for target riscv64gc-unknown-none-elf");
+    expect("truncated", "is not a shared library berthd can load: it is truncated: its ");
+    expect("not-elf", "is not a shared library berthd can load: it is not an ELF file");
+    expect("missing-file", "cannot read");
+    expect("panic-init", "plugin panicked: told to panic on init");
+    // A config error the plugin reports is located in berthd's config file.
+    let typo = error("typo");
+    let config_path = daemon.config.display().to_string();
+    assert!(typo.starts_with(&format!("{config_path}:")), "{typo}");
+    assert!(typo.contains("key plugins.\"snapshot.typo\".config.panic_on_ini: unknown field `panic_on_ini`"), "{typo}");
+    if foreign.is_some() {
+        expect("missing-entry", "is not a berth plugin: it has no symbol berth_plugin_entry");
+    } else {
+        eprintln!("no C compiler: the library without an entry symbol is not tried");
+    }
+    // Refused plugins still show where they came from.
+    let wrong = plugin(&plugins, "snapshot", "wrong-major");
+    assert_eq!(wrong["exports"]["berth.sha256"], sha256_of(&dir.join("wrong-major.so")));
+    assert_eq!(wrong["exports"]["berth.abi"], "99.0");
+
+    // A newer ABI minor loads, and so does an older one's shorter table; what it lacks is unimplemented.
+    for name in ["newer-minor", "short-table", "panics"] {
+        assert!(
+            plugin(&plugins, "snapshot", name)["init_err"].is_null(),
+            "snapshot.{name}: {:#}",
+            plugin(&plugins, "snapshot", name)
+        );
+    }
+    daemon.ctr_ok(&["snapshots", "--snapshotter", "newer-minor", "prepare", "a"]);
+    let e =
+        fails(daemon.ctr(&["snapshots", "--snapshotter", "short-table", "prepare", "a"]), "prepare on a short table");
+    assert!(e.contains("plugin snapshot.short-table does not implement prepare"), "{e}");
+
+    // A panic inside a call fails that call with a clear error; the plugin, berthd and the others go on.
+    let e = fails(daemon.ctr(&["snapshots", "--snapshotter", "panics", "prepare", "boom"]), "a panicking prepare");
+    assert!(e.contains("plugin snapshot.panics: plugin panicked: asked to prepare"), "{e}");
+    daemon.ctr_ok(&["snapshots", "--snapshotter", "panics", "prepare", "fine"]);
+    let listed = daemon.ctr_ok(&["snapshots", "--snapshotter", "panics", "ls"]);
+    assert!(listed.contains("fine") && !listed.contains("boom"), "{listed}");
+    let plugins = plugins_json(&daemon);
+    let last =
+        plugin(&plugins, "snapshot", "panics")["exports"]["berth.last_error"].as_str().unwrap_or_default().to_string();
+    assert!(last.starts_with("prepare: plugin panicked: asked to prepare"), "{last}");
+    let table = daemon.berth_ok(&["plugins", "ls"]);
+    let row = table.lines().find(|l| l.contains(" panics ")).expect(&table);
+    assert!(row.contains("ok") && row.contains("plugin panicked"), "{row}");
+
+    // The built-in plugins keep working.
+    daemon.ctr_ok(&["snapshots", "--snapshotter", "native", "prepare", "still-fine"]);
+    daemon.ctr_ok(&["snapshots", "--snapshotter", "native", "rm", "still-fine"]);
+    daemon.ctr_ok(&["namespaces", "create", "after-faults"]);
+    assert!(plugin(&plugins, "store", "lmdb")["init_err"].is_null());
+}
+
+#[test]
+fn a_required_native_plugin_that_is_refused_stops_startup() {
+    let dir = tempfile::Builder::new().prefix("berth-required").tempdir_in("/tmp").unwrap();
+    let copies = faulty_copies(dir.path(), &["wrong-major"]);
+    let table = format!(
+        "[plugins.\"snapshot.wrong-major\"]\nsource = \"native\"\npath = \"{}\"\nrequired = true\n",
+        copies[0].display()
+    );
+    let daemon = Daemon::configure(&table);
+    let out = Command::new(BERTHD).arg("--config").arg(&daemon.config).output().unwrap();
+    let stderr = fails(out, "berthd with a required plugin of the wrong ABI");
+    assert!(
+        stderr.contains("required plugin snapshot.wrong-major did not load: plugin ABI version 99.0 is not supported"),
+        "{stderr}"
+    );
+    assert!(!daemon.socket.exists());
+}
+
+#[test]
+fn external_plugin_tables_are_checked_with_file_line_and_column() {
+    let check = |table: &str| {
+        let daemon = Daemon::configure(table);
+        let out = Command::new(BERTHD).arg("config").arg("check").arg(&daemon.config).output().unwrap();
+        (fails(out, "config check of a bad plugin table"), daemon)
+    };
+    let (e, daemon) = check("[plugins.\"snapshot.x\"]\nsource = \"wasm\"\npath = \"/x.wasm\"\n");
+    let file = daemon.config.display().to_string();
+    assert!(e.contains(&format!("{file}:")), "{e}");
+    assert!(
+        e.contains("key plugins.\"snapshot.x\".source: unknown plugin source \"wasm\" (known: builtin, native)"),
+        "{e}"
+    );
+    let (e, _) = check("[plugins.\"snapshot.x\"]\nsource = \"native\"\npath = \"lib/x.so\"\n");
+    assert!(e.contains("key plugins.\"snapshot.x\".path: must be an absolute path"), "{e}");
+    let (e, _) = check("[plugins.\"snapshot.x\"]\nsource = \"native\"\npath = \"/x.so\"\npaht = 1\n");
+    assert!(e.contains("key plugins.\"snapshot.x\".paht: unknown field `paht`"), "{e}");
+    let (e, _) = check("[plugins.\"snapshot.native\"]\nsource = \"native\"\npath = \"/x.so\"\n");
+    assert!(e.contains("plugin snapshot.native is built into berthd; a native plugin needs a name of its own"), "{e}");
+    // Built-in plugins take `source = "builtin"` and nothing changes for them.
+    let daemon = Daemon::configure("[plugins.\"snapshot.native\"]\nsource = \"builtin\"\nroot_path = \"\"\n");
+    let out = Command::new(BERTHD).arg("config").arg("check").arg(&daemon.config).output().unwrap();
+    ok(out, "config check with source = builtin");
+}

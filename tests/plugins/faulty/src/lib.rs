@@ -1,0 +1,159 @@
+//! A native snapshot plugin that misbehaves as its file name says, for berth's tests of the native loader.
+//! The tests copy the one library under several names; `berth_plugin_entry` finds its own file with
+//! `dladdr` and answers with the header of that variant (the plugin's name is the file's stem):
+//!
+//! * `bad-magic`: a header without berth's magic;
+//! * `wrong-major`: ABI major 99;
+//! * `newer-minor`: a newer ABI minor than the host knows (accepted);
+//! * `wrong-kind`: says it is a runtime plugin;
+//! * `wrong-name`: names itself `someone-else`;
+//! * `wrong-target`: built for another target triple;
+//! * `short-table`: only the first three methods (stat, update, usage), as an older ABI minor would have;
+//! * anything else: a working in-memory snapshotter whose `prepare` panics for keys ending in `boom`, and
+//!   whose creation panics with config `{"panic_on_init": true}`.
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+use berth_plugin_sdk::abi::{self, FunctionTable, Header, MethodFn, StaticStr, snapshot_methods as m};
+use berth_plugin_sdk::proto::Mount;
+use berth_plugin_sdk::proto::snapshots::{Info, Kind, UsageResponse};
+use berth_plugin_sdk::snapshot::{Labels, Snapshotter};
+use berth_plugin_sdk::{Error, Init, Result};
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    panic_on_init: bool,
+}
+
+/// Snapshots in memory, with tmpfs mounts.
+pub struct Faulty {
+    snapshots: Mutex<HashMap<String, Info>>,
+}
+
+impl Faulty {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Info>> {
+        self.snapshots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, kind: Kind, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        if key.ends_with("boom") {
+            panic!("asked to prepare {key}");
+        }
+        let mut snapshots = self.lock();
+        if snapshots.contains_key(key) {
+            return Err(Error::already_exists(key));
+        }
+        if !parent.is_empty() && !snapshots.contains_key(parent) {
+            return Err(Error::not_found(parent));
+        }
+        let now = std::time::SystemTime::now().into();
+        let info = Info {
+            name: key.into(),
+            parent: parent.into(),
+            kind: kind as i32,
+            created_at: Some(now),
+            updated_at: Some(now),
+            labels,
+        };
+        snapshots.insert(key.into(), info);
+        Ok(vec![Mount { r#type: "tmpfs".into(), source: "tmpfs".into(), target: String::new(), options: vec![] }])
+    }
+}
+
+impl Snapshotter for Faulty {
+    const NAME: &'static str = "faulty";
+
+    fn new(init: Init) -> Result<Self> {
+        let config: Config = init.config()?;
+        if config.panic_on_init {
+            panic!("told to panic on init");
+        }
+        Ok(Self { snapshots: Mutex::new(HashMap::new()) })
+    }
+    fn stat(&self, key: &str) -> Result<Info> {
+        self.lock().get(key).cloned().ok_or_else(|| Error::not_found(key))
+    }
+    fn update(&self, info: Info, _: &[String]) -> Result<Info> {
+        let mut snapshots = self.lock();
+        let current = snapshots.get_mut(&info.name).ok_or_else(|| Error::not_found(&info.name))?;
+        current.labels = info.labels;
+        Ok(current.clone())
+    }
+    fn usage(&self, key: &str) -> Result<UsageResponse> {
+        self.stat(key).map(|_| UsageResponse { size: 0, inodes: 1 })
+    }
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        self.stat(key).map(|_| vec![Mount { r#type: "tmpfs".into(), source: "tmpfs".into(), ..Default::default() }])
+    }
+    fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        self.add(Kind::Active, key, parent, labels)
+    }
+    fn view(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        self.add(Kind::View, key, parent, labels)
+    }
+    fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
+        let mut snapshots = self.lock();
+        let mut info = snapshots.remove(key).ok_or_else(|| Error::not_found(key))?;
+        info.name = name.into();
+        info.kind = Kind::Committed as i32;
+        info.labels = labels;
+        snapshots.insert(name.into(), info);
+        Ok(())
+    }
+    fn remove(&self, key: &str) -> Result<()> {
+        self.lock().remove(key).map(|_| ()).ok_or_else(|| Error::not_found(key))
+    }
+    fn list(&self) -> Result<Vec<Info>> {
+        Ok(self.lock().values().cloned().collect())
+    }
+}
+
+/// This library's file stem, from the loader's record of it.
+fn variant() -> String {
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr on the address of a function of this library.
+    let found = unsafe { libc::dladdr(berth_plugin_entry as *const libc::c_void, &mut info) };
+    if found == 0 || info.dli_fname.is_null() {
+        return "faulty".into();
+    }
+    // SAFETY: dladdr returns a NUL-terminated path.
+    let path = unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned();
+    Path::new(&path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+static METHODS: [Option<MethodFn>; m::COUNT] = berth_plugin_sdk::snapshot::__methods::<Faulty>();
+
+fn leak(s: String) -> StaticStr {
+    StaticStr::new(Box::leak(s.into_boxed_str()))
+}
+
+/// The berth plugin entry point: the header of this file's variant.
+#[unsafe(no_mangle)]
+pub extern "C" fn berth_plugin_entry() -> *const Header {
+    static HEADER: OnceLock<usize> = OnceLock::new();
+    *HEADER.get_or_init(|| {
+        let variant = variant();
+        let table = Box::leak(Box::new(FunctionTable {
+            create: berth_plugin_sdk::snapshot::__create::<Faulty>,
+            destroy: berth_plugin_sdk::__private::destroy::<Faulty>,
+            method_count: if variant == "short-table" { 3 } else { m::COUNT as u32 },
+            methods: METHODS.as_ptr(),
+        }));
+        let mut header = Header::new("snapshot", "faulty", env!("CARGO_PKG_VERSION"), table);
+        header.name = leak(variant.clone());
+        match variant.as_str() {
+            "bad-magic" => header.magic = *b"NOTBERTH",
+            "wrong-major" => header.abi_major = 99,
+            "newer-minor" => header.abi_minor = abi::ABI_MINOR + 5,
+            "wrong-kind" => header.kind = StaticStr::new("runtime"),
+            "wrong-name" => header.name = StaticStr::new("someone-else"),
+            "wrong-target" => header.target = StaticStr::new("riscv64gc-unknown-none-elf"),
+            _ => {}
+        }
+        Box::leak(Box::new(header)) as *const Header as usize
+    }) as *const Header
+}
