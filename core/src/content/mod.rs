@@ -265,6 +265,9 @@ impl BlobStore {
     }
 }
 
+/// How long Abort waits for a writer that holds the ingest to let it go.
+const ABORT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The content store as namespaces see it: the blob files plus each namespace's records of them.
 /// Clones share both.
 #[derive(Clone, Debug)]
@@ -336,8 +339,19 @@ impl ContentStore {
     /// if there is none, Unavailable while a writer holds it.
     pub async fn abort(&self, ns: &str, reference: &str, lease: Option<String>) -> Result<()> {
         ident::validate(ns).map_err(|e| e.context("namespace"))?;
-        let (blobs, owned_ns, owned_ref) = (self.blobs.clone(), ns.to_owned(), reference.to_owned());
-        blocking(move || Ok(blobs.abort(&owned_ns, &owned_ref)?)).await?;
+        // A client that ends its Write stream and aborts at once can be quicker than the stream's
+        // task, which lets the ingest go once it sees the end: give a writer that is going away a
+        // moment before answering that the ref is locked.
+        let deadline = std::time::Instant::now() + ABORT_LOCK_WAIT;
+        loop {
+            let (blobs, owned_ns, owned_ref) = (self.blobs.clone(), ns.to_owned(), reference.to_owned());
+            match blocking(move || Ok(blobs.abort(&owned_ns, &owned_ref)?)).await {
+                Err(Error::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                other => break other?,
+            }
+        }
         if let Some(lease) = lease {
             let resource = LeaseResource { id: reference.to_owned(), kind: INGEST_RESOURCE.into() };
             match self.store.delete_lease_resource(ns, &lease, resource).await {
