@@ -151,13 +151,27 @@ pub fn copy_dir_info(from: &OwnedFd, to: &OwnedFd) -> io::Result<(libc::timespec
 
 /// The extended attributes of an open file.
 fn fxattrs(fd: &OwnedFd) -> io::Result<Vec<(String, Vec<u8>)>> {
-    let size = unsafe { libc::flistxattr(fd.as_raw_fd(), std::ptr::null_mut(), 0) };
+    let fd = fd.as_raw_fd();
+    // SAFETY: the buffers are valid for the sizes given.
+    read_xattrs(
+        |buf, len| unsafe { libc::flistxattr(fd, buf, len) },
+        |key, buf, len| unsafe { libc::fgetxattr(fd, key, buf, len) },
+    )
+}
+
+/// Every extended attribute through `list` and `get` (the l*, f* or plain variants of
+/// listxattr/getxattr); none where the filesystem has no xattrs.
+fn read_xattrs(
+    list: impl Fn(*mut libc::c_char, usize) -> isize,
+    get: impl Fn(*const libc::c_char, *mut libc::c_void, usize) -> isize,
+) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let size = list(std::ptr::null_mut(), 0);
     if size < 0 {
         let e = io::Error::last_os_error();
         return if e.raw_os_error() == Some(libc::ENOTSUP) { Ok(Vec::new()) } else { Err(e) };
     }
     let mut names = vec![0u8; size as usize];
-    let size = unsafe { libc::flistxattr(fd.as_raw_fd(), names.as_mut_ptr().cast(), names.len()) };
+    let size = list(names.as_mut_ptr().cast(), names.len());
     if size < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -165,12 +179,12 @@ fn fxattrs(fd: &OwnedFd) -> io::Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
     for key in names.split(|b| *b == 0).filter(|k| !k.is_empty()) {
         let ckey = cstr(key)?;
-        let len = unsafe { libc::fgetxattr(fd.as_raw_fd(), ckey.as_ptr(), std::ptr::null_mut(), 0) };
+        let len = get(ckey.as_ptr(), std::ptr::null_mut(), 0);
         if len < 0 {
             return Err(io::Error::last_os_error());
         }
         let mut value = vec![0u8; len as usize];
-        let len = unsafe { libc::fgetxattr(fd.as_raw_fd(), ckey.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        let len = get(ckey.as_ptr(), value.as_mut_ptr().cast(), value.len());
         if len < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -297,32 +311,11 @@ pub fn lsetxattr(dir: RawFd, name: &OsStr, key: &str, value: &[u8]) -> io::Resul
 /// The extended attributes of `path` (not following a symlink), sorted by name.
 pub fn llistxattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     let c = cstr(path.as_os_str().as_bytes())?;
-    let size = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
-    if size < 0 {
-        let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENOTSUP) { Ok(Vec::new()) } else { Err(e) };
-    }
-    let mut names = vec![0u8; size as usize];
-    let size = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if size < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    names.truncate(size as usize);
-    let mut out = Vec::new();
-    for key in names.split(|b| *b == 0).filter(|k| !k.is_empty()) {
-        let ckey = cstr(key)?;
-        let len = unsafe { libc::lgetxattr(c.as_ptr(), ckey.as_ptr(), std::ptr::null_mut(), 0) };
-        if len < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut value = vec![0u8; len as usize];
-        let len = unsafe { libc::lgetxattr(c.as_ptr(), ckey.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-        if len < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        value.truncate(len as usize);
-        out.push((String::from_utf8_lossy(key).into_owned(), value));
-    }
+    // SAFETY: the buffers are valid for the sizes given.
+    let mut out = read_xattrs(
+        |buf, len| unsafe { libc::llistxattr(c.as_ptr(), buf, len) },
+        |key, buf, len| unsafe { libc::lgetxattr(c.as_ptr(), key, buf, len) },
+    )?;
     out.sort();
     Ok(out)
 }
