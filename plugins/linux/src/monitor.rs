@@ -1,8 +1,9 @@
 //! The `monitor.cgroups` plugin: the task monitor that owns what berth learns from cgroups.
 //!
 //! - OOM kills: the reaper of each task watches its cgroup (`cgroups::OomWatcher`) and the runtime
-//!   reports each kill as `RuntimeEvent::Oom`; the Tasks service hands those to the monitors and
-//!   this one publishes them as `/tasks/oom` (containerd's `TaskOOM`), once per kill.
+//!   reports each notice as `RuntimeEvent::Oom`; the Tasks service hands those to the monitors and
+//!   this one publishes each as `/tasks/oom` (containerd's `TaskOOM`). The reaper notices kills, not
+//!   out-of-memory conditions (on cgroup v1 one kill may follow several), so that is one event per kill.
 //! - Tasks.Metrics: for tasks of `runtime.linux` it reads the task's cgroup itself, from berthd,
 //!   and answers with containerd's cgroups v1 or v2 `Metrics` (`runtime/metrics.rs`).
 //!   The cgroup is found from the runtime's state of the container when the task is monitored.

@@ -427,9 +427,11 @@ impl Reaper {
         for (i, c) in self.subscribers.iter().enumerate() {
             add(&mut fds, c.as_raw_fd(), 0, Slot::Subscriber(i));
         }
-        // The timeout is a safety net: a SIGCHLD that arrived while it was unblocked is still noticed.
+        // The timeout is a safety net: a SIGCHLD that arrived while it was unblocked is still noticed. An OOM
+        // condition whose kill the kernel has not counted yet is looked at again soon.
+        let timeout = if self.oom.as_ref().is_some_and(OomWatcher::pending) { 10 } else { 1000 };
         // SAFETY: fds is a valid array of fds.len() pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             return;
         }
@@ -473,6 +475,9 @@ impl Reaper {
                 p.stdout = None;
             }
         }
+        if self.oom.as_ref().is_some_and(OomWatcher::pending) {
+            self.recount_oom();
+        }
         self.reap();
         if accept {
             self.accept();
@@ -487,9 +492,23 @@ impl Reaper {
 
     fn check_oom(&mut self) {
         let kills = self.oom.as_mut().map(|w| w.check());
+        self.announce_kills(kills);
+    }
+
+    fn recount_oom(&mut self) {
+        let kills = self.oom.as_mut().map(|w| w.recount());
+        self.announce_kills(kills);
+    }
+
+    /// One OOM event per kill.
+    fn announce_kills(&mut self, kills: Option<cgroups::Result<u64>>) {
         match kills {
-            Some(Ok(0)) | None => {}
-            Some(Ok(_)) => self.broadcast(&Event::Oom),
+            Some(Ok(n)) => {
+                for _ in 0..n {
+                    self.broadcast(&Event::Oom);
+                }
+            }
+            None => {}
             // The cgroup is gone (the task is being deleted): stop watching.
             Some(Err(_)) => self.oom = None,
         }
