@@ -179,6 +179,7 @@ impl LinuxRuntime {
             pid,
             io,
             dead,
+            deleting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -417,6 +418,12 @@ impl Runtime for LinuxRuntime {
 
     async fn delete(&self, ns: &str, id: &str) -> Result<Exit> {
         let task = self.lookup(ns, id).ok_or_else(|| RuntimeError::DoesNotExist(format!("task {id:?}")))?;
+        // Two deletes of one task at once (a client's and the restart monitor's): the second waits for the
+        // first and finds the task gone, rather than asking a reaper that is exiting.
+        let _deleting = task.deleting.lock().await;
+        if !self.lookup(ns, id).is_some_and(|t| Arc::ptr_eq(&t, &task)) {
+            return Err(RuntimeError::DoesNotExist(format!("task {id:?}")));
+        }
         let exit = match task.dead {
             Some(exit) => {
                 // The reaper is gone: clean up what it left with a one-shot reaper process.
@@ -452,6 +459,8 @@ pub struct LinuxTask {
     io: Io,
     /// Set when the reaper was gone at recovery: the task only reports this exit, then is deleted.
     dead: Option<Exit>,
+    /// Held while the task is being deleted.
+    deleting: tokio::sync::Mutex<()>,
 }
 
 impl LinuxTask {
