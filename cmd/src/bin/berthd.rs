@@ -59,6 +59,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     registry.register(berth_plugin_snapshot_native::registration())?;
     registry.register(berth_plugin_pull::registration())?;
     registry.register(berth_plugin_linux::monitor::registration())?;
+    registry.register(berth_plugin_monitor_restart::registration())?;
     // Plugins from outside the binary: tables with `source = "native"` name a dynamic library.
     registry.add_source(berth_core::external::native::source())?;
     match args.command {

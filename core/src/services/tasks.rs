@@ -94,7 +94,7 @@ impl Default for TasksConfig {
         Self {
             default_runtime: "linux".into(),
             runtime_names: linux.into_iter().map(|name| (name.to_string(), "linux".to_string())).collect(),
-            monitors: vec!["cgroups".into()],
+            monitors: vec!["cgroups".into(), "restart".into()],
         }
     }
 }
