@@ -17,6 +17,7 @@ mod events;
 mod gc;
 mod images_ctr;
 mod lifecycle;
+mod monitors;
 mod native_plugins;
 mod oci;
 mod persistence;
