@@ -118,9 +118,9 @@ fn a_labelled_container_is_restarted_until_labelled_stopped() {
     let rootfs = daemon.busybox_rootfs();
     let data = daemon.dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let log = daemon.dir.path().join("logs/r1.log");
+    let log = daemon.dir.path().join("logs/mon-r1.log");
     // Each run adds a line to the counter file, prints one, and fails after a moment.
-    let cmd = script(&rootfs, "r1", "echo run >> /data/count; echo out $$; sleep 0.2; exit 3");
+    let cmd = script(&rootfs, "mon-r1", "echo run >> /data/count; echo out $$; sleep 0.2; exit 3");
     let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", data.display());
     let logpath = format!("containerd.io/restart.logpath={}", log.display());
     let label = format!("{STATUS}=running");
@@ -133,34 +133,34 @@ fn a_labelled_container_is_restarted_until_labelled_stopped() {
         &mount,
         "--rootfs",
         rootfs.to_str().unwrap(),
-        "r1",
+        "mon-r1",
         "sh",
         &cmd,
     ]);
     // Started by ctr, then labelled (a check between the two would start it first).
-    daemon.ctr_ok(&["tasks", "start", "--null-io", "-d", "r1"]);
-    daemon.ctr_ok(&["containers", "label", "r1", &label]);
+    daemon.ctr_ok(&["tasks", "start", "--null-io", "-d", "mon-r1"]);
+    daemon.ctr_ok(&["containers", "label", "mon-r1", &label]);
 
     let count = data.join("count");
     eventually("four runs", 20, || lines(&count) >= 4);
     // Restarted tasks write to the log file; the first one had no stdio.
     eventually("restarted runs logged", 5, || lines(&log) >= 2);
     assert!(std::fs::read_to_string(&log).unwrap().lines().all(|l| l.starts_with("out ")));
-    assert!(restart_count(&daemon, "r1") >= 3, "{}", labels(&daemon, "r1"));
+    assert!(restart_count(&daemon, "mon-r1") >= 3, "{}", labels(&daemon, "mon-r1"));
 
     // Labelled stopped: the next check stops the task if it runs, and nothing restarts it.
-    daemon.ctr_ok(&["containers", "label", "r1", &format!("{STATUS}=stopped")]);
-    eventually("task stopped", 10, || task_status(&daemon, "r1").is_none_or(|s| s == "STOPPED"));
+    daemon.ctr_ok(&["containers", "label", "mon-r1", &format!("{STATUS}=stopped")]);
+    eventually("task stopped", 10, || task_status(&daemon, "mon-r1").is_none_or(|s| s == "STOPPED"));
     // Longer than the longest back-off and a few checks.
     std::thread::sleep(Duration::from_millis(2600));
     let runs = lines(&count);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(lines(&count), runs, "restarted after being labelled stopped");
-    assert!(task_status(&daemon, "r1").is_none_or(|s| s == "STOPPED"));
+    assert!(task_status(&daemon, "mon-r1").is_none_or(|s| s == "STOPPED"));
 
-    let _ = daemon.ctr(&["tasks", "rm", "r1"]);
-    daemon.ctr_ok(&["containers", "rm", "r1"]);
-    assert_nothing_left(&daemon, "r1");
+    let _ = daemon.ctr(&["tasks", "rm", "mon-r1"]);
+    daemon.ctr_ok(&["containers", "rm", "mon-r1"]);
+    assert_nothing_left(&daemon, "mon-r1");
 }
 
 /// The next event on `stream` whose topic is `topic`.
@@ -199,16 +199,16 @@ async fn killing_repeatedly_backs_off_and_deleting_the_container_stops_restarts(
     let rootfs = daemon.busybox_rootfs();
     let label = format!("{STATUS}=running");
     // Labelled once its task runs: a check at start-up racing the create cannot restart it early.
-    daemon.ctr_ok(&["containers", "create", "--rootfs", rootfs.to_str().unwrap(), "b1", "sleep", "1000"]);
-    daemon.ctr_ok(&["tasks", "start", "--null-io", "-d", "b1"]);
+    daemon.ctr_ok(&["containers", "create", "--rootfs", rootfs.to_str().unwrap(), "mon-b1", "sleep", "1000"]);
+    daemon.ctr_ok(&["tasks", "start", "--null-io", "-d", "mon-b1"]);
     let first = TaskStart::decode(next_on(&mut events, "/tasks/start").await.event.unwrap().value.as_slice()).unwrap();
-    daemon.ctr_ok(&["containers", "label", "b1", &label]);
+    daemon.ctr_ok(&["containers", "label", "mon-b1", &label]);
 
     let mut pids = vec![first.pid];
     for n in 0..4u32 {
-        daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "b1"]);
+        daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "mon-b1"]);
         let exit = TaskExit::decode(next_on(&mut events, "/tasks/exit").await.event.unwrap().value.as_slice()).unwrap();
-        assert_eq!((exit.container_id.as_str(), exit.exit_status), ("b1", 137));
+        assert_eq!((exit.container_id.as_str(), exit.exit_status), ("mon-b1", 137));
         let started = next_on(&mut events, "/tasks/start").await;
         let start = TaskStart::decode(started.event.as_ref().unwrap().value.as_slice()).unwrap();
         // The n-th restart in a row waits 400 ms × 2ⁿ after the exit, at least.
@@ -223,29 +223,29 @@ async fn killing_repeatedly_backs_off_and_deleting_the_container_stops_restarts(
         );
         assert!(!pids.contains(&start.pid), "restart {n} kept pid {}", start.pid);
         pids.push(start.pid);
-        assert_eq!(task_pid(&daemon, "b1"), Some(start.pid));
+        assert_eq!(task_pid(&daemon, "mon-b1"), Some(start.pid));
     }
-    assert_eq!(restart_count(&daemon, "b1"), 4);
+    assert_eq!(restart_count(&daemon, "mon-b1"), 4);
     let log = daemon.log_text();
     let delays: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("restart scheduled") && l.contains("container=b1"))
+        .filter(|l| l.contains("restart scheduled") && l.contains("container=mon-b1"))
         .filter_map(|l| l.split("delay_ms=").nth(1)?.split_whitespace().next())
         .collect();
     assert_eq!(delays, ["400", "800", "1600", "3200"], "{log}");
 
     // Killed again, the restart waits 6.4 s: the container is deleted meanwhile, as ctr does it.
-    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "b1"]);
+    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "mon-b1"]);
     next_on(&mut events, "/tasks/exit").await;
-    daemon.ctr_ok(&["tasks", "rm", "b1"]);
-    daemon.ctr_ok(&["containers", "rm", "b1"]);
+    daemon.ctr_ok(&["tasks", "rm", "mon-b1"]);
+    daemon.ctr_ok(&["containers", "rm", "mon-b1"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !daemon.log_text().contains("container deleted: not restarted") {
         assert!(Instant::now() < deadline, "the waiting restart did not notice the deletion:\n{}", daemon.log_text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(task_status(&daemon, "b1"), None);
-    assert_nothing_left(&daemon, "b1");
+    assert_eq!(task_status(&daemon, "mon-b1"), None);
+    assert_nothing_left(&daemon, "mon-b1");
 }
 
 #[tokio::test]
@@ -261,10 +261,10 @@ async fn restarts_racing_deletions_leave_nothing_behind() {
     let label = format!("{STATUS}=running");
     // From the image: each restart mounts the container's snapshot again. Nobody starts them: the
     // monitor's checks find them without a task.
-    for id in ["race1", "race2"] {
+    for id in ["mon-race1", "mon-race2"] {
         daemon.ctr_ok(&["containers", "create", "--label", &label, BUSYBOX, id, "true"]);
     }
-    for id in ["race1", "race2"] {
+    for id in ["mon-race1", "mon-race2"] {
         eventually(&format!("{id} restarted 5 times"), 20, || restart_count(&daemon, id) >= 5);
     }
 
@@ -272,29 +272,33 @@ async fn restarts_racing_deletions_leave_nothing_behind() {
     let mut refused = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (code, _, err) = ctr(&daemon, &["containers", "rm", "race1"]);
+        let (code, _, err) = ctr(&daemon, &["containers", "rm", "mon-race1"]);
         if code == 0 {
             break;
         }
-        assert!(err.contains("cannot delete") || err.contains("not found"), "{err}");
+        // What losing the race looks like to ctr: its task check and a restart crossing (a non stopped
+        // container, a running task), or the task it saw stopped replaced by a new, running one (ctr's
+        // own check, or berthd's).
+        let lost_race = ["cannot delete", "not found", "must be stopped before deletion", "is running: kill it first"];
+        assert!(lost_race.iter().any(|m| err.contains(m)), "{err}");
         refused += 1;
         assert!(Instant::now() < deadline, "ctr containers rm never got through ({refused} tries): {err}");
     }
     // Straight through the Containers API, with the task still there or being made.
     let client = daemon.client().await;
-    client.containers().delete(ns_request("default", DeleteContainerRequest { id: "race2".into() })).await.unwrap();
+    client.containers().delete(ns_request("default", DeleteContainerRequest { id: "mon-race2".into() })).await.unwrap();
 
     // Several checks and restarts' worth of time: nothing comes back.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    for id in ["race1", "race2"] {
+    for id in ["mon-race1", "mon-race2"] {
         assert_eq!(task_status(&daemon, id), None, "a task of deleted container {id} is left");
         assert_nothing_left(&daemon, id);
     }
     let containers = daemon.ctr_ok(&["containers", "ls", "-q"]);
     assert!(containers.trim().is_empty(), "{containers}");
-    // ctr removed race1's snapshot with it.
+    // ctr removed mon-race1's snapshot with it.
     let snapshots = daemon.ctr_ok(&["snapshots", "ls"]);
-    assert!(!snapshots.contains("race1"), "{snapshots}");
+    assert!(!snapshots.contains("mon-race1"), "{snapshots}");
 }
 
 #[test]
@@ -313,12 +317,12 @@ fn a_labelled_container_whose_task_is_missing_is_started() {
         &label,
         "--rootfs",
         rootfs.to_str().unwrap(),
-        "m1",
+        "mon-m1",
         "sleep",
         "1000",
     ]);
-    eventually("m1 started by the monitor", 10, || task_status(&daemon, "m1").as_deref() == Some("RUNNING"));
-    let pid = task_pid(&daemon, "m1").unwrap();
+    eventually("mon-m1 started by the monitor", 10, || task_status(&daemon, "mon-m1").as_deref() == Some("RUNNING"));
+    let pid = task_pid(&daemon, "mon-m1").unwrap();
 
     // berthd and the task die together, as in a reboot: at start-up the task is missing.
     daemon.kill9();
@@ -330,14 +334,16 @@ fn a_labelled_container_whose_task_is_missing_is_started() {
     }
     assert!(daemon.task_dirs().is_empty());
     daemon.spawn();
-    eventually("m1 started again after the restart", 10, || task_status(&daemon, "m1").as_deref() == Some("RUNNING"));
-    assert_ne!(task_pid(&daemon, "m1"), Some(pid));
+    eventually("mon-m1 started again after the restart", 10, || {
+        task_status(&daemon, "mon-m1").as_deref() == Some("RUNNING")
+    });
+    assert_ne!(task_pid(&daemon, "mon-m1"), Some(pid));
 
-    daemon.ctr_ok(&["containers", "label", "m1", &format!("{STATUS}=stopped")]);
+    daemon.ctr_ok(&["containers", "label", "mon-m1", &format!("{STATUS}=stopped")]);
     // A running task labelled stopped is killed and removed by the next check.
-    eventually("m1 stopped by the monitor", 10, || task_status(&daemon, "m1").is_none());
-    daemon.ctr_ok(&["containers", "rm", "m1"]);
-    assert_nothing_left(&daemon, "m1");
+    eventually("mon-m1 stopped by the monitor", 10, || task_status(&daemon, "mon-m1").is_none());
+    daemon.ctr_ok(&["containers", "rm", "mon-m1"]);
+    assert_nothing_left(&daemon, "mon-m1");
 }
 
 unsafe extern "C" {
@@ -416,13 +422,13 @@ async fn an_oom_kill_is_one_event_and_metrics_come_from_the_cgroup() {
         return;
     }
     let daemon = Daemon::start();
-    let topics = oom_run(&daemon, "oom1").await;
+    let topics = oom_run(&daemon, "mon-oom1").await;
     let ooms = topics.iter().filter(|t| *t == "/tasks/oom").count();
     assert_eq!(ooms, 1, "{topics:?}\n{}", daemon.log_text());
     assert!(topics.contains(&"/tasks/exit".to_string()), "{topics:?}");
-    assert_nothing_left(&daemon, "oom1");
+    assert_nothing_left(&daemon, "mon-oom1");
 
-    let metrics = metrics_of_a_running_task(&daemon, "met1");
+    let metrics = metrics_of_a_running_task(&daemon, "mon-met1");
     assert!(metrics.contains("memory.usage_in_bytes") && metrics.contains("pids.current"), "{metrics}");
     if Path::new("/sys/fs/cgroup/memory").exists() {
         let limit = metrics.lines().find(|l| l.starts_with("memory.limit_in_bytes")).unwrap_or_default();
@@ -440,10 +446,10 @@ async fn without_monitors_no_oom_event_and_metrics_from_the_runtime() {
         return;
     }
     let daemon = Daemon::start_with("[plugins.\"service.tasks\"]\nmonitors = []\n");
-    let topics = oom_run(&daemon, "oom2").await;
+    let topics = oom_run(&daemon, "mon-oom2").await;
     assert!(!topics.contains(&"/tasks/oom".to_string()), "published without monitor.cgroups: {topics:?}");
     assert!(topics.contains(&"/tasks/exit".to_string()), "{topics:?}");
-    let metrics = metrics_of_a_running_task(&daemon, "met2");
+    let metrics = metrics_of_a_running_task(&daemon, "mon-met2");
     assert!(metrics.contains("memory.usage_in_bytes") && metrics.contains("pids.current"), "{metrics}");
     assert!(daemon.log_text().contains("monitors=[]"), "{}", daemon.log_text());
 }
@@ -471,7 +477,7 @@ fn a_failing_monitor_does_not_break_task_creation() {
             "containerd.io/restart.policy=bogus",
             "--rootfs",
             rootfs.to_str().unwrap(),
-            "f1",
+            "mon-f1",
             "echo",
             "still-runs",
         ],
@@ -480,5 +486,5 @@ fn a_failing_monitor_does_not_break_task_creation() {
     let log = daemon.log_text();
     let failure = log.lines().find(|l| l.contains("monitor call failed")).unwrap_or_else(|| panic!("{log}"));
     assert!(failure.contains("monitor=restart") && failure.contains("restart.policy"), "{failure}");
-    assert_nothing_left(&daemon, "f1");
+    assert_nothing_left(&daemon, "mon-f1");
 }
