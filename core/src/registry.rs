@@ -368,9 +368,14 @@ fn external_registration(plugin: &ExternalPlugin, source: Option<&PluginSource>)
             }
         }
     });
+    // A monitor publishes through the host (`Host::publish`): it starts once the event exchange is there.
+    let requires = match id.kind {
+        PluginKind::Monitor => vec![Requirement::Plugin(crate::services::exchange_id())],
+        _ => Vec::new(),
+    };
     Registration {
         id,
-        requires: Vec::new(),
+        requires,
         description,
         // The table's own keys were checked with the config; the plugin reads its `config` itself.
         parse_config: Arc::new(|_| Ok(Arc::new(()) as Arc<dyn Any + Send + Sync>)),

@@ -20,7 +20,7 @@ use crate::harness::*;
 use crate::images_fixture::{self, BUSYBOX};
 
 /// The path of the cdylib of crate `name` (with underscores), as cargo built it for this test binary.
-fn library(name: &str) -> PathBuf {
+pub(crate) fn library(name: &str) -> PathBuf {
     let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
     let file = format!("lib{name}.so");
     for dir in [deps.clone(), deps.parent().unwrap().to_path_buf()] {
@@ -39,11 +39,11 @@ fn runtime_library() -> PathBuf {
     library("berth_example_native_runtime")
 }
 
-fn faulty_library() -> PathBuf {
+pub(crate) fn faulty_library() -> PathBuf {
     library("berth_test_plugin_faulty")
 }
 
-fn sha256_of(path: &Path) -> String {
+pub(crate) fn sha256_of(path: &Path) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -179,22 +179,22 @@ async fn native_runtime_example_passes_the_runtime_suite() {
 }
 
 /// `berth plugins ls --format json`, as JSON.
-fn plugins_json(daemon: &Daemon) -> Vec<serde_json::Value> {
+pub(crate) fn plugins_json(daemon: &Daemon) -> Vec<serde_json::Value> {
     serde_json::from_str(&daemon.berth_ok(&["--format", "json", "plugins", "ls"])).unwrap()
 }
 
-fn plugin<'a>(plugins: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+pub(crate) fn plugin<'a>(plugins: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
     plugins
         .iter()
         .find(|p| p["id"] == name && p["exports"]["berth.kind"] == kind)
         .unwrap_or_else(|| panic!("no plugin {kind}.{name} in {plugins:#?}"))
 }
 
-fn init_error(plugins: &[serde_json::Value], kind: &str, name: &str) -> String {
+pub(crate) fn init_error(plugins: &[serde_json::Value], kind: &str, name: &str) -> String {
     plugin(plugins, kind, name)["init_err"]["message"].as_str().unwrap_or_default().to_string()
 }
 
-fn native_table(id: &str, path: &Path, config: &str) -> String {
+pub(crate) fn native_table(id: &str, path: &Path, config: &str) -> String {
     format!(
         "[plugins.\"{id}\"]\nsource = \"native\"\npath = \"{}\"\n[plugins.\"{id}\".config]\n{config}\n",
         path.display()
@@ -218,7 +218,7 @@ fn snapshot_example_runs_containers_through_ctr() {
     assert_eq!(exports["berth.path"], library.display().to_string());
     assert_eq!(exports["berth.sha256"], sha256_of(&library));
     assert_eq!(exports["berth.version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(exports["berth.abi"], "1.0");
+    assert_eq!(exports["berth.abi"], "1.1");
     assert_eq!(plugin(&plugins, "snapshot", "native")["exports"]["berth.source"], "builtin");
     let table = daemon.berth_ok(&["plugins", "ls"]);
     let row = table.lines().find(|l| l.contains("example")).expect(&table);
@@ -393,7 +393,7 @@ fn runtime_example_runs_containers_through_ctr() {
 }
 
 /// Copies the faulty library under the name of each fault into `dir`.
-fn faulty_copies(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
+pub(crate) fn faulty_copies(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
     names
         .iter()
         .map(|name| {

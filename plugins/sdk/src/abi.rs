@@ -12,7 +12,8 @@
 //!
 //! Within one major version everything is append-only: fields are added at the end of [`Header`],
 //! [`FunctionTable`] and [`HostApi`], and methods at the end of a kind's method list (their indices in
-//! [`snapshot_methods`] and [`runtime_methods`] never change). Each side says how much it has
+//! [`snapshot_methods`], [`runtime_methods`] and [`monitor_methods`] never change). ABI 1.1 appended the
+//! `monitor` kind and [`HostApi::publish`]. Each side says how much it has
 //! ([`Header::header_size`], [`FunctionTable::method_count`], [`HostApi::size`]), so a host and a plugin of
 //! different minor versions work together in both directions: the host calls only the methods the plugin has
 //! (a missing one answers [`code::UNIMPLEMENTED`]), and the SDK uses only the host functions the host has.
@@ -43,7 +44,8 @@ pub const MAGIC: [u8; 8] = *b"BERTHPLG";
 pub const ABI_MAJOR: u16 = 1;
 
 /// The ABI minor version: what was appended within the major version. Any minor works with any other.
-pub const ABI_MINOR: u16 = 0;
+/// 1: the `monitor` kind ([`monitor_methods`]) and the host's [`HostApi::publish`].
+pub const ABI_MINOR: u16 = 1;
 
 /// The name of the one symbol a plugin library exports.
 pub const ENTRY_SYMBOL: &str = "berth_plugin_entry";
@@ -202,7 +204,7 @@ pub struct Header {
     pub rustc: StaticStr,
     /// The SDK version ([`SDK_VERSION`]).
     pub sdk_version: StaticStr,
-    /// Its kind: `snapshot` or `runtime`.
+    /// Its kind: `snapshot`, `runtime` or `monitor`.
     pub kind: StaticStr,
     /// Its name: `[plugins."KIND.NAME"]` must name it so.
     pub name: StaticStr,
@@ -261,7 +263,8 @@ pub struct FunctionTable {
     pub destroy: DestroyFn,
     /// How many entries `methods` has.
     pub method_count: u32,
-    /// The kind's methods by index ([`snapshot_methods`], [`runtime_methods`]); a None entry is unimplemented.
+    /// The kind's methods by index ([`snapshot_methods`], [`runtime_methods`], [`monitor_methods`]); a None
+    /// entry is unimplemented.
     pub methods: *const Option<MethodFn>,
 }
 
@@ -275,6 +278,12 @@ pub type LogFn = unsafe extern "C" fn(context: *const c_void, level: u32, messag
 /// [`crate::proto::runtime::Event`]. May be called from any thread, at any time while the instance lives.
 pub type EventFn = unsafe extern "C" fn(context: *const c_void, event: Bytes);
 
+/// Publishes an event into berthd's event stream (what `ctr events` shows): an encoded
+/// [`crate::proto::PublishRequest`]. Returns [`code::OK`], or another code with an encoded
+/// [`crate::proto::PluginError`] in `error`, allocated by the host with its own free function. May be called
+/// from any thread while the instance lives.
+pub type PublishFn = unsafe extern "C" fn(context: *const c_void, request: Bytes, error: *mut Buffer) -> i32;
+
 /// What the host offers the plugin, passed to [`FunctionTable::create`]. Append-only, like the rest.
 #[repr(C)]
 #[derive(Debug)]
@@ -287,6 +296,8 @@ pub struct HostApi {
     pub log: LogFn,
     /// Events.
     pub event: EventFn,
+    /// Publishing into berthd's event stream (ABI 1.1).
+    pub publish: PublishFn,
 }
 
 /// The levels of [`LogFn`].
@@ -392,4 +403,21 @@ pub mod runtime_methods {
     pub const LIST: usize = 15;
     /// How many methods ABI 1.0 defines.
     pub const COUNT: usize = 16;
+}
+
+/// Method indices of the `monitor` kind (ABI 1.1); messages are `berth.plugin.monitor.v1`'s
+/// ([`crate::proto::monitor`]).
+pub mod monitor_methods {
+    /// `Empty` → `Empty`.
+    pub const ACTIVATE: usize = 0;
+    /// `TaskRequest` → `Empty`.
+    pub const MONITOR: usize = 1;
+    /// `TaskRequest` → `Empty`.
+    pub const STOP: usize = 2;
+    /// `EventRequest` → `Empty`.
+    pub const EVENT: usize = 3;
+    /// `TaskRequest` → `StatsResponse`.
+    pub const STATS: usize = 4;
+    /// How many methods ABI 1.1 defines.
+    pub const COUNT: usize = 5;
 }

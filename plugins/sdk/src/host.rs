@@ -1,12 +1,12 @@
-//! What berthd offers a plugin: its log, and a way to report events.
+//! What berthd offers a plugin: its log, a way to report events, and (ABI 1.1) berthd's event stream.
 
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 
 use crate::abi::{self, Bytes, HostApi, log_level};
-use crate::proto::Message;
 use crate::proto::runtime::{Event, Exit, ExitEvent, OomEvent, event};
+use crate::proto::{Any, Message, PluginError, PublishRequest};
 
 /// A log level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +113,36 @@ impl Host {
                 exit: Some(exit),
             })),
         })
+    }
+
+    /// Publishes `event` on `topic` (`/`-separated identifiers starting with `/`, e.g. `/berth/alert`) in
+    /// `namespace` into berthd's event stream, where `ctr events` and every Events subscriber see it. Fails
+    /// with InvalidArgument for a bad topic or namespace, Unimplemented on a berthd older than ABI 1.1 and
+    /// Unavailable on a detached host.
+    pub fn publish(&self, namespace: &str, topic: &str, event: Any) -> crate::Result<()> {
+        let end = std::mem::offset_of!(HostApi, publish) + std::mem::size_of::<abi::PublishFn>();
+        let Some(api) = self.has(end) else {
+            return Err(match self.api() {
+                Some(_) => crate::Error::unimplemented("this berthd cannot publish events (it is older than ABI 1.1)"),
+                None => crate::Error::unavailable("no host to publish events to"),
+            });
+        };
+        let request = PublishRequest { namespace: namespace.into(), topic: topic.into(), event: Some(event) };
+        let bytes = request.encode_to_vec();
+        let mut error = abi::Buffer::empty();
+        // SAFETY: the host's function with its own context; the request is lent for the call, the error
+        // buffer is the host's to fill.
+        let result = unsafe { (api.publish)(api.context, Bytes::new(&bytes), &mut error) };
+        if result == abi::code::OK {
+            return Ok(());
+        }
+        // SAFETY: the host filled the buffer or left it empty; read, then given back to the host's free.
+        let e = PluginError::decode(unsafe { error.as_slice() }).unwrap_or_default();
+        // SAFETY: as above.
+        unsafe { error.release() };
+        let message =
+            if e.message.is_empty() { format!("publishing on {topic}: error code {result}") } else { e.message };
+        Err(crate::Error::new(result, message))
     }
 
     /// Reports that a process of task `id` was killed for going over its memory limit.

@@ -11,8 +11,8 @@
 //! berth-plugin-sdk = "0.1"
 //! ```
 //!
-//! It implements [`snapshot::Snapshotter`] or [`runtime::Runtime`] and exports it once, and berthd loads it
-//! from a table of its config:
+//! It implements [`snapshot::Snapshotter`], [`runtime::Runtime`] or [`monitor::Monitor`] and exports it
+//! once, and berthd loads it from a table of its config:
 //!
 //! ```toml
 //! [plugins."snapshot.memo"]
@@ -64,14 +64,15 @@
 //! ```
 //!
 //! What crosses the boundary, and the rules both sides keep, are in [`abi`]; berth's `docs/plugins.md` is the
-//! plugin author's guide (build, configure, debug, version). Monitor plugins come next, once berth-core has
-//! its monitor trait; wasm components are the third source of plugins after built-in and native.
+//! plugin author's guide (build, configure, debug, version). Task monitors are the third kind
+//! ([`monitor`], ABI 1.1); wasm components are the third source of plugins after built-in and native.
 #![deny(missing_docs)]
 
 pub mod abi;
 mod error;
 mod export;
 mod host;
+pub mod monitor;
 pub mod proto;
 pub mod runtime;
 pub mod snapshot;

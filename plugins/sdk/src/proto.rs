@@ -5,7 +5,9 @@
 //! * [`InitRequest`] and [`PluginError`] as in `proto/berth/plugin/v1/plugin.proto`;
 //! * [`snapshots`] as containerd's `proto/containerd/services/snapshots/v1/snapshots.proto`, and [`Mount`] as
 //!   `proto/containerd/types/mount.proto`;
-//! * [`runtime`] as `proto/berth/plugin/runtime/v1/runtime.proto`.
+//! * [`runtime`] as `proto/berth/plugin/runtime/v1/runtime.proto`;
+//! * [`monitor`] as `proto/berth/plugin/monitor/v1/monitor.proto`, and [`PublishRequest`] as
+//!   `proto/berth/plugin/v1/plugin.proto`.
 
 use std::collections::HashMap;
 
@@ -46,6 +48,20 @@ pub struct PluginError {
     /// berthd turns into a file, line and column.
     #[prost(string, repeated, tag = "3")]
     pub config_path: Vec<String>,
+}
+
+/// An event for berthd's event stream, handed to [`crate::abi::HostApi::publish`] (`berth.plugin.v1.PublishRequest`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PublishRequest {
+    /// The namespace the event belongs to.
+    #[prost(string, tag = "1")]
+    pub namespace: String,
+    /// Its topic: `/`-separated identifiers starting with `/`.
+    #[prost(string, tag = "2")]
+    pub topic: String,
+    /// The event.
+    #[prost(message, optional, tag = "3")]
+    pub event: Option<Any>,
 }
 
 /// A filesystem mount (`containerd.types.Mount`).
@@ -639,5 +655,147 @@ pub mod runtime {
             #[prost(message, tag = "2")]
             Oom(super::OomEvent),
         }
+    }
+}
+
+/// The monitor kind's messages (`berth.plugin.monitor.v1`, ABI 1.1).
+pub mod monitor {
+    use super::*;
+
+    /// A task as monitors see it.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Task {
+        /// Namespace.
+        #[prost(string, tag = "1")]
+        pub namespace: String,
+        /// Task id.
+        #[prost(string, tag = "2")]
+        pub id: String,
+        /// The runtime plugin that runs it, by name.
+        #[prost(string, tag = "3")]
+        pub runtime: String,
+        /// Init pid, 0 when not known.
+        #[prost(uint32, tag = "4")]
+        pub pid: u32,
+        /// Its container's labels at the call.
+        #[prost(map = "string, string", tag = "5")]
+        pub labels: HashMap<String, String>,
+    }
+
+    /// How a process ended.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Exit {
+        /// Its pid.
+        #[prost(uint32, tag = "1")]
+        pub pid: u32,
+        /// Exit code, or 128 + signal.
+        #[prost(uint32, tag = "2")]
+        pub status: u32,
+        /// When.
+        #[prost(message, optional, tag = "3")]
+        pub exited_at: Option<Timestamp>,
+    }
+
+    /// Created, with the init pid.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Created {
+        /// Init pid.
+        #[prost(uint32, tag = "1")]
+        pub pid: u32,
+    }
+
+    /// Started, with the init pid.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Started {
+        /// Init pid.
+        #[prost(uint32, tag = "1")]
+        pub pid: u32,
+    }
+
+    /// A process exited.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Exited {
+        /// Exec id, empty for init.
+        #[prost(string, tag = "1")]
+        pub exec_id: String,
+        /// How.
+        #[prost(message, optional, tag = "2")]
+        pub exit: Option<Exit>,
+    }
+
+    /// An OOM kill, paused or resumed: nothing more to say.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Nothing {}
+
+    /// Deleted, with how its init ended.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Deleted {
+        /// How.
+        #[prost(message, optional, tag = "1")]
+        pub exit: Option<Exit>,
+    }
+
+    /// What happened to a task.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TaskEvent {
+        /// What.
+        #[prost(oneof = "task_event::Kind", tags = "1, 2, 3, 4, 5, 6, 7")]
+        pub kind: Option<task_event::Kind>,
+    }
+
+    /// The kinds of [`TaskEvent`].
+    pub mod task_event {
+        /// What happened.
+        #[derive(Clone, PartialEq, prost::Oneof)]
+        pub enum Kind {
+            /// Created.
+            #[prost(message, tag = "1")]
+            Created(super::Created),
+            /// Started.
+            #[prost(message, tag = "2")]
+            Started(super::Started),
+            /// A process exited.
+            #[prost(message, tag = "3")]
+            Exited(super::Exited),
+            /// An OOM kill.
+            #[prost(message, tag = "4")]
+            Oom(super::Nothing),
+            /// Frozen.
+            #[prost(message, tag = "5")]
+            Paused(super::Nothing),
+            /// Thawed.
+            #[prost(message, tag = "6")]
+            Resumed(super::Nothing),
+            /// Removed.
+            #[prost(message, tag = "7")]
+            Deleted(super::Deleted),
+        }
+    }
+
+    /// Names the task of `monitor`, `stop` and `stats`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TaskRequest {
+        /// The task.
+        #[prost(message, optional, tag = "1")]
+        pub task: Option<Task>,
+    }
+
+    /// An event about a task.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct EventRequest {
+        /// The task.
+        #[prost(message, optional, tag = "1")]
+        pub task: Option<Task>,
+        /// What happened.
+        #[prost(message, optional, tag = "2")]
+        pub event: Option<TaskEvent>,
+    }
+
+    /// A task's figures; no `stats` when the monitor has none for it.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StatsResponse {
+        /// A `containerd.cgroups` metrics message, or another `Any` Tasks.Metrics hands on.
+        #[prost(message, optional, tag = "1")]
+        pub stats: Option<Any>,
     }
 }

@@ -13,11 +13,12 @@
 //! 4. the instance is made from the plugin's `config` table (as JSON) and its directories; a config error the
 //!    plugin reports is located in the config file like berthd's own.
 //!
-//! The plugin then stands behind the core trait of its kind ([`snapshot`], [`runtime`]). Every call runs on
+//! The plugin then stands behind the core trait of its kind ([`snapshot`], [`runtime`], [`monitor`]). Every call runs on
 //! a blocking thread (`spawn_blocking`), never on the async workers; a call that fails inside the plugin (a
 //! caught panic, an internal error) fails that call only and is kept as the plugin's last error.
 
 mod elf;
+pub mod monitor;
 pub mod runtime;
 pub mod snapshot;
 
@@ -30,11 +31,13 @@ use berth_plugin_sdk::abi::{
     self, ABI_MAJOR, ABI_MINOR, Buffer, Bytes, DestroyFn, EntryFn, FunctionTable, Header, HostApi, MAGIC, MethodFn,
     code, log_level,
 };
-use berth_plugin_sdk::proto::{InitRequest, Message, PluginError};
+use berth_plugin_sdk::proto::{InitRequest, Message, PluginError, PublishRequest};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{LoadContext, PluginSource, StatusHandle};
+use crate::events::Exchange;
+use crate::monitor::SharedMonitor;
 use crate::plugin::{InitError, Instance, PluginId, PluginKind};
 use crate::runtime::SharedRuntime;
 use crate::snapshot::SharedSnapshotter;
@@ -152,10 +155,11 @@ fn open(path: &Path, id: &PluginId, status: &StatusHandle) -> Result<Checked, St
     Ok(Checked { table, abi_minor: prefix.abi_minor })
 }
 
-/// What the host functions see: which plugin calls, and where its events go.
+/// What the host functions see: which plugin calls, where its events go, and the exchange it publishes on.
 pub(crate) struct HostState {
     id: PluginId,
     on_event: OnceLock<Box<dyn Fn(berth_plugin_sdk::proto::runtime::Event) + Send + Sync>>,
+    exchange: Option<Exchange>,
 }
 
 unsafe extern "C" fn host_log(context: *const c_void, level: u32, message: Bytes) {
@@ -186,6 +190,48 @@ unsafe extern "C" fn host_event(context: *const c_void, event: Bytes) {
             Err(e) => tracing::warn!(plugin = %state.id, error = %e, "undecodable event from plugin: dropped"),
         }
     }));
+}
+
+/// Writes `code` and `message` into the host-allocated `out` for the plugin to read and free.
+///
+/// # Safety
+/// `out` must be null or point to a writable [`Buffer`].
+unsafe fn host_fail(out: *mut Buffer, code: i32, message: String) -> i32 {
+    if !out.is_null() {
+        let error = PluginError { code, message, config_path: Vec::new() };
+        // SAFETY: the caller's contract.
+        unsafe { out.write(Buffer::from_vec(error.encode_to_vec())) };
+    }
+    code
+}
+
+unsafe extern "C" fn host_publish(context: *const c_void, request: Bytes, error: *mut Buffer) -> i32 {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as in host_log.
+        let (state, request) = unsafe { (&*(context as *const HostState), request.as_slice()) };
+        let request = PublishRequest::decode(request)
+            .map_err(|e| (code::INVALID_ARGUMENT, format!("decoding the publish request: {e}")))?;
+        let exchange =
+            state.exchange.as_ref().ok_or((code::UNAVAILABLE, "this berthd has no event exchange".to_string()))?;
+        let event = request.event.unwrap_or_default();
+        exchange.publish(&request.namespace, &request.topic, event).map_err(|e| (code::INVALID_ARGUMENT, e.to_string()))
+    }));
+    match result {
+        Ok(Ok(())) => code::OK,
+        Ok(Err((code, message))) => {
+            tracing::debug!(plugin = %state_id(context), %message, "plugin's event refused");
+            // SAFETY: the plugin passes a writable buffer.
+            unsafe { host_fail(error, code, message) }
+        }
+        // SAFETY: as above.
+        Err(_) => unsafe { host_fail(error, code::INTERNAL, "publishing the event failed inside berthd".into()) },
+    }
+}
+
+/// The plugin id of a host context, for logs.
+fn state_id(context: *const c_void) -> String {
+    // SAFETY: the context is the HostState this berthd made.
+    unsafe { &*(context as *const HostState) }.id.to_string()
 }
 
 /// A call into a plugin that failed: the plugin's code and message, or the host's own failure as INTERNAL.
@@ -219,6 +265,11 @@ impl Drop for NativePlugin {
 }
 
 impl NativePlugin {
+    /// Whether the plugin's table has method `index` (an older ABI minor's is shorter).
+    pub fn has(&self, index: usize) -> bool {
+        matches!(self.methods.get(index), Some(Some(_)))
+    }
+
     /// Calls method `index` with `request` on a blocking thread.
     pub async fn call<Req, Resp>(self: &Arc<Self>, index: usize, request: Req) -> Result<Resp, CallError>
     where
@@ -316,6 +367,7 @@ fn create(
         context: Arc::into_raw(state) as *const c_void,
         log: host_log,
         event: host_event,
+        publish: host_publish,
     }));
     let bytes = request.encode_to_vec();
     let mut instance: *mut c_void = std::ptr::null_mut();
@@ -350,17 +402,24 @@ fn create(
 
 async fn load(ctx: LoadContext) -> Result<Instance, InitError> {
     let id = ctx.plugin.id.clone();
-    if !matches!(id.kind, PluginKind::Snapshot | PluginKind::Runtime) {
+    if !matches!(id.kind, PluginKind::Snapshot | PluginKind::Runtime | PluginKind::Monitor) {
         return Err(InitError::Failed(format!(
-            "native {} plugins are not supported by this berthd (native plugins are snapshot or runtime plugins)",
+            "native {} plugins are not supported by this berthd (native plugins are snapshot, runtime or monitor plugins)",
             id.kind
         )));
     }
+    let exchange = ctx.init.get::<Exchange>(&crate::services::exchange_id()).map(|e| (*e).clone());
     let path = ctx.plugin.path.clone();
     tokio::task::spawn_blocking(move || {
         let checked = open(&path, &id, &ctx.status).map_err(InitError::Failed)?;
         tracing::info!(plugin = %id, path = %path.display(), abi_minor = checked.abi_minor, "native plugin library loaded");
-        let state = Arc::new(HostState { id: id.clone(), on_event: OnceLock::new() });
+        if id.kind == PluginKind::Monitor && checked.abi_minor < 1 {
+            return Err(InitError::Failed(format!(
+                "plugin is built for ABI {ABI_MAJOR}.{}, which has no monitor kind (monitors came with ABI {ABI_MAJOR}.1)",
+                checked.abi_minor
+            )));
+        }
+        let state = Arc::new(HostState { id: id.clone(), on_event: OnceLock::new(), exchange });
         match id.kind {
             PluginKind::Snapshot => {
                 let plugin = create(&ctx, &checked, state, snapshot::METHOD_NAMES)?;
@@ -373,6 +432,11 @@ async fn load(ctx: LoadContext) -> Result<Instance, InitError> {
                 let _ = state.on_event.set(Box::new(move |event| events.on_event(event)));
                 let plugin = create(&ctx, &checked, state, runtime::METHOD_NAMES)?;
                 let backend: SharedRuntime = Arc::new(runtime::NativeRuntime::new(Arc::new(plugin), shared));
+                Ok(Instance::new(backend))
+            }
+            PluginKind::Monitor => {
+                let plugin = create(&ctx, &checked, state, monitor::METHOD_NAMES)?;
+                let backend: SharedMonitor = Arc::new(monitor::NativeMonitor::new(Arc::new(plugin)));
                 Ok(Instance::new(backend))
             }
             _ => unreachable!("kinds checked above"),

@@ -9,6 +9,9 @@
 //! * `wrong-name`: names itself `someone-else`;
 //! * `wrong-target`: built for another target triple;
 //! * `short-table`: only the first three methods (stat, update, usage), as an older ABI minor would have;
+//! * `monitor-panics`: a monitor (ABI 1.1) whose every `event` call panics;
+//! * `monitor-blocks`: a monitor whose `event` calls block until the file named by config `gate` exists
+//!   (at most a minute), then publish `/faulty/released`;
 //! * anything else: a working in-memory snapshotter whose `prepare` panics for keys ending in `boom`, and
 //!   whose creation panics with config `{"panic_on_init": true}`.
 
@@ -17,7 +20,10 @@ use std::ffi::CStr;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-use berth_plugin_sdk::abi::{self, FunctionTable, Header, MethodFn, StaticStr, snapshot_methods as m};
+use berth_plugin_sdk::abi::{
+    self, FunctionTable, Header, MethodFn, StaticStr, monitor_methods as mm, snapshot_methods as m,
+};
+use berth_plugin_sdk::monitor::{Monitor, Task, TaskEvent};
 use berth_plugin_sdk::proto::Mount;
 use berth_plugin_sdk::proto::snapshots::{Info, Kind, UsageResponse};
 use berth_plugin_sdk::snapshot::{Labels, Snapshotter};
@@ -27,6 +33,7 @@ use berth_plugin_sdk::{Error, Init, Result};
 #[serde(default, deny_unknown_fields)]
 struct Config {
     panic_on_init: bool,
+    gate: String,
 }
 
 /// Snapshots in memory, with tmpfs mounts.
@@ -112,6 +119,40 @@ impl Snapshotter for Faulty {
     }
 }
 
+/// A monitor that panics or blocks in its `event` calls, as its variant says.
+pub struct FaultyMonitor {
+    gate: Option<std::path::PathBuf>,
+    host: berth_plugin_sdk::Host,
+}
+
+impl Monitor for FaultyMonitor {
+    const NAME: &'static str = "faulty";
+
+    fn new(init: Init) -> Result<Self> {
+        let config: Config = init.config()?;
+        let gate = (!config.gate.is_empty()).then(|| config.gate.into());
+        Ok(Self { gate, host: init.host })
+    }
+    fn monitor(&self, _task: &Task) -> Result<()> {
+        Ok(())
+    }
+    fn stop(&self, _task: &Task) -> Result<()> {
+        Ok(())
+    }
+    fn event(&self, task: &Task, event: &TaskEvent) -> Result<()> {
+        let Some(gate) = &self.gate else {
+            panic!("asked to watch an event of task {}: {event:?}", task.id);
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !gate.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let note =
+            berth_plugin_sdk::proto::Any { type_url: "faulty.Released".into(), value: task.id.clone().into_bytes() };
+        self.host.publish(&task.namespace, "/faulty/released", note)
+    }
+}
+
 /// This library's file stem, from the loader's record of it.
 fn variant() -> String {
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
@@ -126,6 +167,7 @@ fn variant() -> String {
 }
 
 static METHODS: [Option<MethodFn>; m::COUNT] = berth_plugin_sdk::snapshot::__methods::<Faulty>();
+static MONITOR_METHODS: [Option<MethodFn>; mm::COUNT] = berth_plugin_sdk::monitor::__methods::<FaultyMonitor>();
 
 fn leak(s: String) -> StaticStr {
     StaticStr::new(Box::leak(s.into_boxed_str()))
@@ -137,6 +179,17 @@ pub extern "C" fn berth_plugin_entry() -> *const Header {
     static HEADER: OnceLock<usize> = OnceLock::new();
     *HEADER.get_or_init(|| {
         let variant = variant();
+        if variant.starts_with("monitor-") {
+            let table = Box::leak(Box::new(FunctionTable {
+                create: berth_plugin_sdk::monitor::__create::<FaultyMonitor>,
+                destroy: berth_plugin_sdk::__private::destroy::<FaultyMonitor>,
+                method_count: mm::COUNT as u32,
+                methods: MONITOR_METHODS.as_ptr(),
+            }));
+            let mut header = Header::new("monitor", "faulty", env!("CARGO_PKG_VERSION"), table);
+            header.name = leak(variant);
+            return Box::leak(Box::new(header)) as *const Header as usize;
+        }
         let table = Box::leak(Box::new(FunctionTable {
             create: berth_plugin_sdk::snapshot::__create::<Faulty>,
             destroy: berth_plugin_sdk::__private::destroy::<Faulty>,
@@ -147,7 +200,7 @@ pub extern "C" fn berth_plugin_entry() -> *const Header {
         header.name = leak(variant.clone());
         match variant.as_str() {
             "bad-magic" => header.magic = *b"NOTBERTH",
-            "wrong-major" => header.abi_major = 99,
+            "wrong-major" => (header.abi_major, header.abi_minor) = (99, 0),
             "newer-minor" => header.abi_minor = abi::ABI_MINOR + 5,
             "wrong-kind" => header.kind = StaticStr::new("runtime"),
             "wrong-name" => header.name = StaticStr::new("someone-else"),
