@@ -18,6 +18,7 @@ mod gc;
 mod images_ctr;
 mod lifecycle;
 mod monitors;
+mod native_monitors;
 mod native_plugins;
 mod oci;
 mod persistence;
