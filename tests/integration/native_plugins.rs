@@ -546,11 +546,11 @@ fn external_plugin_tables_are_checked_with_file_line_and_column() {
         let out = Command::new(BERTHD).arg("config").arg("check").arg(&daemon.config).output().unwrap();
         (fails(out, "config check of a bad plugin table"), daemon)
     };
-    let (e, daemon) = check("[plugins.\"snapshot.x\"]\nsource = \"wasm\"\npath = \"/x.wasm\"\n");
+    let (e, daemon) = check("[plugins.\"snapshot.x\"]\nsource = \"wasi\"\npath = \"/x.wasm\"\n");
     let file = daemon.config.display().to_string();
     assert!(e.contains(&format!("{file}:")), "{e}");
     assert!(
-        e.contains("key plugins.\"snapshot.x\".source: unknown plugin source \"wasm\" (known: builtin, native)"),
+        e.contains("key plugins.\"snapshot.x\".source: unknown plugin source \"wasi\" (known: builtin, native, wasm)"),
         "{e}"
     );
     let (e, _) = check("[plugins.\"snapshot.x\"]\nsource = \"native\"\npath = \"lib/x.so\"\n");

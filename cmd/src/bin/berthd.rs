@@ -60,8 +60,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     registry.register(berth_plugin_pull::registration())?;
     registry.register(berth_plugin_linux::monitor::registration())?;
     registry.register(berth_plugin_monitor_restart::registration())?;
-    // Plugins from outside the binary: tables with `source = "native"` name a dynamic library.
+    // Plugins from outside the binary: tables with `source = "native"` name a dynamic library, with
+    // `source = "wasm"` a wasm component.
     registry.add_source(berth_core::external::native::source())?;
+    registry.add_source(berth_plugin_wasm::source())?;
     match args.command {
         Some(Command::Config { command: ConfigCommand::Default }) => {
             print!("{DEFAULT_CONFIG}");

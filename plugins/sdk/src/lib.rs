@@ -76,6 +76,8 @@ pub mod monitor;
 pub mod proto;
 pub mod runtime;
 pub mod snapshot;
+#[cfg(target_family = "wasm")]
+pub mod wasm;
 
 pub use error::{Error, Result, parse_config};
 pub use host::{Host, Init, Level};

@@ -125,6 +125,7 @@ pub const fn __methods<T: Snapshotter>() -> [Option<MethodFn>; m::COUNT] {
 /// Exports a [`Snapshotter`] from a `cdylib`: defines the entry symbol `berth_plugin_entry`, the header
 /// (kind `snapshot`, the type's [`Snapshotter::NAME`], the crate's version) and the function table. Use it
 /// once per library, at the crate root.
+#[cfg(not(target_family = "wasm"))]
 #[macro_export]
 macro_rules! export_snapshot {
     ($ty:ty) => {

@@ -1,0 +1,94 @@
+//! The `wasm` plugin source of berthd: plugins as wasm components, run by wasmtime with WASI p2, each kind
+//! a versioned WIT package of `proto/wit` (`berth:snapshot@1.0.0`, world `snapshot-plugin`).
+//!
+//! ```toml
+//! [plugins."snapshot.layers"]
+//! source = "wasm"
+//! path = "/usr/lib/berth/layers.wasm"             # absolute
+//! required = false
+//! preopens = [{ host = "/var/lib/layers", guest = "/layers", read_only = false }]
+//! env = { RUST_BACKTRACE = "1" }
+//! network = false                                  # no sockets unless granted
+//! memory_limit = "64MiB"                           # per instance
+//! call_timeout = "5s"                              # per call
+//! instances = 1                                    # calls served at once; more wait
+//! watch = true                                     # a replaced file is loaded without a restart
+//! [plugins."snapshot.layers".config]              # handed to the guest's init as JSON
+//! host_root = "/var/lib/layers"
+//! ```
+//!
+//! Loading, each step refusing the plugin with its reason (berthd carries on unless it is required):
+//!
+//! 1. the file is read and hashed (sha256, shown by introspection) and must be a wasm component (a core
+//!    module or anything else is refused before compiling);
+//! 2. it is compiled, or its compiled code read from the cache (`<root>/wasm-cache/<sha256>-<engine>.cwasm`,
+//!    written atomically; an unreadable entry is compiled again);
+//! 3. it must export the kind's interface in this berthd's major version (another kind, another major
+//!    version and anything else are told apart) and import nothing but WASI and the kind's host interface;
+//! 4. one instance is made: `describe` (its name must be the table's, its version is shown) and `init` with
+//!    the plugin's config (a config error it reports is located in the config file).
+//!
+//! Every call then runs on a blocking thread, never on the async workers, under the table's limits
+//! ([`plugin`]); a trap or a hit limit fails that call with an error naming the plugin and what was hit, is
+//! kept as the plugin's last error, and the next call gets a fresh instance. A replaced file is loaded while
+//! the old one keeps serving, and swapped in once it loaded; one that fails to load leaves the old one.
+
+mod ctx;
+mod engine;
+pub mod options;
+pub mod plugin;
+pub mod snapshot;
+
+use std::sync::{Arc, Weak};
+
+use berth_core::external::{LoadContext, PluginSource};
+use berth_core::plugin::{InitError, Instance, PluginKind};
+use berth_core::snapshot::SharedSnapshotter;
+
+pub use options::WasmOptions;
+use plugin::{Kind, WasmPlugin};
+
+/// The `wasm` source, for berthd to register ([`berth_core::registry::Registry::add_source`]).
+pub fn source() -> PluginSource {
+    PluginSource::new::<WasmOptions, _, _>("wasm", load)
+}
+
+async fn load(ctx: LoadContext) -> Result<Instance, InitError> {
+    let id = ctx.plugin.id.clone();
+    if id.kind != PluginKind::Snapshot {
+        return Err(InitError::Failed(format!(
+            "wasm {} plugins are not supported by this berthd (wasm plugins are snapshot plugins)",
+            id.kind
+        )));
+    }
+    let options = (*ctx.options::<WasmOptions>()).clone();
+    let cache_dir = ctx.init.daemon_config().root.join("wasm-cache");
+    let (plugin, status) = (ctx.plugin.clone(), ctx.status.clone());
+    let loaded = tokio::task::spawn_blocking(move || {
+        WasmPlugin::<snapshot::SnapshotWorld>::load(plugin, options, status, cache_dir)
+    })
+    .await
+    .map_err(|e| InitError::Failed(format!("loading the plugin did not finish: {e}")))?
+    .map_err(InitError::Failed)?;
+    let plugin = Arc::new(loaded);
+    tracing::info!(plugin = %id, path = %ctx.plugin.path.display(), version = %plugin.current().described.version, "wasm plugin loaded");
+    if plugin.watched() {
+        watch(Arc::downgrade(&plugin));
+    }
+    let backend: SharedSnapshotter = Arc::new(snapshot::WasmSnapshotter::new(plugin));
+    Ok(Instance::new(backend))
+}
+
+/// Checks the plugin's file every [`plugin::WATCH_INTERVAL`] while the plugin lives, and reloads it when it
+/// changed.
+fn watch<K: Kind>(plugin: Weak<WasmPlugin<K>>) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(plugin::WATCH_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Some(plugin) = plugin.upgrade() else { return };
+            let _ = tokio::task::spawn_blocking(move || plugin.reload_if_changed()).await;
+        }
+    });
+}
