@@ -27,3 +27,4 @@ mod runtime_conformance;
 mod snapshots_images;
 mod tasks;
 mod tasks_cli;
+mod wasm_plugins;

@@ -1,0 +1,392 @@
+//! Plugins as wasm components: the snapshot example (examples/wasm/snapshot) loaded through config, through
+//! the snapshot conformance suite and under real containers run by ctr; broken components (truncated, not a
+//! component, another world, misnamed, a bad config) refused and misbehaving ones (a call that loops, one
+//! that allocates past its cap, one that traps: examples/wasm/faulty) contained, while berthd and its other
+//! plugins carry on; a replaced file swapped in under load without losing a call.
+//!
+//! The components are built apart from this workspace, for wasm32-wasip2 (see [`BUILD`]); .ci/test builds
+//! them before the tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::config::Config;
+use berth_core::registry::Registry;
+use berth_core::snapshot::{Labels, SharedSnapshotter, SnapshotError};
+
+use crate::harness::*;
+use crate::images_fixture::{self, BUSYBOX};
+
+/// The command that builds the components the tests load.
+const BUILD: &str = "cargo build --manifest-path examples/wasm/Cargo.toml --target wasm32-wasip2 --release --locked";
+
+/// The component of crate `name` (with underscores), as [`BUILD`] made it.
+fn component(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/wasm/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the wasm components first, from the repository root: {BUILD}",
+        path.display()
+    );
+    path.canonicalize().unwrap()
+}
+
+fn layers_component() -> PathBuf {
+    component("berth_example_wasm_snapshot")
+}
+
+fn faulty_component() -> PathBuf {
+    component("berth_test_wasm_faulty")
+}
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The table of the layers example keeping its snapshots in `dir` (granted as `/layers`).
+fn layers_table(id: &str, path: &Path, dir: &Path, extra: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    format!(
+        "[plugins.\"{id}\"]\nsource = \"wasm\"\npath = \"{}\"\npreopens = [{{ host = \"{dir}\", guest = \"/layers\" }}]\n{extra}\n[plugins.\"{id}\".config]\nhost_root = \"{dir}\"\n",
+        path.display(),
+        dir = dir.display(),
+    )
+}
+
+fn wasm_table(id: &str, path: &Path, options: &str, config: &str) -> String {
+    format!(
+        "[plugins.\"{id}\"]\nsource = \"wasm\"\npath = \"{}\"\n{options}\n[plugins.\"{id}\".config]\n{config}\n",
+        path.display()
+    )
+}
+
+/// A registry holding only the wasm source, started on `tables` in `dir`.
+async fn load_alone(dir: &Path, tables: &str) -> berth_core::registry::Started {
+    let mut registry = Registry::new();
+    registry.add_source(berth_plugin_wasm::source()).unwrap();
+    let text = format!(
+        "version = 1\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\naddress = \"{dir}/s.sock\"\n{tables}\n",
+        root = dir.join("root").display(),
+        state = dir.join("state").display(),
+        dir = dir.display(),
+    );
+    let config = Config::parse("test.toml", &text, &registry).expect("config");
+    registry.start(Arc::new(config)).await.expect("start")
+}
+
+fn row(started: &berth_core::registry::Started, id: &str) -> berth_core::registry::PluginStatus {
+    let table = started.table.read().unwrap();
+    table.plugins.iter().find(|p| p.id.to_string() == id).expect(id).clone()
+}
+
+fn snapshotter(started: &berth_core::registry::Started, id: &str) -> SharedSnapshotter {
+    (*started.get::<SharedSnapshotter>(&id.parse().unwrap()).expect("a wasm snapshot plugin is a SharedSnapshotter"))
+        .clone()
+}
+
+#[tokio::test]
+async fn wasm_snapshot_example_passes_the_snapshot_suite() {
+    let dir = tempfile::Builder::new().prefix("berth-wasm-suite").tempdir_in("/tmp").unwrap();
+    let layers = dir.path().join("layers");
+    let started = load_alone(dir.path(), &layers_table("snapshot.layers", &layers_component(), &layers, "")).await;
+    assert_eq!(row(&started, "snapshot.layers").state, berth_core::registry::PluginState::Loaded);
+    let sn = snapshotter(&started, "snapshot.layers");
+    assert_eq!(sn.name(), "layers");
+    berth_core::testsuite::snapshot::run_all(sn.as_ref(), dir.path()).await;
+    // It worked in its granted directory, and its compiled code went into the cache.
+    assert!(layers.join("metadata.json").exists());
+    let cached: Vec<_> = std::fs::read_dir(dir.path().join("root/wasm-cache")).unwrap().flatten().collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    drop(sn);
+    started.shutdown();
+
+    // Loaded again, it comes from the cache.
+    let started = load_alone(dir.path(), &layers_table("snapshot.layers", &layers_component(), &layers, "")).await;
+    let berth_core::external::Origin::External(origin) = row(&started, "snapshot.layers").origin else {
+        panic!("a wasm plugin has an external origin")
+    };
+    assert_eq!(origin.details.get("cache").map(String::as_str), Some("cache hit"), "{origin:?}");
+    started.shutdown();
+}
+
+#[tokio::test]
+async fn wasm_faults_fail_one_call_and_the_next_gets_a_fresh_instance() {
+    let dir = tempfile::Builder::new().prefix("berth-wasm-faults").tempdir_in("/tmp").unwrap();
+    let options = "call_timeout = \"300ms\"\nmemory_limit = \"16MiB\"";
+    let started = load_alone(dir.path(), &wasm_table("snapshot.faulty", &faulty_component(), options, "")).await;
+    let sn = snapshotter(&started, "snapshot.faulty");
+    let calls = |sn: SharedSnapshotter| async move {
+        let info = sn.stat("calls").await.expect("stat calls");
+        info.labels["calls"].parse::<u32>().unwrap()
+    };
+    assert_eq!(calls(sn.clone()).await, 1);
+    assert_eq!(calls(sn.clone()).await, 2, "a healthy instance serves the next call");
+    assert!(matches!(sn.stat("nothing").await, Err(SnapshotError::NotFound(_))));
+
+    let last_error = || row(&started, "snapshot.faulty").last_error.unwrap_or_default();
+    for (key, want) in [
+        ("loop", "plugin snapshot.faulty: call stat exceeded its time limit of 300ms"),
+        ("alloc", "plugin snapshot.faulty: call stat exceeded its memory limit of 16 MiB"),
+        ("trap", "plugin snapshot.faulty: call stat trapped: wasm trap: wasm `unreachable` instruction executed"),
+    ] {
+        let started_at = std::time::Instant::now();
+        let e = sn.stat(key).await.expect_err(key).to_string();
+        assert!(e.contains(want), "{key}: expected {want:?}, got {e:?}");
+        assert!(started_at.elapsed() < Duration::from_secs(5), "{key}: the call was stopped");
+        assert!(last_error().contains(want), "{key}: last error {:?}", last_error());
+        // The instance that failed is gone: the next call is served by a fresh one.
+        assert_eq!(calls(sn.clone()).await, 1, "after {key}");
+    }
+    assert_eq!(row(&started, "snapshot.faulty").state, berth_core::registry::PluginState::Loaded);
+    drop(sn);
+    started.shutdown();
+}
+
+#[tokio::test]
+async fn wasm_init_failures_refuse_the_plugin_with_located_config_errors() {
+    for (config, want) in [
+        (
+            "fail_int = true",
+            "key plugins.\"snapshot.faulty\".config.fail_int: unknown field `fail_int`, expected `fail_init`",
+        ),
+        ("fail_init = true", "key plugins.\"snapshot.faulty\".config.fail_init: asked to fail"),
+    ] {
+        let dir = tempfile::Builder::new().prefix("berth-wasm-init").tempdir_in("/tmp").unwrap();
+        let started = load_alone(dir.path(), &wasm_table("snapshot.faulty", &faulty_component(), "", config)).await;
+        let status = row(&started, "snapshot.faulty");
+        let berth_core::registry::PluginState::Failed(e) = &status.state else {
+            panic!("{config}: the plugin must be refused, got {:?}", status.state)
+        };
+        assert!(e.starts_with("test.toml:") && e.contains(want), "{config}: {e}");
+        started.shutdown();
+    }
+}
+
+#[test]
+fn wasm_snapshot_example_runs_containers_through_ctr() {
+    if !requires_root() {
+        return;
+    }
+    let wasm = layers_component();
+    let layers = tempfile::Builder::new().prefix("berth-wasm-layers").tempdir_in("/tmp").unwrap();
+    let daemon = Daemon::start_with(&layers_table("snapshot.layers", &wasm, layers.path(), ""));
+    let plugins: Vec<serde_json::Value> =
+        serde_json::from_str(&daemon.berth_ok(&["--format", "json", "plugins", "ls"])).unwrap();
+    let row = plugins
+        .iter()
+        .find(|p| p["id"] == "layers" && p["exports"]["berth.kind"] == "snapshot")
+        .unwrap_or_else(|| panic!("no snapshot.layers in {plugins:#?}"));
+    assert!(row["init_err"].is_null(), "{row:#}");
+    let exports = &row["exports"];
+    assert_eq!(exports["berth.source"], "wasm");
+    assert_eq!(exports["berth.path"], wasm.display().to_string());
+    assert_eq!(exports["berth.sha256"], sha256_of(&wasm));
+    assert_eq!(exports["berth.version"], "1.0.0");
+    assert_eq!(exports["berth.world"], "berth:snapshot/snapshot-plugin@1.0.0");
+    assert!(exports["berth.wasmtime"].as_str().unwrap_or_default().starts_with("48."), "{exports:#}");
+    let table = daemon.berth_ok(&["plugins", "ls"]);
+    let line = table.lines().find(|l| l.contains("layers")).expect(&table);
+    assert!(line.contains("wasm") && line.contains(&wasm.display().to_string()), "{line}");
+    assert!(line.contains(&format!("sha256:{}", &sha256_of(&wasm)[..12])) && line.trim_end().ends_with("ok"), "{line}");
+
+    // The image unpacked into the component's snapshots, and containers run on them.
+    let archive = images_fixture::busybox_archive();
+    daemon.ctr_ok(&["images", "import", "--snapshotter", "layers", archive.to_str().unwrap()]);
+    let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "layers", "ls"]);
+    let chain = images_fixture::busybox().chain_ids();
+    assert!(snapshots.contains(&chain[0]) && snapshots.contains("Committed"), "{snapshots}");
+    let fifo = daemon.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    let out = daemon.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "layers",
+        "--fifo-dir",
+        fifo,
+        BUSYBOX,
+        "wasm-layers",
+        "sh",
+        "-c",
+        "echo written > /tmp/f && cat /tmp/f && ls /bin/busybox && exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "written\n/bin/busybox\n");
+    let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "layers", "ls"]);
+    assert!(!snapshots.contains("wasm-layers") && snapshots.contains(&chain[0]), "{snapshots}");
+    assert!(layers.path().join("metadata.json").exists());
+    daemon.ctr_ok(&["images", "rm", "--sync", BUSYBOX]);
+    let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "layers", "ls"]);
+    assert_eq!(snapshots.lines().count(), 1, "the collector removes the layers from the component too:\n{snapshots}");
+    let left: Vec<_> = std::fs::read_dir(layers.path().join("snapshots")).unwrap().flatten().collect();
+    assert!(left.is_empty(), "snapshot directories left: {left:?}");
+}
+
+#[test]
+fn wasm_broken_plugins_are_refused_or_contained_and_berthd_carries_on() {
+    let dir = tempfile::Builder::new().prefix("berth-wasm-broken").tempdir_in("/tmp").unwrap();
+    let dir = dir.path();
+    let whole = std::fs::read(layers_component()).unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let truncated = file("truncated.wasm", &whole[..whole.len() / 2]);
+    let script = file("script.wasm", b"#!/bin/sh\necho I am a script\n");
+    // The smallest core module and the smallest component: valid wasm, neither a berth plugin.
+    let module = file("module.wasm", b"\0asm\x01\0\0\0");
+    let empty = file("empty.wasm", b"\0asm\x0d\0\x01\0");
+
+    let faulty = faulty_component();
+    let mut tables = String::new();
+    tables += &wasm_table("snapshot.truncated", &truncated, "", "");
+    tables += &wasm_table("snapshot.script", &script, "", "");
+    tables += &wasm_table("snapshot.module", &module, "", "");
+    tables += &wasm_table("snapshot.empty", &empty, "", "");
+    tables += &wasm_table("snapshot.missing", &dir.join("nowhere.wasm"), "", "");
+    tables += &wasm_table("snapshot.misnamed", &faulty, "", "");
+    tables += &wasm_table("snapshot.faulty", &faulty, "call_timeout = \"300ms\"\nmemory_limit = \"16MiB\"", "");
+    let daemon = Daemon::start_with(&tables);
+    let plugins: Vec<serde_json::Value> =
+        serde_json::from_str(&daemon.berth_ok(&["--format", "json", "plugins", "ls"])).unwrap();
+    let plugin = |name: &str| {
+        plugins
+            .iter()
+            .find(|p| p["id"] == name && p["exports"]["berth.kind"] == "snapshot")
+            .unwrap_or_else(|| panic!("no snapshot.{name}"))
+            .clone()
+    };
+    let expect = |name: &str, want: &str| {
+        let e = plugin(name)["init_err"]["message"].as_str().unwrap_or_default().to_string();
+        assert!(e.contains(want), "snapshot.{name}: expected an error with {want:?}, got {e:?}");
+    };
+    expect("truncated", "is not a valid wasm component");
+    expect("script", "is not a wasm component: it is not a wasm file");
+    expect("module", "is not a wasm component: it is a core wasm module, not a component");
+    expect("empty", "the component does not export berth:snapshot/snapshotter@1.0.0 (its exports: none)");
+    expect("missing", "cannot read");
+    expect("misnamed", "plugin is named \"faulty\", but its table is [plugins.\"snapshot.misnamed\"]");
+    // Refused components still show where they came from.
+    assert_eq!(plugin("truncated")["exports"]["berth.sha256"], sha256_of(&truncated));
+    assert!(plugin("faulty")["init_err"].is_null(), "{:#}", plugin("faulty"));
+
+    // A call that loops, allocates past the cap or traps fails with what it hit; berthd and the plugin go on.
+    for (key, want) in [
+        ("loop-1", "plugin snapshot.faulty: call prepare exceeded its time limit of 300ms"),
+        ("alloc-1", "plugin snapshot.faulty: call prepare exceeded its memory limit of 16 MiB"),
+        ("trap-1", "plugin snapshot.faulty: call prepare trapped"),
+    ] {
+        let e = fails(daemon.ctr(&["snapshots", "--snapshotter", "faulty", "prepare", key]), key);
+        assert!(e.contains(want), "{key}: expected {want:?}, got {e}");
+        // The next call is answered, by a fresh instance.
+        let e = fails(daemon.ctr(&["snapshots", "--snapshotter", "faulty", "prepare", "fine"]), "a plain prepare");
+        assert!(e.contains("faulty makes no snapshots"), "after {key}: {e}");
+    }
+    let plugins: Vec<serde_json::Value> =
+        serde_json::from_str(&daemon.berth_ok(&["--format", "json", "plugins", "ls"])).unwrap();
+    let faulty_row = plugins.iter().find(|p| p["id"] == "faulty").unwrap();
+    let last = faulty_row["exports"]["berth.last_error"].as_str().unwrap_or_default();
+    assert!(last.contains("call prepare trapped"), "{faulty_row:#}");
+
+    // The built-in plugins keep working.
+    daemon.ctr_ok(&["snapshots", "--snapshotter", "native", "prepare", "wasm-still-fine"]);
+    daemon.ctr_ok(&["snapshots", "--snapshotter", "native", "rm", "wasm-still-fine"]);
+    daemon.ctr_ok(&["namespaces", "create", "wasm-after-faults"]);
+}
+
+/// `bytes` with a custom section appended: the same component, another file (another hash).
+fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"berth-test";
+    let payload = [&[name.len() as u8][..], name, tag.as_bytes()].concat();
+    let mut out = bytes.to_vec();
+    out.push(0);
+    let mut size = payload.len();
+    loop {
+        let byte = (size & 0x7f) as u8;
+        size >>= 7;
+        out.push(if size > 0 { byte | 0x80 } else { byte });
+        if size == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&payload);
+    out
+}
+
+#[tokio::test]
+async fn wasm_hot_reload_under_load_loses_no_call() {
+    let dir = tempfile::Builder::new().prefix("berth-wasm-reload").tempdir_in("/tmp").unwrap();
+    let layers = dir.path().join("layers");
+    let path = dir.path().join("layers.wasm");
+    let original = std::fs::read(layers_component()).unwrap();
+    std::fs::write(&path, &original).unwrap();
+    let started = load_alone(dir.path(), &layers_table("snapshot.layers", &path, &layers, "instances = 2")).await;
+    let sn = snapshotter(&started, "snapshot.layers");
+    sn.prepare("base-a", None, Labels::new()).await.unwrap();
+    sn.commit("base", "base-a", Labels::new()).await.unwrap();
+
+    // Callers stat the snapshot as fast as they can while the file is replaced.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for _ in 0..8 {
+        let (sn, stop) = (sn.clone(), Arc::clone(&stop));
+        callers.push(tokio::spawn(async move {
+            let mut calls = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let info = sn.stat("base").await.unwrap_or_else(|e| panic!("call {calls} failed: {e}"));
+                assert_eq!(info.name, "base");
+                calls += 1;
+            }
+            calls
+        }));
+    }
+    let origin = || match row(&started, "snapshot.layers").origin {
+        berth_core::external::Origin::External(o) => o,
+        _ => panic!("a wasm plugin has an external origin"),
+    };
+    let mut last = original.clone();
+    for round in 1..=4 {
+        let next = with_custom_section(&original, &format!("round {round}"));
+        // Written beside, then renamed over: the watcher never sees half a file.
+        let tmp = dir.path().join("layers.wasm.tmp");
+        std::fs::write(&tmp, &next).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let want = sha256_of(&path);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while origin().sha256.as_deref() != Some(&want) {
+            assert!(std::time::Instant::now() < deadline, "round {round}: the new file was not loaded: {:?}", origin());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(origin().details.get("generation").map(String::as_str), Some(&*(round + 1).to_string()));
+        last = next;
+    }
+    // A broken replacement leaves the last good one serving, with the reason as the last error.
+    std::fs::write(dir.path().join("broken.tmp"), &last[..last.len() / 3]).unwrap();
+    std::fs::rename(dir.path().join("broken.tmp"), &path).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !row(&started, "snapshot.layers")
+        .last_error
+        .unwrap_or_default()
+        .contains("the previous version keeps serving")
+    {
+        assert!(std::time::Instant::now() < deadline, "the broken file was not noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(origin().details.get("generation").map(String::as_str), Some("5"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for caller in callers {
+        total += caller.await.expect("no call failed");
+    }
+    assert!(total > 100, "only {total} calls were made");
+    assert_eq!(sn.stat("base").await.unwrap().name, "base");
+    sn.remove("base").await.unwrap();
+    drop(sn);
+    started.shutdown();
+}
