@@ -2,8 +2,8 @@
 //! examples/native-monitor (`monitor.alerts`) as berthd's registry loads it; the example fed by the Tasks
 //! service of a real berthd, raising alerts (JSON lines and `/berth/alert` events) for real containers that
 //! exit non-zero, are OOM-killed and loop through restarts; broken monitors (tests/plugins/faulty's
-//! `monitor-panics` and `monitor-blocks`, libraries of the wrong kind) contained while tasks and the other
-//! monitors carry on. Container ids start with `nmon-`: cgroups are host-wide.
+//! `monitor-panics` and `monitor-blocks` contained while tasks and the other monitors carry on, libraries
+//! of the wrong kind or ABI refused). Container ids start with `nmon-`: cgroups are host-wide.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -274,7 +274,7 @@ async fn native_monitor_faults_are_contained() {
     }
     let scratch = tempfile::Builder::new().prefix("berth-nmon-faults").tempdir_in("/tmp").unwrap();
     let dir = scratch.path();
-    let copies = faulty_copies(dir, &["monitor-panics", "monitor-blocks", "a-snapshotter"]);
+    let copies = faulty_copies(dir, &["monitor-panics", "monitor-blocks", "a-snapshotter", "monitor-old"]);
     let gate = dir.join("gate");
     let file = dir.join("alerts.jsonl");
     let mut tables = alerts_tables(&file, "\"monitor-panics\", \"monitor-blocks\", \"cgroups\", \"alerts\"", "");
@@ -283,6 +283,8 @@ async fn native_monitor_faults_are_contained() {
     // Libraries of the wrong kind for their tables, both ways.
     tables += &native_table("monitor.a-snapshotter", &copies[2], "");
     tables += &native_table("snapshot.alerts", &monitor_library(), "");
+    // A monitor header from before monitors were part of the ABI.
+    tables += &native_table("monitor.monitor-old", &copies[3], "");
     let daemon = Daemon::start_with(&tables);
     let client = daemon.client().await;
     let mut events = client
@@ -309,6 +311,8 @@ async fn native_monitor_faults_are_contained() {
         ),
         "{e}"
     );
+    let e = init_error(&plugins, "monitor", "monitor-old");
+    assert!(e.contains("plugin is built for ABI 1.0, which has no monitor kind (monitors came with ABI 1.1)"), "{e}");
     for name in ["monitor-panics", "monitor-blocks", "alerts"] {
         assert!(plugin(&plugins, "monitor", name)["init_err"].is_null(), "monitor.{name}: {plugins:#?}");
     }

@@ -12,6 +12,7 @@
 //! * `monitor-panics`: a monitor (ABI 1.1) whose every `event` call panics;
 //! * `monitor-blocks`: a monitor whose `event` calls block until the file named by config `gate` exists
 //!   (at most a minute), then publish `/faulty/released`;
+//! * `monitor-old`: a monitor header of ABI 1.0, which had no monitor kind;
 //! * anything else: a working in-memory snapshotter whose `prepare` panics for keys ending in `boom`, and
 //!   whose creation panics with config `{"panic_on_init": true}`.
 
@@ -187,6 +188,9 @@ pub extern "C" fn berth_plugin_entry() -> *const Header {
                 methods: MONITOR_METHODS.as_ptr(),
             }));
             let mut header = Header::new("monitor", "faulty", env!("CARGO_PKG_VERSION"), table);
+            if variant == "monitor-old" {
+                header.abi_minor = 0;
+            }
             header.name = leak(variant);
             return Box::leak(Box::new(header)) as *const Header as usize;
         }
