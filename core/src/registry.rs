@@ -70,6 +70,8 @@ pub struct PluginStatus {
 pub struct PluginTable {
     /// Rows in init order.
     pub plugins: Vec<PluginStatus>,
+    /// How to reload the plugins whose source can (set through [`StatusHandle::set_reload`]).
+    pub reloaders: BTreeMap<PluginId, crate::external::Reloader>,
 }
 
 /// What a plugin's init function gets: its config, its directories, and the plugins it required.
@@ -255,6 +257,7 @@ impl Registry {
                     }
                 })
                 .collect(),
+            reloaders: BTreeMap::new(),
         }));
         let mut loaded: BTreeMap<PluginId, Arc<dyn Any + Send + Sync>> = BTreeMap::new();
         let mut shutdown = Vec::new();

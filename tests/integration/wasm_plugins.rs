@@ -390,3 +390,46 @@ async fn wasm_hot_reload_under_load_loses_no_call() {
     drop(sn);
     started.shutdown();
 }
+
+#[test]
+fn wasm_plugins_reload_on_request() {
+    let dir = tempfile::Builder::new().prefix("berth-wasm-reload-cli").tempdir_in("/tmp").unwrap();
+    let path = dir.path().join("faulty.wasm");
+    let original = std::fs::read(faulty_component()).unwrap();
+    std::fs::write(&path, &original).unwrap();
+    let daemon = Daemon::start_with(&wasm_table("snapshot.faulty", &path, "watch = false", ""));
+    let sha = |daemon: &Daemon| {
+        let plugins: Vec<serde_json::Value> =
+            serde_json::from_str(&daemon.berth_ok(&["--format", "json", "plugins", "ls"])).unwrap();
+        let row = plugins.iter().find(|p| p["id"] == "faulty").expect("snapshot.faulty").clone();
+        row["exports"]["berth.sha256"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(sha(&daemon), sha256_of(&path));
+
+    // Not watched: a new file serves only once asked for.
+    std::fs::write(&path, with_custom_section(&original, "next")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_ne!(sha(&daemon), sha256_of(&path));
+    let out = daemon.berth_ok(&["plugins", "reload", "snapshot.faulty"]);
+    assert_eq!(out, format!("snapshot.faulty reloaded: version 0.1.0, sha256:{}\n", sha256_of(&path)));
+    assert_eq!(sha(&daemon), sha256_of(&path));
+    let e = fails(daemon.ctr(&["snapshots", "--snapshotter", "faulty", "prepare", "fine"]), "a plain prepare");
+    assert!(e.contains("faulty makes no snapshots"), "{e}");
+
+    // A broken file is refused with its reason; the previous one keeps serving.
+    let serving = sha256_of(&path);
+    std::fs::write(&path, b"\0asm\x0d\0\x01\0").unwrap();
+    let e =
+        fails(daemon.berth(&["plugins", "reload", "snapshot.faulty"]), "reloading a component that exports nothing");
+    assert!(e.contains("the component does not export berth:snapshot/snapshotter@1.0.0"), "{e}");
+    assert!(e.contains("the previous version keeps serving"), "{e}");
+    assert_eq!(sha(&daemon), serving);
+    let e = fails(daemon.ctr(&["snapshots", "--snapshotter", "faulty", "prepare", "fine"]), "a plain prepare");
+    assert!(e.contains("faulty makes no snapshots"), "{e}");
+
+    // Built-in plugins and unknown ones say why not.
+    let e = fails(daemon.berth(&["plugins", "reload", "snapshot.native"]), "reloading a built-in plugin");
+    assert!(e.contains("plugin snapshot.native cannot be reloaded"), "{e}");
+    let e = fails(daemon.berth(&["plugins", "reload", "snapshot.nowhere"]), "reloading an unknown plugin");
+    assert!(e.contains("plugin snapshot.nowhere") && e.contains("not found"), "{e}");
+}

@@ -182,12 +182,33 @@ impl StatusHandle {
         }
     }
 
+    /// Makes the plugin reloadable on request, with `reload`.
+    pub fn set_reload(&self, reload: Reloader) {
+        let mut table = self.table.write().expect("plugin table lock");
+        table.reloaders.insert(self.id.clone(), reload);
+    }
+
     /// Records the last error of a call into the plugin (shown by introspection).
     pub fn record_error(&self, error: String) {
         let mut table = self.table.write().expect("plugin table lock");
         if let Some(row) = table.plugins.iter_mut().find(|p| p.id == self.id) {
             row.last_error = Some(error);
         }
+    }
+}
+
+/// How a source reloads one of its plugins from its artifact, for `berth plugins reload` (the berth Plugins
+/// service's Reload): the serving artifact's sha256 and version once the new one serves, or the reason it
+/// does not (the old one keeps serving).
+#[derive(Clone)]
+pub struct Reloader(pub Arc<dyn Fn() -> BoxFuture<'static, ReloadResult> + Send + Sync>);
+
+/// What a reload ends with: the serving artifact's (sha256, version), or why the new one does not serve.
+pub type ReloadResult = Result<(String, String), String>;
+
+impl fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Reloader")
     }
 }
 

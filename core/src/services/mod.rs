@@ -13,6 +13,7 @@ pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
+pub mod plugins;
 pub mod rpclog;
 pub mod sandboxes;
 pub mod snapshots;
@@ -174,5 +175,6 @@ pub fn registrations() -> Vec<Registration> {
         tasks::registration(),
         events::registration(),
         introspection::registration(),
+        plugins::registration(),
     ]
 }

@@ -41,7 +41,7 @@ pub mod snapshot;
 
 use std::sync::{Arc, Weak};
 
-use berth_core::external::{LoadContext, PluginSource};
+use berth_core::external::{LoadContext, PluginSource, Reloader};
 use berth_core::plugin::{InitError, Instance, PluginKind};
 use berth_core::snapshot::SharedSnapshotter;
 
@@ -75,8 +75,26 @@ async fn load(ctx: LoadContext) -> Result<Instance, InitError> {
     if plugin.watched() {
         watch(Arc::downgrade(&plugin));
     }
+    ctx.status.set_reload(reloader(Arc::downgrade(&plugin)));
     let backend: SharedSnapshotter = Arc::new(snapshot::WasmSnapshotter::new(plugin));
     Ok(Instance::new(backend))
+}
+
+/// `berth plugins reload`: loads the file again and swaps it in, whether it changed or not.
+fn reloader<K: Kind>(plugin: Weak<WasmPlugin<K>>) -> Reloader {
+    Reloader(Arc::new(move || {
+        let plugin = plugin.clone();
+        Box::pin(async move {
+            let plugin = plugin.upgrade().ok_or("the plugin is no longer loaded")?;
+            tokio::task::spawn_blocking(move || {
+                plugin.reload()?;
+                let serving = plugin.current();
+                Ok((serving.sha256.clone(), serving.described.version.clone()))
+            })
+            .await
+            .map_err(|e| format!("reloading did not finish: {e}"))?
+        })
+    }))
 }
 
 /// Checks the plugin's file every [`plugin::WATCH_INTERVAL`] while the plugin lives, and reloads it when it

@@ -23,10 +23,18 @@ pub enum Cmd {
         #[arg(value_name = "FILTER")]
         filters: Vec<String>,
     },
+    /// Load a plugin's artifact again and swap it in without restarting berthd (wasm plugins)
+    Reload {
+        /// The plugin, as kind.name (e.g. snapshot.layers)
+        id: String,
+    },
 }
 
 pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
-    let Cmd::Ls { detailed, filters } = cmd;
+    let (detailed, filters) = match cmd {
+        Cmd::Ls { detailed, filters } => (detailed, filters),
+        Cmd::Reload { id } => return reload(ctx, id).await,
+    };
     let mut client = ctx.connect().await?.introspection();
     let response = client.plugins(PluginsRequest { filters }).await.map_err(rpc_error("list plugins"))?;
     let plugins = response.into_inner().plugins;
@@ -45,6 +53,22 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                 })
                 .collect();
             output::emit(&output::table(&["KIND", "NAME", "SOURCE", "VERSION", "STATUS", "ERROR"], &rows, 4, 4))
+        }
+    }
+}
+
+async fn reload(ctx: &Ctx, id: String) -> anyhow::Result<()> {
+    use berth_proto::berth::services::plugins::v1::ReloadRequest;
+    use berth_proto::berth::services::plugins::v1::plugins_client::PluginsClient;
+    let mut client = PluginsClient::new(ctx.connect().await?.channel());
+    let reloaded =
+        client.reload(ReloadRequest { id: id.clone() }).await.map_err(rpc_error("reload plugin"))?.into_inner();
+    match ctx.format {
+        Format::Json => {
+            output::emit_json(&serde_json::json!({ "id": id, "sha256": reloaded.sha256, "version": reloaded.version }))
+        }
+        Format::Table => {
+            output::emit(&format!("{id} reloaded: version {}, sha256:{}\n", reloaded.version, reloaded.sha256))
         }
     }
 }
