@@ -1,0 +1,177 @@
+//! What a call into a wasm plugin costs against the built-in backend, and what loading one costs:
+//!
+//! ```sh
+//! cargo build --manifest-path examples/wasm/Cargo.toml --target wasm32-wasip2 --release --locked
+//! cargo bench -p berth-plugin-wasm --bench calls
+//! ```
+//!
+//! Each case is `stat` of one snapshot through the core `Snapshotter` trait, as berthd's services call it
+//! (an `await` that hops to a blocking thread for the plugin): `snapshot.native` (built in) against the wasm
+//! example `snapshot.layers` (which also checks its metadata file's identity through WASI on every call) and
+//! `snapshot.faulty`'s `stat("calls")` (nothing but the call itself). "small" is a snapshot without labels,
+//! "64 KiB" one whose labels make its answer 64 KiB. Figures are medians of per-call times in µs (p10 and
+//! p90 in parentheses). Loading is a registry starting just the plugin: compiling, then from the cache.
+//!
+//! `cargo test` runs this target without `--bench`: it then only says how to run it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_core::config::Config;
+use berth_core::registry::{Registry, Started};
+use berth_core::snapshot::{Labels, SharedSnapshotter};
+
+const CALLS: usize = 5000;
+const ROUNDS: usize = 5;
+
+fn component(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../examples/wasm/target/wasm32-wasip2/release/{name}.wasm"))
+}
+
+async fn start(dir: &Path, tables: &str) -> Started {
+    let mut registry = Registry::new();
+    registry.register(berth_plugin_snapshot_native::registration()).unwrap();
+    registry.add_source(berth_plugin_wasm::source()).unwrap();
+    let text = format!(
+        "version = 1\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\naddress = \"{dir}/s.sock\"\n{tables}\n",
+        root = dir.join("root").display(),
+        state = dir.join("state").display(),
+        dir = dir.display(),
+    );
+    let config = Config::parse("bench.toml", &text, &registry).expect("config");
+    registry.start(Arc::new(config)).await.expect("start")
+}
+
+fn snapshotter(started: &Started, id: &str) -> SharedSnapshotter {
+    (*started.get::<SharedSnapshotter>(&id.parse().unwrap()).unwrap_or_else(|| panic!("{id} did not load"))).clone()
+}
+
+/// (median, p10, p90) of `CALLS` stats of `key`, in µs, after a warm-up.
+async fn time_stats(sn: &SharedSnapshotter, key: &str) -> (f64, f64, f64) {
+    for _ in 0..200 {
+        sn.stat(key).await.expect("stat");
+    }
+    let mut times = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        let t = Instant::now();
+        sn.stat(key).await.expect("stat");
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    (us(times[CALLS / 2]), us(times[CALLS / 10]), us(times[CALLS * 9 / 10]))
+}
+
+fn big_labels() -> Labels {
+    (0..64).map(|i| (format!("bench.label.{i:02}"), "x".repeat(1024 - 14))).collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("the wasm plugin benchmark runs with: cargo bench -p berth-plugin-wasm --bench calls");
+        return;
+    }
+    let (layers, faulty) = (component("berth_example_wasm_snapshot"), component("berth_test_wasm_faulty"));
+    for c in [&layers, &faulty] {
+        assert!(
+            c.exists(),
+            "{} is missing: cargo build --manifest-path examples/wasm/Cargo.toml --target wasm32-wasip2 --release --locked",
+            c.display()
+        );
+    }
+    let dir = tempfile::Builder::new().prefix("berth-wasm-bench").tempdir_in("/var/tmp").unwrap();
+    let layers_dir = dir.path().join("layers");
+    std::fs::create_dir_all(&layers_dir).unwrap();
+    let tables = format!(
+        "[plugins.\"snapshot.native\"]\nroot_path = \"{native}\"\n\
+         [plugins.\"snapshot.layers\"]\nsource = \"wasm\"\npath = \"{layers}\"\npreopens = [{{ host = \"{dir}\", guest = \"/layers\" }}]\n\
+         [plugins.\"snapshot.layers\".config]\nhost_root = \"{dir}\"\n\
+         [plugins.\"snapshot.faulty\"]\nsource = \"wasm\"\npath = \"{faulty}\"\n",
+        native = dir.path().join("native").display(),
+        layers = layers.display(),
+        faulty = faulty.display(),
+        dir = layers_dir.display(),
+    );
+    let started = start(dir.path(), &tables).await;
+    let (native, wasm, bare) = (
+        snapshotter(&started, "snapshot.native"),
+        snapshotter(&started, "snapshot.layers"),
+        snapshotter(&started, "snapshot.faulty"),
+    );
+    for sn in [&native, &wasm] {
+        sn.prepare("small-a", None, Labels::new()).await.unwrap();
+        sn.commit("small", "small-a", Labels::new()).await.unwrap();
+        sn.prepare("big-a", None, Labels::new()).await.unwrap();
+        sn.commit("big", "big-a", big_labels()).await.unwrap();
+    }
+    println!(
+        "| case | built-in `snapshot.native` | wasm `snapshot.layers` | added | wasm bare call (`snapshot.faulty`) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (case, key) in [("stat, small", "small"), ("stat, 64 KiB answer", "big")] {
+        let mut rows: [Vec<(f64, f64, f64)>; 3] = Default::default();
+        for _ in 0..ROUNDS {
+            rows[0].push(time_stats(&native, key).await);
+            rows[1].push(time_stats(&wasm, key).await);
+            if key == "small" {
+                rows[2].push(time_stats(&bare, "calls").await);
+            }
+        }
+        let med = |r: &[(f64, f64, f64)]| {
+            (
+                median(r.iter().map(|x| x.0).collect()),
+                median(r.iter().map(|x| x.1).collect()),
+                median(r.iter().map(|x| x.2).collect()),
+            )
+        };
+        let (n, w) = (med(&rows[0]), med(&rows[1]));
+        let cell = |(m, lo, hi): (f64, f64, f64)| format!("{m:.1} µs ({lo:.1}–{hi:.1})");
+        let bare_cell = if rows[2].is_empty() { "".to_string() } else { cell(med(&rows[2])) };
+        println!("| {case} | {} | {} | {:.1} µs | {bare_cell} |", cell(n), cell(w), w.0 - n.0);
+    }
+    for sn in [&native, &wasm] {
+        sn.remove("small").await.unwrap();
+        sn.remove("big").await.unwrap();
+    }
+    drop((native, wasm, bare));
+    started.shutdown();
+
+    // Loading: a registry with just the wasm plugin, compiled (empty cache), then from the cache.
+    let mut loads: [Vec<f64>; 2] = Default::default();
+    for round in 0..ROUNDS {
+        let dir = tempfile::Builder::new().prefix("berth-wasm-load").tempdir_in("/var/tmp").unwrap();
+        let table = format!("[plugins.\"snapshot.faulty\"]\nsource = \"wasm\"\npath = \"{}\"\n", faulty.display());
+        for (i, what) in ["compiled", "cache hit"].iter().enumerate() {
+            let t = Instant::now();
+            let started = start(dir.path(), &table).await;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let row = started
+                .table
+                .read()
+                .unwrap()
+                .plugins
+                .iter()
+                .find(|p| p.id.to_string() == "snapshot.faulty")
+                .cloned()
+                .unwrap();
+            let berth_core::external::Origin::External(origin) = row.origin else { unreachable!() };
+            let cache = origin.details.get("cache").cloned().unwrap_or_default();
+            assert!(cache.starts_with(if i == 0 { "compiled" } else { "cache hit" }), "round {round} {what}: {cache}");
+            loads[i].push(ms);
+            started.shutdown();
+        }
+    }
+    let size = std::fs::metadata(&faulty).unwrap().len();
+    println!();
+    println!("| load of `snapshot.faulty` ({} KiB) | median of {ROUNDS} |", size / 1024);
+    println!("|---|---|");
+    println!("| compiled (empty cache) | {:.1} ms |", median(loads[0].clone()));
+    println!("| from the cache | {:.1} ms |", median(loads[1].clone()));
+}
