@@ -292,6 +292,12 @@ fn wasm_broken_plugins_are_refused_or_contained_and_berthd_carries_on() {
     let faulty_row = plugins.iter().find(|p| p["id"] == "faulty").unwrap();
     let last = faulty_row["exports"]["berth.last_error"].as_str().unwrap_or_default();
     assert!(last.contains("call prepare trapped"), "{faulty_row:#}");
+    // Mounts of host paths it was not granted are refused, not handed to a container.
+    let e = fails(daemon.ctr(&["snapshots", "--snapshotter", "faulty", "prepare", "escape-1"]), "an escaping mount");
+    assert!(
+        e.contains("plugin snapshot.faulty: prepare returned a bind mount of /etc, which is not inside a directory granted to it for writing"),
+        "{e}"
+    );
 
     // The built-in plugins keep working.
     daemon.ctr_ok(&["snapshots", "--snapshotter", "native", "prepare", "wasm-still-fine"]);

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::num::NonZeroUsize;
+use std::path::{Component, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -24,7 +25,7 @@ pub struct WasmOptions {
     /// The longest one call may run before it is interrupted (a string like `"5s"`, `"500ms"`).
     pub call_timeout: Timeout,
     /// How many instances may serve calls at once; calls beyond wait for one.
-    pub instances: usize,
+    pub instances: NonZeroUsize,
     /// Whether a change of the file is loaded as it happens (checked every second).
     pub watch: bool,
 }
@@ -37,7 +38,7 @@ impl Default for WasmOptions {
             network: false,
             memory_limit: ByteSize(64 << 20),
             call_timeout: Timeout(Duration::from_secs(5)),
-            instances: 1,
+            instances: NonZeroUsize::MIN,
             watch: true,
         }
     }
@@ -47,9 +48,11 @@ impl Default for WasmOptions {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preopen {
-    /// The directory on the host (absolute).
+    /// The directory on the host (absolute, without `..`).
+    #[serde(deserialize_with = "absolute")]
     pub host: PathBuf,
     /// Where the component sees it (absolute, e.g. `/data`).
+    #[serde(deserialize_with = "absolute_text")]
     pub guest: String,
     /// Whether the component may only read it.
     #[serde(default)]
@@ -139,22 +142,20 @@ impl<'de> Deserialize<'de> for Timeout {
     }
 }
 
-impl WasmOptions {
-    /// Checks what serde cannot: absolute paths, at least one instance.
-    pub fn check(&self) -> Result<(), String> {
-        if self.instances == 0 {
-            return Err("instances must be at least 1".into());
-        }
-        for p in &self.preopens {
-            if !p.host.is_absolute() {
-                return Err(format!("preopen host path {} is not absolute", p.host.display()));
-            }
-            if !p.guest.starts_with('/') {
-                return Err(format!("preopen guest path {:?} is not absolute", p.guest));
-            }
-        }
-        Ok(())
+fn absolute<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let path = PathBuf::from(String::deserialize(d)?);
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(de::Error::custom(format!("{} must be an absolute path without ..", path.display())));
     }
+    Ok(path)
+}
+
+fn absolute_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    if !text.starts_with('/') {
+        return Err(de::Error::custom(format!("{text:?} must be an absolute path")));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -166,9 +167,10 @@ mod tests {
         let o: WasmOptions =
             serde_json::from_str(r#"{"memory_limit": "16MiB", "call_timeout": "250ms", "instances": 2}"#).unwrap();
         assert_eq!(
-            (o.memory_limit, o.call_timeout.0, o.instances),
+            (o.memory_limit, o.call_timeout.0, o.instances.get()),
             (ByteSize(16 << 20), Duration::from_millis(250), 2)
         );
+        assert!(serde_json::from_str::<WasmOptions>(r#"{"instances": 0}"#).is_err());
         assert_eq!(o.memory_limit.to_string(), "16 MiB");
         let o: WasmOptions = serde_json::from_str(r#"{"memory_limit": 65536}"#).unwrap();
         assert_eq!(o.memory_limit, ByteSize(65536));
@@ -183,7 +185,12 @@ mod tests {
         let o = WasmOptions::default();
         assert!(o.preopens.is_empty() && o.env.is_empty() && !o.network);
         assert_eq!(o.call_timeout.to_string(), "5s");
-        let o: WasmOptions = serde_json::from_str(r#"{"preopens": [{"host": "data", "guest": "/d"}]}"#).unwrap();
-        assert_eq!(o.check().unwrap_err(), "preopen host path data is not absolute");
+        let e = serde_json::from_str::<WasmOptions>(r#"{"preopens": [{"host": "data", "guest": "/d"}]}"#).unwrap_err();
+        assert!(e.to_string().contains("data must be an absolute path without .."), "{e}");
+        let e =
+            serde_json::from_str::<WasmOptions>(r#"{"preopens": [{"host": "/a/../b", "guest": "/d"}]}"#).unwrap_err();
+        assert!(e.to_string().contains("must be an absolute path without .."), "{e}");
+        let e = serde_json::from_str::<WasmOptions>(r#"{"preopens": [{"host": "/a", "guest": "d"}]}"#).unwrap_err();
+        assert!(e.to_string().contains("\"d\" must be an absolute path"), "{e}");
     }
 }

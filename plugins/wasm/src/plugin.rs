@@ -152,7 +152,6 @@ impl<K: Kind> WasmPlugin<K> {
         status: StatusHandle,
         cache_dir: PathBuf,
     ) -> Result<Self, String> {
-        options.check()?;
         let identity = FileIdentity::of(&plugin.path);
         let name: Arc<str> = plugin.id.to_string().into();
         let generation = Self::generation(&plugin, &options, &status, &cache_dir, &name, 1)?;
@@ -171,6 +170,11 @@ impl<K: Kind> WasmPlugin<K> {
     /// The serving generation.
     pub fn current(&self) -> Arc<Generation<K>> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// What the table grants and limits.
+    pub fn options(&self) -> &WasmOptions {
+        &self.options
     }
 
     /// Whether the file is watched for changes.
@@ -288,7 +292,7 @@ impl<K: Kind> WasmPlugin<K> {
             described,
             cached,
             idle: Mutex::new(vec![Live { store, bindings }]),
-            permits: Arc::new(tokio::sync::Semaphore::new(options.instances)),
+            permits: Arc::new(tokio::sync::Semaphore::new(options.instances.get())),
         })
     }
 

@@ -122,6 +122,50 @@ impl WasmSnapshotter {
     }
 }
 
+impl WasmSnapshotter {
+    /// The mounts, if every host path they name is inside a directory granted to the component (writable
+    /// where the mount writes): berthd mounts what a snapshot plugin returns, so without this check a
+    /// component could hand a container any file of the host. Paths are resolved (symlinks, `..`) first.
+    fn checked(&self, method: &str, mounts: Vec<wit::Mount>) -> Result<Vec<Mount>> {
+        let grants = &self.plugin.options().preopens;
+        let granted = |path: &str, write: bool| {
+            let Ok(real) = std::fs::canonicalize(path) else { return false };
+            grants.iter().any(|g| {
+                (write <= !g.read_only) && std::fs::canonicalize(&g.host).is_ok_and(|host| real.starts_with(host))
+            })
+        };
+        for m in &mounts {
+            let mut paths: Vec<(&str, bool)> = Vec::new();
+            if m.type_ == "overlay" {
+                for option in &m.options {
+                    if let Some(lowers) = option.strip_prefix("lowerdir=") {
+                        paths.extend(lowers.split(':').map(|p| (p, false)));
+                    } else if let Some(dir) =
+                        option.strip_prefix("upperdir=").or_else(|| option.strip_prefix("workdir="))
+                    {
+                        paths.push((dir, true));
+                    }
+                }
+            } else if m.source.starts_with('/') || m.type_.contains("bind") {
+                paths.push((&m.source, !m.options.iter().any(|o| o == "ro")));
+            }
+            if let Some((path, write)) = paths.into_iter().find(|(p, w)| !granted(p, *w)) {
+                let error = format!(
+                    "{method} returned a {} mount of {path}, which is not inside a directory granted to it{}",
+                    m.type_,
+                    if write { " for writing" } else { "" }
+                );
+                self.plugin.record_internal(method, &error);
+                return Err(SnapshotError::Other(berth_core::Error::Internal(format!(
+                    "plugin {}: {error}",
+                    self.plugin.id
+                ))));
+            }
+        }
+        Ok(mounts_from(mounts))
+    }
+}
+
 fn time_from(t: wit::Timestamp) -> SystemTime {
     let since = Duration::new(t.seconds.max(0) as u64, t.nanos.min(999_999_999));
     SystemTime::UNIX_EPOCH + since
@@ -201,7 +245,7 @@ impl Snapshotter for WasmSnapshotter {
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         let key = key.to_owned();
         let mounts = self.call("mounts", move |b, s| b.berth_snapshot_snapshotter().call_mounts(s, &key)).await?;
-        Ok(mounts_from(mounts))
+        self.checked("mounts", mounts)
     }
 
     async fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
@@ -209,14 +253,14 @@ impl Snapshotter for WasmSnapshotter {
         let mounts = self
             .call("prepare", move |b, s| b.berth_snapshot_snapshotter().call_prepare(s, &key, &parent, &labels))
             .await?;
-        Ok(mounts_from(mounts))
+        self.checked("prepare", mounts)
     }
 
     async fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
         let (key, parent, labels) = (key.to_owned(), parent.unwrap_or_default().to_owned(), labels_to(labels));
         let mounts =
             self.call("view", move |b, s| b.berth_snapshot_snapshotter().call_view(s, &key, &parent, &labels)).await?;
-        Ok(mounts_from(mounts))
+        self.checked("view", mounts)
     }
 
     async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {

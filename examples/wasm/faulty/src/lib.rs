@@ -1,6 +1,6 @@
 //! `snapshot.faulty`: a wasm snapshot plugin for berth's tests, which misbehaves when asked to. `stat` or
 //! `prepare` of a key containing `loop` never returns, `alloc` allocates until something stops it, `trap`
-//! panics (a trap in a component); other keys are not found (stat) or refused (prepare: it makes no
+//! panics (a trap in a component); `prepare` of `escape` returns a bind mount of the host's /etc; other keys are not found (stat) or refused (prepare: it makes no
 //! snapshots). Its config can make `init` fail (`fail_init = true`). Each instance counts its stat calls, so a
 //! test can tell a fresh instance from a reused one: `stat("calls")` answers with the count in label `calls`.
 
@@ -76,6 +76,15 @@ impl Snapshotter for Faulty {
     }
     fn prepare(&self, key: &str, _: &str, _: Labels) -> Result<Vec<Mount>> {
         misbehave(key);
+        if key.contains("escape") {
+            // A host directory it was never granted: berthd must not mount it.
+            return Ok(vec![Mount {
+                r#type: "bind".into(),
+                source: "/etc".into(),
+                target: String::new(),
+                options: vec!["rbind".into(), "rw".into()],
+            }]);
+        }
         Err(Error::unimplemented("faulty makes no snapshots"))
     }
     fn view(&self, _: &str, _: &str, _: Labels) -> Result<Vec<Mount>> {
