@@ -219,6 +219,13 @@ fn wasm_snapshot_example_runs_containers_through_ctr() {
     let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "layers", "ls"]);
     assert!(!snapshots.contains("wasm-layers") && snapshots.contains(&chain[0]), "{snapshots}");
     assert!(layers.path().join("metadata.json").exists());
+    // Its log line (the host's log import) is in berthd's log, tagged with the plugin.
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("layers in /layers"))
+        .unwrap_or_else(|| panic!("no plugin log line in:\n{log}"));
+    assert!(line.contains("snapshot.layers"), "{line}");
     daemon.ctr_ok(&["images", "rm", "--sync", BUSYBOX]);
     let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "layers", "ls"]);
     assert_eq!(snapshots.lines().count(), 1, "the collector removes the layers from the component too:\n{snapshots}");
@@ -292,6 +299,13 @@ fn wasm_broken_plugins_are_refused_or_contained_and_berthd_carries_on() {
     let faulty_row = plugins.iter().find(|p| p["id"] == "faulty").unwrap();
     let last = faulty_row["exports"]["berth.last_error"].as_str().unwrap_or_default();
     assert!(last.contains("call prepare trapped"), "{faulty_row:#}");
+    // What the component wrote to stderr (its panic message) is in berthd's log, tagged with the plugin.
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("asked to trap") && l.contains("berth_plugin"))
+        .unwrap_or_else(|| panic!("no panic message in:\n{log}"));
+    assert!(line.contains("snapshot.faulty"), "{line}");
     // Mounts of host paths it was not granted are refused, not handed to a container.
     let e = fails(daemon.ctr(&["snapshots", "--snapshotter", "faulty", "prepare", "escape-1"]), "an escaping mount");
     assert!(
