@@ -73,6 +73,10 @@ impl Host {
                 // SAFETY: the host's function with its own context; the message is lent for the call.
                 unsafe { (api.log)(api.context, level, Bytes::new(message.as_bytes())) }
             }
+            // Inside a wasm component the host is the component's host import.
+            #[cfg(target_family = "wasm")]
+            None => crate::wasm::snapshot::log(level, message),
+            #[cfg(not(target_family = "wasm"))]
             None => eprintln!("{level:?}: {message}"),
         }
     }

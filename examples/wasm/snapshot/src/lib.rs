@@ -297,10 +297,8 @@ impl Snapshotter for Layers {
             });
         }
         let backend = Self::open(Path::new(&config.dir), Path::new(&config.host_root))?;
-        berth_plugin_sdk::wasm::snapshot::log(
-            berth_plugin_sdk::Level::Info,
-            &format!("layers in {} (host {})", config.dir, config.host_root),
-        );
+        // Through the host's log import: berthd's log, tagged with the plugin.
+        init.host.info(&format!("layers in {} (host {})", config.dir, config.host_root));
         Ok(backend)
     }
 
