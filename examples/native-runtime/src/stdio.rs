@@ -48,14 +48,23 @@ pub struct StdinCloser {
     writer: Arc<Mutex<Option<File>>>,
     path: String,
     closed: Arc<Mutex<bool>>,
+    /// An eventfd the copier polls beside the FIFO: written by [`StdinCloser::close`].
+    wake: Option<Arc<OwnedFd>>,
 }
 
 impl StdinCloser {
-    /// Closes stdin: the process reads end-of-file once it has what was copied so far. A copier still
-    /// waiting for the client to open the FIFO is released by opening it ourselves.
+    /// Closes stdin: the copier forwards what the client already wrote into the FIFO, then the process reads
+    /// end-of-file. (A client closes its end and then sends CloseIO: the last bytes may still be in the FIFO.)
+    /// A copier still waiting for the client to open the FIFO is released by opening it ourselves.
     pub fn close(&self) {
         *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match &self.wake {
+            // SAFETY: an 8-byte write of a counter increment to our eventfd.
+            Some(wake) => unsafe {
+                libc::write(wake.as_raw_fd(), 1u64.to_ne_bytes().as_ptr().cast(), 8);
+            },
+            None => drop(self.writer.lock().unwrap_or_else(|p| p.into_inner()).take()),
+        }
         if !self.path.is_empty() {
             // Unblocks an open(O_RDONLY) still waiting for a writer; fails harmlessly when nobody reads.
             let _ = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
@@ -80,30 +89,62 @@ pub fn input(path: &str, closer: &mut StdinCloser) -> io::Result<Stdio> {
     }
     // SAFETY: both descriptors are new and ours.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: eventfd returns a new descriptor or -1.
+    let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if wake < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is new and ours.
+    let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(wake) });
+    closer.wake = Some(Arc::clone(&wake));
     *closer.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(write);
     let writer = Arc::clone(&closer.writer);
     let fifo = path.to_string();
-    std::thread::Builder::new().name("stdin-copy".into()).spawn(move || copy_stdin(&fifo, &writer))?;
+    std::thread::Builder::new().name("stdin-copy".into()).spawn(move || {
+        copy_stdin(&fifo, &writer, &wake);
+        writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+    })?;
     Ok(Stdio::from(read))
 }
 
-fn copy_stdin(fifo: &str, writer: &Mutex<Option<File>>) {
+/// Copies the FIFO into the pipe until the client's end-of-file, or until CloseIO (`wake`) and then only
+/// what the FIFO still holds.
+fn copy_stdin(fifo: &str, writer: &Mutex<Option<File>>, wake: &OwnedFd) {
     // Blocks until the client opens its writing end (or CloseIO opens it for us).
-    let Ok(mut source) = File::open(Path::new(fifo)) else {
-        writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        return;
-    };
+    let Ok(mut source) = File::open(Path::new(fifo)) else { return };
     let mut buffer = [0u8; 32 * 1024];
+    let mut draining = false;
     loop {
+        if !draining {
+            let mut fds = [
+                libc::pollfd { fd: source.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: poll on two valid descriptors.
+            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            if fds[1].revents != 0 {
+                // CloseIO: take what is buffered without waiting for more.
+                // SAFETY: fcntl on the FIFO we opened.
+                unsafe {
+                    let flags = libc::fcntl(source.as_raw_fd(), libc::F_GETFL);
+                    libc::fcntl(source.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+                }
+                draining = true;
+            }
+        }
         let n = match source.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
         let mut guard = writer.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(w) = guard.as_mut() else { break };
+        let Some(w) = guard.as_mut() else { return };
         if w.write_all(&buffer[..n]).is_err() {
-            break;
+            return;
         }
     }
-    writer.lock().unwrap_or_else(|p| p.into_inner()).take();
 }
