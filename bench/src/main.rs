@@ -6,6 +6,7 @@
 mod containers;
 mod exec;
 mod oci;
+mod plugins;
 mod pool;
 mod report;
 mod stats;
@@ -31,6 +32,9 @@ enum Command {
     Exec(exec::Options),
     /// Times create, start, wait and delete (or run) of a container through an OCI runtime's CLI.
     Oci(oci::Options),
+    /// Per-call overhead of plugin sources against a built-in backend, and berthd's start-up with the
+    /// native examples loaded.
+    Plugins(plugins::Options),
     /// Runs a command (a daemon) with this process as its child subreaper.
     Subreaper(oci::SubreaperOptions),
     /// Starts many containers at once through the Tasks service, or removes them again.
@@ -84,6 +88,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Exec(options) => exec::run(options),
         Command::Oci(options) => oci::run(options),
+        Command::Plugins(options) => plugins::run(options),
         Command::Subreaper(options) => {
             let code = oci::subreaper(options)?;
             std::process::exit(code)

@@ -1,0 +1,512 @@
+//! `plugins`: what a plugin source adds per call, and to berthd's start-up (issue 5).
+//!
+//! Per call, in this process, on a tokio runtime like berthd's, through the trait object the daemon uses
+//! (`SharedSnapshotter`): `stat` of a snapshot with one label (small), `stat` of one with 64 KiB of labels,
+//! and `mounts`, each against
+//!
+//! * `builtin`: `snapshot.native`, berth's built-in copying snapshotter;
+//! * `native`: examples/native-snapshot (`snapshot.example`, the same kind of backend) loaded from its `.so`
+//!   through berth's native source, as berthd loads it.
+//!
+//! A source is one [`Source`]: a label and how to load the snapshotter into a registry; the wasm source adds
+//! its row the same way. Two more rows split the native figure into its parts: `abi` is the bare crossing
+//! (encode, call through the function table, decode, free) on the calling thread, against `direct`, the
+//! example's own Rust method called in-process; `hop` is one empty `spawn_blocking` round trip, the thread
+//! change every native call makes so a plugin may block (and, for comparison, one empty `block_in_place`).
+//!
+//! Start-up (`--berthd`): berthd started on a fresh root until its socket answers, then stopped, alternately
+//! with the built-in plugins only and with the native examples loaded (snapshot, runtime, monitor).
+//!
+//! Figures are medians of per-call times in each round, and the median round; ratios against `builtin`.
+
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use berth_core::config::Config;
+use berth_core::registry::{Registry, Started};
+use berth_core::snapshot::{Labels, SharedSnapshotter};
+use berth_plugin_sdk::abi::{self, Buffer, Bytes, Header, HostApi, snapshot_methods as m};
+use berth_plugin_sdk::proto::snapshots as pb;
+use berth_plugin_sdk::proto::{InitRequest, Message};
+use berth_plugin_sdk::snapshot::Snapshotter as _;
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// The directory holding the examples' libraries (libberth_example_native_*.so), e.g. target/release.
+    #[arg(long)]
+    libs: PathBuf,
+    /// Calls per request kind and round.
+    #[arg(long, default_value_t = 20000)]
+    calls: usize,
+    /// Rounds; the median round is reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Where the snapshotters keep their data (a real disk, not tmpfs).
+    #[arg(long, default_value = "/var/tmp")]
+    dir: PathBuf,
+    /// A berthd binary: also measure its start-up with and without the native examples.
+    #[arg(long)]
+    berthd: Option<PathBuf>,
+    /// Start-ups of each configuration.
+    #[arg(long, default_value_t = 20)]
+    starts: usize,
+}
+
+/// A plugin source to measure: its label in the tables and the config table that loads `snapshot.NAME`.
+pub struct Source {
+    pub label: &'static str,
+    pub name: &'static str,
+    /// The `[plugins."snapshot.NAME"]` table (and anything else it needs) for a config rooted at the
+    /// scratch directory given.
+    pub table: Box<dyn Fn(&Path) -> String>,
+}
+
+fn sources(libs: &Path) -> Vec<Source> {
+    let native = libs.join("libberth_example_native_snapshot.so");
+    vec![
+        Source { label: "builtin", name: "native", table: Box::new(|_| String::new()) },
+        Source {
+            label: "native",
+            name: "example",
+            table: Box::new(move |_| {
+                format!("[plugins.\"snapshot.example\"]\nsource = \"native\"\npath = \"{}\"\n", native.display())
+            }),
+        },
+        // The wasm source's row goes here: a table with source = "wasm" and its component.
+    ]
+}
+
+/// The labels of the large snapshot: 512 of 130 bytes, just over 64 KiB.
+fn big_labels() -> Labels {
+    (0..512).map(|i| (format!("bench.berth.dev/label-{i:04}"), "x".repeat(104))).collect()
+}
+
+fn small_labels() -> Labels {
+    [("bench.berth.dev/label".to_string(), "x".to_string())].into()
+}
+
+/// One measured figure.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Figure {
+    target: String,
+    phase: String,
+    /// Median per-call time of the median round, in nanoseconds.
+    median_ns: u64,
+    /// The range of the rounds' medians.
+    min_ns: u64,
+    max_ns: u64,
+    calls: usize,
+}
+
+fn figure(target: &str, phase: &str, mut rounds: Vec<u64>, calls: usize) -> Figure {
+    rounds.sort_unstable();
+    Figure {
+        target: target.into(),
+        phase: phase.into(),
+        median_ns: rounds[rounds.len() / 2],
+        min_ns: rounds[0],
+        max_ns: rounds[rounds.len() - 1],
+        calls,
+    }
+}
+
+fn median_ns(mut samples: Vec<Duration>) -> u64 {
+    samples.sort_unstable();
+    samples[samples.len() / 2].as_nanos() as u64
+}
+
+/// Times `calls` awaits of `call`, one at a time; the median per call.
+async fn time_async<F, Fut>(calls: usize, mut call: F) -> Result<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        call().await?;
+        samples.push(started.elapsed());
+    }
+    Ok(median_ns(samples))
+}
+
+fn time_sync(calls: usize, mut call: impl FnMut() -> Result<()>) -> Result<u64> {
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        call()?;
+        samples.push(started.elapsed());
+    }
+    Ok(median_ns(samples))
+}
+
+async fn start_registry(dir: &Path, tables: &str) -> Result<Started> {
+    let mut registry = Registry::new();
+    registry.add_source(berth_core::external::native::source())?;
+    registry.register(berth_plugin_snapshot_native::registration())?;
+    let text = format!(
+        "version = 1\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\naddress = \"{dir}/s.sock\"\n{tables}\n",
+        root = dir.join("root").display(),
+        state = dir.join("state").display(),
+        dir = dir.display(),
+    );
+    let config = Config::parse("bench.toml", &text, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(registry.start(Arc::new(config)).await?)
+}
+
+/// The per-call figures of one source through `SharedSnapshotter`.
+async fn measure_source(source: &Source, scratch: &Path, calls: usize, rounds: usize) -> Result<Vec<Figure>> {
+    let dir = scratch.join(source.label);
+    std::fs::create_dir_all(&dir)?;
+    let started = start_registry(&dir, &(source.table)(&dir)).await?;
+    let id: berth_core::plugin::PluginId =
+        format!("snapshot.{}", source.name).parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let snapshotter: SharedSnapshotter = (*started
+        .get::<SharedSnapshotter>(&id)
+        .with_context(|| format!("{id} did not load: {:?}", started.table.read().unwrap().plugins))?)
+    .clone();
+    snapshotter.prepare("small", None, small_labels()).await?;
+    snapshotter.prepare("big", None, big_labels()).await?;
+    let big = snapshotter.stat("big").await?;
+    let size: usize = big.labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    anyhow::ensure!(size >= 64 * 1024, "the big snapshot has {size} bytes of labels");
+    let mut figures = Vec::new();
+    for (phase, key) in [("stat", "small"), ("stat-64k", "big"), ("mounts", "small")] {
+        let mut medians = Vec::new();
+        for _ in 0..rounds {
+            let s = Arc::clone(&snapshotter);
+            let is_mounts = phase == "mounts";
+            // On a runtime worker, as a gRPC handler calls it.
+            let median = tokio::spawn(async move {
+                time_async(calls, || {
+                    let s = Arc::clone(&s);
+                    async move {
+                        if is_mounts {
+                            s.mounts(key).await?;
+                        } else {
+                            s.stat(key).await?;
+                        }
+                        Ok(())
+                    }
+                })
+                .await
+            })
+            .await??;
+            medians.push(median);
+        }
+        figures.push(figure(source.label, phase, medians, calls));
+    }
+    snapshotter.remove("small").await?;
+    snapshotter.remove("big").await?;
+    drop(snapshotter);
+    started.shutdown();
+    Ok(figures)
+}
+
+/// One empty `spawn_blocking` round trip from a runtime worker, and one empty `block_in_place`.
+async fn measure_hop(calls: usize, rounds: usize) -> Result<Vec<Figure>> {
+    let mut medians = Vec::new();
+    for _ in 0..rounds {
+        let median = tokio::spawn(time_async(calls, || async {
+            tokio::task::spawn_blocking(|| ()).await?;
+            Ok(())
+        }))
+        .await??;
+        medians.push(median);
+    }
+    let hop = figure("hop", "spawn_blocking", medians, calls);
+    // What running the call on the worker itself would cost instead (tokio hands the worker's other tasks
+    // to another thread): the alternative to the hop for calls that may block.
+    let mut medians = Vec::new();
+    for _ in 0..rounds {
+        let median = tokio::spawn(time_async(calls, || async {
+            tokio::task::block_in_place(|| ());
+            Ok(())
+        }))
+        .await??;
+        medians.push(median);
+    }
+    Ok(vec![hop, figure("hop", "block_in_place", medians, calls)])
+}
+
+unsafe extern "C" fn quiet_log(_: *const c_void, _: u32, _: Bytes) {}
+unsafe extern "C" fn quiet_event(_: *const c_void, _: Bytes) {}
+unsafe extern "C" fn no_publish(_: *const c_void, _: Bytes, _: *mut Buffer) -> i32 {
+    abi::code::UNAVAILABLE
+}
+
+/// The example's library opened by hand: its instance and stat/mounts through the function table.
+struct RawPlugin {
+    header: &'static Header,
+    instance: *mut c_void,
+}
+
+impl RawPlugin {
+    fn open(path: &Path, root: &Path) -> Result<Self> {
+        // SAFETY: the example library, built from this repository; never closed (the ABI's rule).
+        let library: &'static libloading::Library = Box::leak(Box::new(unsafe { libloading::Library::new(path)? }));
+        // SAFETY: the ABI's entry type.
+        let entry = unsafe { library.get::<abi::EntryFn>(abi::ENTRY_SYMBOL.as_bytes())? };
+        // SAFETY: static data of the library.
+        let header: &'static Header = unsafe { &*entry() };
+        if header.magic != abi::MAGIC || header.abi_major != abi::ABI_MAJOR {
+            bail!("{} is not a plugin of this ABI", path.display());
+        }
+        let host: &'static HostApi = Box::leak(Box::new(HostApi {
+            size: std::mem::size_of::<HostApi>(),
+            context: std::ptr::null(),
+            log: quiet_log,
+            event: quiet_event,
+            publish: no_publish,
+        }));
+        let config = serde_json::json!({ "root": root }).to_string();
+        let request =
+            InitRequest { id: "snapshot.example".into(), config_json: config.into_bytes(), ..Default::default() };
+        let bytes = request.encode_to_vec();
+        let mut instance = std::ptr::null_mut();
+        let mut error = Buffer::empty();
+        // SAFETY: the table's create with the ABI's arguments.
+        let code = unsafe { ((*header.functions).create)(Bytes::new(&bytes), host, &mut instance, &mut error) };
+        // SAFETY: the plugin's buffer, freed by its own function.
+        unsafe { error.release() };
+        if code != abi::code::OK {
+            bail!("creating the example instance: code {code}");
+        }
+        Ok(Self { header, instance })
+    }
+
+    /// Calls method `index` with `request`, decoding the answer as `R`.
+    fn call<R: Message + Default>(&self, index: usize, request: &impl Message) -> Result<R> {
+        let bytes = request.encode_to_vec();
+        // SAFETY: the table is static data with method_count entries.
+        let table = unsafe { &*self.header.functions };
+        anyhow::ensure!(index < table.method_count as usize, "no method {index}");
+        // SAFETY: as above.
+        let method = unsafe { *table.methods.add(index) }.context("method not implemented")?;
+        let mut out = Buffer::empty();
+        // SAFETY: the plugin's method on its instance; the request is lent for the call.
+        let code = unsafe { method(self.instance, Bytes::new(&bytes), &mut out) };
+        // SAFETY: the plugin filled the buffer; read, then given back.
+        let decoded = R::decode(unsafe { out.as_slice() });
+        // SAFETY: as above.
+        unsafe { out.release() };
+        anyhow::ensure!(code == abi::code::OK, "method {index} failed with code {code}");
+        Ok(decoded?)
+    }
+}
+
+/// The bare ABI crossing against the example's own method called directly, on this thread.
+fn measure_abi(libs: &Path, scratch: &Path, calls: usize, rounds: usize) -> Result<Vec<Figure>> {
+    let root = scratch.join("abi");
+    let raw = RawPlugin::open(&libs.join("libberth_example_native_snapshot.so"), &root)?;
+    let direct = berth_example_native_snapshot::CopySnapshotter::open(&scratch.join("direct"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let to_sdk = |labels: Labels| -> std::collections::HashMap<String, String> { labels.into_iter().collect() };
+    for (key, labels) in [("small", small_labels()), ("big", big_labels())] {
+        let request = pb::PrepareSnapshotRequest {
+            snapshotter: "example".into(),
+            key: key.into(),
+            parent: String::new(),
+            labels: to_sdk(labels.clone()),
+        };
+        raw.call::<pb::PrepareSnapshotResponse>(m::PREPARE, &request)?;
+        direct.prepare(key, "", to_sdk(labels)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let mut figures = Vec::new();
+    for (phase, key) in [("stat", "small"), ("stat-64k", "big"), ("mounts", "small")] {
+        let (mut through, mut plain) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let request = pb::StatSnapshotRequest { snapshotter: "example".into(), key: key.into() };
+            let mounts = pb::MountsRequest { snapshotter: "example".into(), key: key.into() };
+            through.push(time_sync(calls, || {
+                if phase == "mounts" {
+                    raw.call::<pb::MountsResponse>(m::MOUNTS, &mounts)?;
+                } else {
+                    raw.call::<pb::StatSnapshotResponse>(m::STAT, &request)?;
+                }
+                Ok(())
+            })?);
+            plain.push(time_sync(calls, || {
+                if phase == "mounts" {
+                    direct.mounts(key).map_err(|e| anyhow::anyhow!("{e}"))?;
+                } else {
+                    direct.stat(key).map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+                Ok(())
+            })?);
+        }
+        figures.push(figure("abi", phase, through, calls));
+        figures.push(figure("direct", phase, plain, calls));
+    }
+    let stat = raw.call::<pb::StatSnapshotResponse>(
+        m::STAT,
+        &pb::StatSnapshotRequest { snapshotter: "example".into(), key: "big".into() },
+    )?;
+    eprintln!("plugins: the 64 KiB stat answers with {} bytes", stat.encode_to_vec().len());
+    Ok(figures)
+}
+
+/// Starts `berthd` on `config` until its socket answers, then stops it; the time to the socket.
+fn start_once(berthd: &Path, dir: &Path, extra: &str) -> Result<Duration> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let socket = dir.join("berth.sock");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\nroot = \"{}\"\nstate = \"{}\"\n{extra}\n[grpc]\naddress = \"{}\"\n",
+            dir.join("root").display(),
+            dir.join("state").display(),
+            socket.display()
+        ),
+    )?;
+    let started = Instant::now();
+    let mut child = Command::new(berthd)
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", berthd.display()))?;
+    let elapsed = loop {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            break started.elapsed();
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("berthd exited during start-up with {status} (config {})", config.display());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            bail!("berthd did not listen within 30 s");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(child.id() as i32, 15) };
+    child.wait()?;
+    Ok(elapsed)
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn measure_startup(berthd: &Path, libs: &Path, scratch: &Path, starts: usize) -> Result<Vec<Figure>> {
+    let lib = |name: &str| libs.join(format!("libberth_example_native_{name}.so")).display().to_string();
+    let with_examples = format!(
+        "[plugins.\"snapshot.example\"]\nsource = \"native\"\npath = \"{}\"\n\
+         [plugins.\"runtime.oci\"]\nsource = \"native\"\npath = \"{}\"\n[plugins.\"runtime.oci\".config]\nbinary = \"runc\"\n\
+         [plugins.\"monitor.alerts\"]\nsource = \"native\"\npath = \"{}\"\n\
+         [plugins.\"service.tasks\"]\nmonitors = [\"cgroups\", \"restart\", \"alerts\"]\n",
+        lib("snapshot"),
+        lib("runtime"),
+        lib("monitor"),
+    );
+    let configs = [("builtin", String::new()), ("native", with_examples)];
+    let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    // One uncounted start of each (page cache), then alternating.
+    for (label, extra) in &configs {
+        start_once(berthd, &scratch.join(format!("start-{label}")), extra)?;
+    }
+    for _ in 0..starts {
+        for (label, extra) in &configs {
+            let took = start_once(berthd, &scratch.join(format!("start-{label}")), extra)?;
+            samples.entry(label).or_default().push(took);
+        }
+    }
+    let mut figures = Vec::new();
+    for (label, times) in samples {
+        let mut sorted = times.clone();
+        sorted.sort_unstable();
+        let ns = |d: Duration| d.as_nanos() as u64;
+        figures.push(Figure {
+            target: label.into(),
+            phase: "startup".into(),
+            median_ns: ns(sorted[sorted.len() / 2]),
+            min_ns: ns(sorted[0]),
+            max_ns: ns(sorted[sorted.len() - 1]),
+            calls: sorted.len(),
+        });
+    }
+    Ok(figures)
+}
+
+fn table(figures: &[Figure]) {
+    let base: BTreeMap<&str, u64> =
+        figures.iter().filter(|f| f.target == "builtin").map(|f| (f.phase.as_str(), f.median_ns)).collect();
+    println!("| source | request | median ns/call (rounds' range) | added vs builtin | ratio |");
+    println!("|---|---|---|---|---|");
+    for f in figures.iter().filter(|f| f.phase != "startup") {
+        let (added, ratio) = match (base.get(f.phase.as_str()), f.target.as_str()) {
+            (Some(b), "builtin" | "native" | "wasm") => {
+                (format!("{:+}", f.median_ns as i64 - *b as i64), format!("{:.2}", f.median_ns as f64 / *b as f64))
+            }
+            _ => ("".into(), "".into()),
+        };
+        println!("| {} | {} | {} ({}–{}) | {added} | {ratio} |", f.target, f.phase, f.median_ns, f.min_ns, f.max_ns);
+    }
+    let abi: BTreeMap<&str, i64> = figures
+        .iter()
+        .filter(|f| f.target == "abi")
+        .filter_map(|f| {
+            let direct = figures.iter().find(|d| d.target == "direct" && d.phase == f.phase)?;
+            Some((f.phase.as_str(), f.median_ns as i64 - direct.median_ns as i64))
+        })
+        .collect();
+    if !abi.is_empty() {
+        println!("\n| the ABI crossing alone (abi − direct) | ns per call |\n|---|---|");
+        for (phase, ns) in abi {
+            println!("| {phase} | {ns:+} |");
+        }
+    }
+    let startups: Vec<&Figure> = figures.iter().filter(|f| f.phase == "startup").collect();
+    if !startups.is_empty() {
+        println!("\n| berthd start-up | median ms (range) | runs |\n|---|---|---|");
+        for f in startups {
+            let ms = |ns: u64| ns as f64 / 1e6;
+            println!(
+                "| {} | {:.1} ({:.1}–{:.1}) | {} |",
+                f.target,
+                ms(f.median_ns),
+                ms(f.min_ns),
+                ms(f.max_ns),
+                f.calls
+            );
+        }
+    }
+}
+
+pub fn run(options: Options) -> Result<()> {
+    let scratch = options.dir.join(format!("berth-bench-plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let result = (|| -> Result<Vec<Figure>> {
+        // Two workers, as berthd has on this machine's two cores.
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let mut figures = Vec::new();
+        for source in sources(&options.libs) {
+            figures.extend(runtime.block_on(measure_source(&source, &scratch, options.calls, options.rounds))?);
+        }
+        figures.extend(runtime.block_on(measure_hop(options.calls, options.rounds))?);
+        drop(runtime);
+        figures.extend(measure_abi(&options.libs, &scratch, options.calls, options.rounds)?);
+        if let Some(berthd) = &options.berthd {
+            figures.extend(measure_startup(berthd, &options.libs, &scratch, options.starts)?);
+        }
+        Ok(figures)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let figures = result?;
+    for f in &figures {
+        eprintln!("{}", serde_json::to_string(f)?);
+    }
+    table(&figures);
+    Ok(())
+}
