@@ -8,9 +8,10 @@
 //! Everything crosses as plain data ([`Task`], [`TaskEvent`], [`Any`]): no handle of the host, so the same
 //! implementation can be exported from a native library or another kind of plugin artifact.
 //!
-//! Calls come one at a time and in order per monitor, from a blocking thread; berthd does not wait for
-//! them (a call that takes longer than 10 s is abandoned and logged, a failed one is logged), so a monitor
-//! never holds up a task. A monitor acts through its host: [`crate::Host::publish`] puts an event into
+//! `activate`, `monitor`, `stop` and `event` come one at a time and in order per monitor, from a blocking
+//! thread; berthd does not wait for them (a call that takes longer than 10 s is abandoned and logged, a
+//! failed one is logged), so a monitor never holds up a task. `stats` is asked when a client asks for
+//! Tasks.Metrics, alongside the others: the type must be `Sync` for that. A monitor acts through its host: [`crate::Host::publish`] puts an event into
 //! berthd's event stream.
 //!
 //! A monitor that counts non-zero exits per task and reports each as an event, exported, then called through
