@@ -11,8 +11,8 @@
 //! `activate`, `monitor`, `stop` and `event` come one at a time and in order per monitor, from a blocking
 //! thread; berthd does not wait for them (a call that takes longer than 10 s is abandoned and logged, a
 //! failed one is logged), so a monitor never holds up a task. `stats` is asked when a client asks for
-//! Tasks.Metrics, alongside the others: the type must be `Sync` for that. A monitor acts through its host: [`crate::Host::publish`] puts an event into
-//! berthd's event stream.
+//! Tasks.Metrics, alongside the others: the type must be `Sync` for that. A monitor acts through its
+//! host: [`crate::Host::publish`] puts an event into berthd's event stream.
 //!
 //! A monitor that counts non-zero exits per task and reports each as an event, exported, then called through
 //! the ABI as berthd calls it:
