@@ -338,7 +338,8 @@ fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
-#[tokio::test]
+// Multi-threaded, as berthd is: calls then run on their worker turned blocking (block_in_place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wasm_hot_reload_under_load_loses_no_call() {
     let dir = tempfile::Builder::new().prefix("berth-wasm-reload").tempdir_in("/tmp").unwrap();
     let layers = dir.path().join("layers");

@@ -28,7 +28,8 @@
 //! 4. one instance is made: `describe` (its name must be the table's, its version is shown) and `init` with
 //!    the plugin's config (a config error it reports is located in the config file).
 //!
-//! Every call then runs on a blocking thread, never on the async workers, under the table's limits
+//! Every call then runs where it may block without stalling other tasks (its worker turned blocking with
+//! `block_in_place` on berthd's multi-threaded runtime, `spawn_blocking` elsewhere), under the table's limits
 //! ([`plugin`]); a trap or a hit limit fails that call with an error naming the plugin and what was hit, is
 //! kept as the plugin's last error, and the next call gets a fresh instance. A replaced file is loaded while
 //! the old one keeps serving, and swapped in once it loaded; one that fails to load leaves the old one.

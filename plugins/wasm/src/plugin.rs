@@ -3,7 +3,7 @@
 //!
 //! A call takes one of the generation's permits (`instances` of them; calls beyond wait), an idle instance
 //! (or a fresh one: instantiated from the `InstancePre`, then the guest's `init` with the plugin's config), and
-//! runs on a blocking thread with the time limit as an epoch deadline and the memory limit in the store's
+//! runs where it may block (see [`WasmPlugin::call`]) with the time limit as an epoch deadline and the memory limit in the store's
 //! limiter. A trap or a hit limit fails that call only: the instance is dropped and the next call gets a fresh
 //! one. A reload makes a whole new generation beside the serving one and swaps it in; calls in flight keep
 //! the generation they started on, and finish there.
@@ -296,7 +296,8 @@ impl<K: Kind> WasmPlugin<K> {
         })
     }
 
-    /// Runs `f` on an instance of the serving generation, on a blocking thread.
+    /// Runs `f` on an instance of the serving generation, where it may block: in place on a multi-threaded
+    /// runtime, on the blocking pool otherwise.
     pub async fn call<R, F>(self: &Arc<Self>, method: &'static str, f: F) -> Result<R, CallError>
     where
         R: Send + 'static,
@@ -305,6 +306,13 @@ impl<K: Kind> WasmPlugin<K> {
         let generation = self.current();
         let lost = |message: String| CallError::Lost { plugin: self.id.to_string(), method, message };
         let permit = Arc::clone(&generation.permits).acquire_owned().await.map_err(|e| lost(e.to_string()))?;
+        // On a multi-threaded runtime (berthd's) the worker turns into a blocking thread for the call and its
+        // other tasks move to another worker: the same effect as spawn_blocking without handing the call to
+        // another thread, which is most of a short call's cost. A current-thread runtime cannot do that.
+        if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            let _permit = permit;
+            return tokio::task::block_in_place(|| self.call_blocking(&generation, method, f));
+        }
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
