@@ -14,7 +14,7 @@
 //!    plugin reports is located in the config file like berthd's own.
 //!
 //! The plugin then stands behind the core trait of its kind ([`snapshot`], [`runtime`], [`monitor`]). Every call runs on
-//! a blocking thread (`spawn_blocking`), never on the async workers; a call that fails inside the plugin (a
+//! a blocking thread, never on an async worker ([`NativePlugin::call`]); a call that fails inside the plugin (a
 //! caught panic, an internal error) fails that call only and is kept as the plugin's last error.
 
 mod elf;
@@ -270,14 +270,24 @@ impl NativePlugin {
         matches!(self.methods.get(index), Some(Some(_)))
     }
 
-    /// Calls method `index` with `request` on a blocking thread.
+    /// Calls method `index` with `request`, off the async workers. On berthd's multi-threaded runtime a
+    /// snapshot or runtime call runs where it was awaited, the worker turning into a blocking thread for it
+    /// while its other tasks move to another worker (`block_in_place`): that adds tens of nanoseconds where
+    /// handing the call to the blocking pool adds 10-20 µs (docs/benchmarks.md, Plugins). A monitor's calls
+    /// still go to the pool: the Tasks service gives up on a monitor that takes too long, and it can only give
+    /// up on a call that does not hold its thread.
     pub async fn call<Req, Resp>(self: &Arc<Self>, index: usize, request: Req) -> Result<Resp, CallError>
     where
         Req: Message + Send + 'static,
         Resp: Message + Default + Send + 'static,
     {
-        let this = Arc::clone(self);
         let bytes = request.encode_to_vec();
+        if self.id.kind != PluginKind::Monitor
+            && tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            return tokio::task::block_in_place(|| self.call_blocking(index, &bytes));
+        }
+        let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || this.call_blocking(index, &bytes)).await.unwrap_or_else(|e| {
             Err(CallError { code: code::INTERNAL, message: format!("plugin {} call did not finish: {e}", self.id) })
         })
