@@ -11,6 +11,34 @@ use crate::error::{Error, Result};
 use crate::host::{Host, Init};
 use crate::proto::{InitRequest, Message, PluginError};
 
+/// What `export_snapshot!`, `export_runtime!` and `export_monitor!` expand to for a `cdylib`: the entry
+/// symbol, the header of kind `$kind` (the module of the kind's trait `$trait`) and its function table.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_native {
+    ($ty:ty, $kind:ident, $trait:ident, $methods:ident) => {
+        /// The berth plugin entry point.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn berth_plugin_entry() -> *const $crate::abi::Header {
+            static METHODS: [Option<$crate::abi::MethodFn>; $crate::abi::$methods::COUNT] =
+                $crate::$kind::__methods::<$ty>();
+            static TABLE: $crate::abi::FunctionTable = $crate::abi::FunctionTable {
+                create: $crate::$kind::__create::<$ty>,
+                destroy: $crate::__private::destroy::<$ty>,
+                method_count: $crate::abi::$methods::COUNT as u32,
+                methods: METHODS.as_ptr(),
+            };
+            static HEADER: $crate::abi::Header = $crate::abi::Header::new(
+                stringify!($kind),
+                <$ty as $crate::$kind::$trait>::NAME,
+                env!("CARGO_PKG_VERSION"),
+                &TABLE,
+            );
+            &HEADER
+        }
+    };
+}
+
 /// The message of a caught panic.
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     let text = payload

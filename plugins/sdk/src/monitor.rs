@@ -285,25 +285,7 @@ pub const fn __methods<T: Monitor>() -> [Option<MethodFn>; m::COUNT] {
 #[macro_export]
 macro_rules! export_monitor {
     ($ty:ty) => {
-        /// The berth plugin entry point.
-        #[unsafe(no_mangle)]
-        pub extern "C" fn berth_plugin_entry() -> *const $crate::abi::Header {
-            static METHODS: [Option<$crate::abi::MethodFn>; $crate::abi::monitor_methods::COUNT] =
-                $crate::monitor::__methods::<$ty>();
-            static TABLE: $crate::abi::FunctionTable = $crate::abi::FunctionTable {
-                create: $crate::monitor::__create::<$ty>,
-                destroy: $crate::__private::destroy::<$ty>,
-                method_count: $crate::abi::monitor_methods::COUNT as u32,
-                methods: METHODS.as_ptr(),
-            };
-            static HEADER: $crate::abi::Header = $crate::abi::Header::new(
-                "monitor",
-                <$ty as $crate::monitor::Monitor>::NAME,
-                env!("CARGO_PKG_VERSION"),
-                &TABLE,
-            );
-            &HEADER
-        }
+        $crate::__export_native!($ty, monitor, Monitor, monitor_methods);
     };
 }
 

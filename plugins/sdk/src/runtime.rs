@@ -179,24 +179,6 @@ pub const fn __methods<T: Runtime>() -> [Option<MethodFn>; m::COUNT] {
 #[macro_export]
 macro_rules! export_runtime {
     ($ty:ty) => {
-        /// The berth plugin entry point.
-        #[unsafe(no_mangle)]
-        pub extern "C" fn berth_plugin_entry() -> *const $crate::abi::Header {
-            static METHODS: [Option<$crate::abi::MethodFn>; $crate::abi::runtime_methods::COUNT] =
-                $crate::runtime::__methods::<$ty>();
-            static TABLE: $crate::abi::FunctionTable = $crate::abi::FunctionTable {
-                create: $crate::runtime::__create::<$ty>,
-                destroy: $crate::__private::destroy::<$ty>,
-                method_count: $crate::abi::runtime_methods::COUNT as u32,
-                methods: METHODS.as_ptr(),
-            };
-            static HEADER: $crate::abi::Header = $crate::abi::Header::new(
-                "runtime",
-                <$ty as $crate::runtime::Runtime>::NAME,
-                env!("CARGO_PKG_VERSION"),
-                &TABLE,
-            );
-            &HEADER
-        }
+        $crate::__export_native!($ty, runtime, Runtime, runtime_methods);
     };
 }

@@ -129,24 +129,6 @@ pub const fn __methods<T: Snapshotter>() -> [Option<MethodFn>; m::COUNT] {
 #[macro_export]
 macro_rules! export_snapshot {
     ($ty:ty) => {
-        /// The berth plugin entry point.
-        #[unsafe(no_mangle)]
-        pub extern "C" fn berth_plugin_entry() -> *const $crate::abi::Header {
-            static METHODS: [Option<$crate::abi::MethodFn>; $crate::abi::snapshot_methods::COUNT] =
-                $crate::snapshot::__methods::<$ty>();
-            static TABLE: $crate::abi::FunctionTable = $crate::abi::FunctionTable {
-                create: $crate::snapshot::__create::<$ty>,
-                destroy: $crate::__private::destroy::<$ty>,
-                method_count: $crate::abi::snapshot_methods::COUNT as u32,
-                methods: METHODS.as_ptr(),
-            };
-            static HEADER: $crate::abi::Header = $crate::abi::Header::new(
-                "snapshot",
-                <$ty as $crate::snapshot::Snapshotter>::NAME,
-                env!("CARGO_PKG_VERSION"),
-                &TABLE,
-            );
-            &HEADER
-        }
+        $crate::__export_native!($ty, snapshot, Snapshotter, snapshot_methods);
     };
 }
