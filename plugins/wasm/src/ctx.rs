@@ -28,7 +28,13 @@ pub struct Ctx {
     pub limits: Limits,
     /// The plugin's id, for the log.
     pub plugin: Arc<str>,
+    /// What the kind's host imports need beyond that (a monitor's event exchange), as the source gave it to
+    /// [`crate::plugin::WasmPlugin::load_with`].
+    pub host: Option<HostState>,
 }
+
+/// A kind's own state for its host imports, shared by every instance of the plugin.
+pub type HostState = Arc<dyn std::any::Any + Send + Sync>;
 
 impl WasiView for Ctx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -61,6 +67,7 @@ impl Ctx {
             table: ResourceTable::new(),
             limits: Limits { limit: options.memory_limit.0 as usize, used: 0, hit: false },
             plugin,
+            host: None,
         })
     }
 }

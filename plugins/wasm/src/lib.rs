@@ -36,16 +36,20 @@
 
 mod ctx;
 mod engine;
+pub mod monitor;
 pub mod options;
 pub mod plugin;
 pub mod snapshot;
 
 use std::sync::{Arc, Weak};
 
+use berth_core::events::Exchange;
 use berth_core::external::{LoadContext, PluginSource, Reloader};
+use berth_core::monitor::SharedMonitor;
 use berth_core::plugin::{InitError, Instance, PluginKind};
 use berth_core::snapshot::SharedSnapshotter;
 
+use ctx::HostState;
 pub use options::WasmOptions;
 use plugin::{Kind, WasmPlugin};
 
@@ -56,9 +60,12 @@ pub fn source() -> PluginSource {
 
 async fn load(ctx: LoadContext) -> Result<Instance, InitError> {
     let id = ctx.plugin.id.clone();
+    if id.kind == PluginKind::Monitor {
+        return load_monitor(ctx).await;
+    }
     if id.kind != PluginKind::Snapshot {
         return Err(InitError::Failed(format!(
-            "wasm {} plugins are not supported by this berthd (wasm plugins are snapshot plugins)",
+            "wasm {} plugins are not supported by this berthd (wasm plugins are snapshot or monitor plugins)",
             id.kind
         )));
     }
@@ -78,6 +85,31 @@ async fn load(ctx: LoadContext) -> Result<Instance, InitError> {
     }
     ctx.status.set_reload(reloader(Arc::downgrade(&plugin)));
     let backend: SharedSnapshotter = Arc::new(snapshot::WasmSnapshotter::new(plugin));
+    Ok(Instance::new(backend))
+}
+
+/// A monitor: its `publish` import goes to berthd's event exchange (which the registry starts before every
+/// external monitor).
+async fn load_monitor(ctx: LoadContext) -> Result<Instance, InitError> {
+    let id = ctx.plugin.id.clone();
+    let exchange = ctx.init.get::<Exchange>(&berth_core::services::exchange_id()).map(|e| (*e).clone());
+    let host: HostState = Arc::new(monitor::MonitorHost { exchange });
+    let options = (*ctx.options::<WasmOptions>()).clone();
+    let cache_dir = ctx.init.daemon_config().root.join("wasm-cache");
+    let (plugin, status) = (ctx.plugin.clone(), ctx.status.clone());
+    let loaded = tokio::task::spawn_blocking(move || {
+        WasmPlugin::<monitor::MonitorWorld>::load_with(plugin, options, status, cache_dir, Some(host))
+    })
+    .await
+    .map_err(|e| InitError::Failed(format!("loading the plugin did not finish: {e}")))?
+    .map_err(InitError::Failed)?;
+    let plugin = Arc::new(loaded);
+    tracing::info!(plugin = %id, path = %ctx.plugin.path.display(), version = %plugin.current().described.version, "wasm plugin loaded");
+    if plugin.watched() {
+        watch(Arc::downgrade(&plugin));
+    }
+    ctx.status.set_reload(reloader(Arc::downgrade(&plugin)));
+    let backend: SharedMonitor = Arc::new(monitor::WasmMonitor::new(plugin));
     Ok(Instance::new(backend))
 }
 

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Store, Trap};
 
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, HostState};
 use crate::engine::{self, Cached};
 use crate::options::WasmOptions;
 
@@ -140,6 +140,7 @@ pub struct WasmPlugin<K: Kind> {
     /// How many generations were loaded (the first is 1).
     generations: Mutex<(u64, Option<FileIdentity>)>,
     name: Arc<str>,
+    host: Option<HostState>,
 }
 
 impl<K: Kind> WasmPlugin<K> {
@@ -152,9 +153,20 @@ impl<K: Kind> WasmPlugin<K> {
         status: StatusHandle,
         cache_dir: PathBuf,
     ) -> Result<Self, String> {
+        Self::load_with(plugin, options, status, cache_dir, None)
+    }
+
+    /// [`WasmPlugin::load`], with `host` in every instance's [`Ctx::host`] for the kind's host imports.
+    pub fn load_with(
+        plugin: ExternalPlugin,
+        options: WasmOptions,
+        status: StatusHandle,
+        cache_dir: PathBuf,
+        host: Option<HostState>,
+    ) -> Result<Self, String> {
         let identity = FileIdentity::of(&plugin.path);
         let name: Arc<str> = plugin.id.to_string().into();
-        let generation = Self::generation(&plugin, &options, &status, &cache_dir, &name, 1)?;
+        let generation = Self::generation(&plugin, &options, &status, &cache_dir, &name, &host, 1)?;
         Ok(Self {
             id: plugin.id.clone(),
             plugin,
@@ -164,6 +176,7 @@ impl<K: Kind> WasmPlugin<K> {
             current: RwLock::new(Arc::new(generation)),
             generations: Mutex::new((1, identity)),
             name,
+            host,
         })
     }
 
@@ -188,7 +201,15 @@ impl<K: Kind> WasmPlugin<K> {
         let mut generations = self.generations.lock().unwrap_or_else(PoisonError::into_inner);
         let identity = FileIdentity::of(&self.plugin.path);
         let number = generations.0 + 1;
-        match Self::generation(&self.plugin, &self.options, &self.status, &self.cache_dir, &self.name, number) {
+        match Self::generation(
+            &self.plugin,
+            &self.options,
+            &self.status,
+            &self.cache_dir,
+            &self.name,
+            &self.host,
+            number,
+        ) {
             Ok(generation) => {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(generation);
                 *generations = (number, identity);
@@ -233,6 +254,7 @@ impl<K: Kind> WasmPlugin<K> {
         status: &StatusHandle,
         cache_dir: &std::path::Path,
         name: &Arc<str>,
+        host: &Option<HostState>,
         number: u64,
     ) -> Result<Generation<K>, String> {
         let path = &plugin.path;
@@ -260,7 +282,7 @@ impl<K: Kind> WasmPlugin<K> {
             .map_err(|e| format!("the component needs what this berthd does not offer: {e:#}"))?;
         let pre = K::pre(pre).map_err(|e| format!("the component does not match world {}: {e:#}", K::WORLD))?;
         // The first instance is made now: it says who the plugin is, and its init checks the config.
-        let mut store = new_store(name, options).map_err(|e| e.to_string())?;
+        let mut store = new_store(name, options, host).map_err(|e| e.to_string())?;
         store.set_epoch_deadline(engine::ticks(options.call_timeout.0));
         let fail =
             |store: &Store<Ctx>, method, e: wasmtime::Error| classify(name, options, method, store, e).to_string();
@@ -350,7 +372,7 @@ impl<K: Kind> WasmPlugin<K> {
     /// A new instance of `generation`, initialised with the plugin's config.
     fn fresh(&self, generation: &Generation<K>, method: &'static str) -> Result<Live<K>, CallError> {
         let fail = |message: String| CallError::Instance { plugin: self.id.to_string(), method, message };
-        let mut store = new_store(&self.name, &self.options).map_err(|e| fail(e.to_string()))?;
+        let mut store = new_store(&self.name, &self.options, &self.host).map_err(|e| fail(e.to_string()))?;
         store.set_epoch_deadline(engine::ticks(self.options.call_timeout.0));
         let bindings = K::instantiate(&generation.pre, &mut store)
             .map_err(|e| fail(classify(&self.name, &self.options, "instantiate", &store, e).to_string()))?;
@@ -377,8 +399,14 @@ impl<K: Kind> WasmPlugin<K> {
 }
 
 /// A store for one instance: its WASI context and limiter, traps on epoch deadlines.
-fn new_store(name: &Arc<str>, options: &WasmOptions) -> Result<Store<Ctx>, crate::ctx::CtxError> {
-    let mut store = Store::new(engine::engine(), Ctx::new(Arc::clone(name), options)?);
+fn new_store(
+    name: &Arc<str>,
+    options: &WasmOptions,
+    host: &Option<HostState>,
+) -> Result<Store<Ctx>, crate::ctx::CtxError> {
+    let mut ctx = Ctx::new(Arc::clone(name), options)?;
+    ctx.host = host.clone();
+    let mut store = Store::new(engine::engine(), ctx);
     store.limiter(|ctx| &mut ctx.limits);
     store.epoch_deadline_trap();
     Ok(store)
