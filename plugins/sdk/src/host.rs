@@ -75,7 +75,7 @@ impl Host {
             }
             // Inside a wasm component the host is the component's host import.
             #[cfg(target_family = "wasm")]
-            None => crate::wasm::snapshot::log(level, message),
+            None => crate::wasm::log(level, message),
             #[cfg(not(target_family = "wasm"))]
             None => eprintln!("{level:?}: {message}"),
         }
@@ -124,6 +124,11 @@ impl Host {
     /// with InvalidArgument for a bad topic or namespace, Unimplemented on a berthd older than ABI 1.1 and
     /// Unavailable on a detached host.
     pub fn publish(&self, namespace: &str, topic: &str, event: Any) -> crate::Result<()> {
+        // Inside a wasm component the host is the component's host import.
+        #[cfg(target_family = "wasm")]
+        if self.api().is_none() {
+            return crate::wasm::publish(namespace, topic, event);
+        }
         let end = std::mem::offset_of!(HostApi, publish) + std::mem::size_of::<abi::PublishFn>();
         let Some(api) = self.has(end) else {
             return Err(match self.api() {

@@ -65,8 +65,9 @@
 //!
 //! What crosses the boundary, and the rules both sides keep, are in [`abi`]; berth's `docs/plugins.md` is the
 //! plugin author's guide (build, configure, debug, version). Task monitors are the third kind
-//! ([`monitor`], ABI 1.1). Built for `wasm32-wasip2`, the same crate and the same `export_snapshot!` make a
-//! wasm component instead of a library (the module `wasm`, compiled only for wasm targets, is that glue).
+//! ([`monitor`], ABI 1.1). Built for `wasm32-wasip2`, the same crate and the same `export_snapshot!` or
+//! `export_monitor!` make a wasm component instead of a library (the module `wasm`, compiled only for wasm
+//! targets, is that glue).
 #![deny(missing_docs)]
 
 pub mod abi;

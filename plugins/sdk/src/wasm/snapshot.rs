@@ -131,6 +131,8 @@ impl<E: Export> Guest for E {
     }
 
     fn init(id: String, config_json: String) -> Result<(), wit::InitError> {
+        // From now on the SDK's Host reaches this world's imports.
+        super::set_host(log, None);
         let init = Init {
             id,
             config_json: config_json.into_bytes(),
