@@ -27,4 +27,5 @@ mod runtime_conformance;
 mod snapshots_images;
 mod tasks;
 mod tasks_cli;
+mod wasm_monitors;
 mod wasm_plugins;
