@@ -32,8 +32,13 @@ impl Cgroup {
         self.inner.as_ref().ok_or_else(|| Error::Other(format!("cgroup {} does not exist", self.path)))
     }
 
-    pub fn add_process(&self, pid: i32) -> Result<()> {
-        self.get()?.add_process(pid).map_err(err(&format!("adding pid {pid} to"), &self.path))
+    /// What a process about to be forked needs to enter the cgroup itself (see [`cgroups::Entry`]).
+    pub fn entry(&self) -> Result<cgroups::Entry> {
+        self.get()?.entry().map_err(err("opening", &self.path))
+    }
+
+    pub fn add_process_unified(&self, pid: i32) -> Result<()> {
+        self.get()?.add_process_unified(pid).map_err(err(&format!("adding pid {pid} to"), &self.path))
     }
 
     pub fn freeze(&self) -> Result<()> {

@@ -16,6 +16,7 @@ use super::process::namespaces::{self, Joins};
 use super::process::{self, console, fork, sys};
 use super::state::{self, Record, State, StateDir, Status};
 use super::{CreateOptions, Error, Result, Runtime, config, hooks};
+use crate::cgroups;
 
 /// Undoes a half-done create when dropped without [`Undo::disarm`].
 struct Undo<'a> {
@@ -128,7 +129,10 @@ impl Runtime {
             owner: String::new(),
         };
 
+        // The container's processes enter the cgroup themselves, not by their pid being written (cgroups::Entry).
+        let cgroup_entry = undo.cgroup.as_ref().expect("cgroup set above").entry()?;
         let child = Child {
+            cgroup_entry: &cgroup_entry,
             spec,
             linux,
             rootfs: &cfg.rootfs,
@@ -142,15 +146,20 @@ impl Runtime {
         };
         // FORK: the intermediate joins and creates namespaces; it gets child_ch (moved: closed here when the
         // closure is dropped in the parent) and closes its copy of parent_ch.
-        let inter = fork::fork_child(move || child.intermediate(child_ch)).step(|| "forking the container process")?;
+        let (inter, in_unified) = fork::fork_child_into(cgroup_entry.unified(), move || child.intermediate(child_ch))
+            .step(|| "forking the container process")?;
         undo.pids.push(inter);
+        drop(cgroup_entry);
         undo.poststop = Some((spec, State { status: Status::Stopped, ..st.clone() }.hook_json()));
         drop(console);
         drop(state_dirfd);
 
-        let cg = undo.cgroup.as_ref().expect("cgroup set above");
-        // In the cgroup before it creates anything: init and a new cgroup namespace inherit it.
-        cg.add_process(inter)?;
+        // In the cgroup before it creates anything: init and a new cgroup namespace inherit it. The intermediate
+        // joins the v1 hierarchies itself, first thing after Go; the cgroup2 one it was forked into, or is added
+        // to here.
+        if !in_unified {
+            undo.cgroup.as_ref().expect("cgroup set above").add_process_unified(inter)?;
+        }
         parent_ch.send(&Msg::Go).step(|| "sync with the container process")?;
 
         let mut init_pid = 0;
@@ -256,6 +265,7 @@ fn write_id_maps(pid: i32, linux: &Linux) -> Result<()> {
 
 /// What the children need, borrowed from the runtime's stack (they run on a copy of it).
 struct Child<'a> {
+    cgroup_entry: &'a cgroups::Entry,
     spec: &'a Spec,
     linux: &'a Linux,
     rootfs: &'a Path,
@@ -278,6 +288,11 @@ impl Child<'_> {
         // us (or init, which inherits this until execve) through /proc (CVE-2019-5736), as runc does.
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
         if ch.wait_go().is_err() {
+            return 1;
+        }
+        // Into the cgroup before anything else, while single-threaded and still with the host's credentials.
+        if let Err(e) = self.cgroup_entry.join_v1() {
+            let _ = ch.send(&Msg::Error(e.to_string()));
             return 1;
         }
         // The container's stdio, inherited by init from here.

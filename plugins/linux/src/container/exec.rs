@@ -1,6 +1,7 @@
-//! `exec`: run another process in a running container. The intermediate joins the cgroup (the runtime adds it)
-//! and every namespace of init (user first), then clones the process as the runtime's child (CLONE_PARENT, so a
-//! joined pid namespace applies and the runtime can wait for it), which applies the process spec and execs.
+//! `exec`: run another process in a running container. The intermediate joins the cgroup (by itself, see
+//! `cgroups::Entry`) and every namespace of init (user first), then clones the process as the runtime's child
+//! (CLONE_PARENT, so a joined pid namespace applies and the runtime can wait for it), which applies the process
+//! spec and execs.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -82,10 +83,19 @@ impl Runtime {
         let joins_ref = &joins;
         let process_ref = &process;
         let seccomp_ref = &seccomp;
+        // The process enters the container's cgroup itself, not by its pid being written (cgroups::Entry).
+        let cgroup = Cgroup::open(&rec.cgroup_path);
+        let cgroup_entry = cgroup.entry()?;
+        let entry_ref = &cgroup_entry;
         // FORK: the intermediate; child_ch moves into it (closed here when the closure is dropped).
-        let inter = fork::fork_child(move || {
+        let (inter, in_unified) = fork::fork_child_into(cgroup_entry.unified(), move || {
             // SAFETY: our copy of the runtime's end.
             unsafe { libc::close(parent_fd) };
+            // Single-threaded and still with the host's credentials: the v1 hierarchies, itself.
+            if let Err(e) = entry_ref.join_v1() {
+                let _ = child_ch.send(&Msg::Error(e.to_string()));
+                return 1;
+            }
             if let Some(fds) = stdio
                 && let Err(e) = super::process::set_stdio(fds)
             {
@@ -102,7 +112,8 @@ impl Runtime {
                 let _ = sys::waitpid(p, 0);
             }
         };
-        if let Err(e) = Cgroup::open(&rec.cgroup_path).add_process(inter) {
+        drop(cgroup_entry);
+        if !in_unified && let Err(e) = cgroup.add_process_unified(inter) {
             cleanup(&[inter]);
             return Err(e);
         }
