@@ -41,9 +41,9 @@
 //! logged and then unavailable.
 //!
 //! # Lifecycle
-//! [`Cgroup::create`] → [`Cgroup::add_process`] → [`Cgroup::apply`] (updates) / [`Cgroup::freeze`] /
-//! [`Cgroup::stats`] / [`Cgroup::oom_watcher`] → [`Cgroup::kill_all`] → [`Cgroup::delete`]. After a daemon
-//! restart, [`Cgroup::open`] finds an existing cgroup again. Processes are listed, signalled and waited for
+//! [`Cgroup::create`] → [`Cgroup::entry`] (a new process enters by itself) or [`Cgroup::add_process`] →
+//! [`Cgroup::apply`] (updates) / [`Cgroup::freeze`] / [`Cgroup::stats`] / [`Cgroup::oom_watcher`] →
+//! [`Cgroup::kill_all`] → [`Cgroup::delete`]. After a daemon restart, [`Cgroup::open`] finds an existing cgroup again. Processes are listed, signalled and waited for
 //! across every hierarchy and in child cgroups too (a container may create its own).
 
 mod detect;
