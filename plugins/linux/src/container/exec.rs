@@ -118,20 +118,32 @@ impl Runtime {
             return Err(e);
         }
         parent_ch.send(&Msg::Go).step(|| "sync with the exec process")?;
-        let pid = match parent_ch.recv() {
-            Ok(Some(Msg::Pid(pid))) => pid,
-            Ok(Some(Msg::Error(e))) => {
-                cleanup(&[inter]);
-                return Err(Error::Child(format!("exec: {e}")));
-            }
-            other => {
-                cleanup(&[inter]);
-                return Err(Error::Child(format!("exec: the intermediate process failed ({other:?})")));
+        // The intermediate sends the pid or its own error (then there is no process); the exec'd process sends
+        // its error if it cannot execve. Both write to this channel, so the process's error can come first:
+        // keep it and read on for the pid, or the process would be left unreaped (a zombie that keeps init in
+        // zap_pid_ns_processes after a kill, so the container never stops).
+        let mut early_error = None;
+        let pid = loop {
+            match parent_ch.recv() {
+                Ok(Some(Msg::Pid(pid))) => break pid,
+                Ok(Some(Msg::Error(e))) if early_error.is_none() => early_error = Some(e),
+                Ok(None) if early_error.is_some() => {
+                    cleanup(&[inter]);
+                    return Err(Error::Child(format!("exec: {}", early_error.unwrap_or_default())));
+                }
+                other => {
+                    cleanup(&[inter]);
+                    return Err(Error::Child(format!("exec: the intermediate process failed ({other:?})")));
+                }
             }
         };
         let _ = sys::waitpid(inter, 0);
         // EOF means execve succeeded (the channel is close-on-exec); a message is the failure.
-        match parent_ch.recv() {
+        let reply = match early_error {
+            Some(e) => Ok(Some(Msg::Error(e))),
+            None => parent_ch.recv(),
+        };
+        match reply {
             Ok(None) => {}
             Ok(Some(Msg::Error(e))) => {
                 let _ = sys::waitpid(pid, 0);

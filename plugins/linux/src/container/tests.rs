@@ -196,9 +196,55 @@ impl Bundle {
             if status == want {
                 return;
             }
-            assert!(Instant::now() < deadline, "status {status}, want {want}");
+            if Instant::now() >= deadline {
+                panic!("status {status}, want {want}; {}", self.diagnose(&st));
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+impl Bundle {
+    /// What init and the container's cgroup look like, for a failed wait: init's state, wait channel, kernel
+    /// stack and cgroups, and the pids each hierarchy holds.
+    fn diagnose(&self, st: &Value) -> String {
+        let pid = st["pid"].as_i64().unwrap_or(0);
+        let read = |p: String| fs::read_to_string(&p).unwrap_or_else(|e| format!("({p}: {e})"));
+        let status = read(format!("/proc/{pid}/status"));
+        let state = status.lines().find(|l| l.starts_with("State:")).unwrap_or("State: ?");
+        let mut out = format!(
+            "init {pid}: {state}, wchan {}, stack:\n{}cgroups:\n{}",
+            read(format!("/proc/{pid}/wchan")),
+            read(format!("/proc/{pid}/stack")),
+            read(format!("/proc/{pid}/cgroup"))
+        );
+        // Every process of init's pid namespace (zap_pid_ns_processes waits for all of them to be reaped).
+        if let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/pid")) {
+            for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let p = entry.path();
+                if fs::read_link(p.join("ns/pid")).is_ok_and(|n| n == ns) {
+                    let status = read(p.join("status").display().to_string());
+                    let field = |k: &str| status.lines().find(|l| l.starts_with(k)).unwrap_or("").to_string();
+                    out += &format!(
+                        "in the pid namespace: {} {} {} {} cmdline {:?}\n",
+                        p.display(),
+                        field("State:"),
+                        field("PPid:"),
+                        field("NSpid:"),
+                        read(p.join("cmdline").display().to_string())
+                    );
+                }
+            }
+        }
+        for h in ["freezer", "pids", "memory", "unified"] {
+            let dir = Path::new("/sys/fs/cgroup").join(h).join("berth").join(&self.id);
+            out += &format!("{h}: procs [{}]", read(dir.join("cgroup.procs").display().to_string()).trim());
+            if h == "freezer" {
+                out += &format!(" state {}", read(dir.join("freezer.state").display().to_string()).trim());
+            }
+            out += "\n";
+        }
+        out
     }
 }
 
