@@ -16,6 +16,7 @@
 //! plugin. A panic traps: the call fails and berthd replaces the instance with a fresh one.
 
 pub mod monitor;
+pub mod runtime;
 pub mod snapshot;
 
 use std::sync::OnceLock;
