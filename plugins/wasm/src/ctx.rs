@@ -45,6 +45,16 @@ impl WasiView for Ctx {
 impl Ctx {
     /// A context granting what `options` grant, and nothing else.
     pub fn new(plugin: Arc<str>, options: &WasmOptions) -> Result<Self, CtxError> {
+        Self::with(plugin, options, |_| {})
+    }
+
+    /// [`Ctx::new`], then `more` on the builder: a runtime task's own stdio, args, environment and working
+    /// directory.
+    pub fn with(
+        plugin: Arc<str>,
+        options: &WasmOptions,
+        more: impl FnOnce(&mut WasiCtxBuilder),
+    ) -> Result<Self, CtxError> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(LogStream { plugin: Arc::clone(&plugin) });
         for (k, v) in &options.env {
@@ -62,6 +72,7 @@ impl Ctx {
             wasi.inherit_network().allow_ip_name_lookup(true);
         }
         // Otherwise WASI's defaults stand: every socket address is refused and names do not resolve.
+        more(&mut wasi);
         Ok(Self {
             wasi: wasi.build(),
             table: ResourceTable::new(),

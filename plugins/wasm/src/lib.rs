@@ -39,6 +39,7 @@ mod engine;
 pub mod monitor;
 pub mod options;
 pub mod plugin;
+pub mod runtime;
 pub mod snapshot;
 
 use std::sync::{Arc, Weak};
@@ -47,6 +48,7 @@ use berth_core::events::Exchange;
 use berth_core::external::{LoadContext, PluginSource, Reloader};
 use berth_core::monitor::SharedMonitor;
 use berth_core::plugin::{InitError, Instance, PluginKind};
+use berth_core::runtime::SharedRuntime;
 use berth_core::snapshot::SharedSnapshotter;
 
 use ctx::HostState;
@@ -63,9 +65,12 @@ async fn load(ctx: LoadContext) -> Result<Instance, InitError> {
     if id.kind == PluginKind::Monitor {
         return load_monitor(ctx).await;
     }
+    if id.kind == PluginKind::Runtime {
+        return load_runtime(ctx).await;
+    }
     if id.kind != PluginKind::Snapshot {
         return Err(InitError::Failed(format!(
-            "wasm {} plugins are not supported by this berthd (wasm plugins are snapshot or monitor plugins)",
+            "wasm {} plugins are not supported by this berthd (wasm plugins are snapshot, runtime or monitor plugins)",
             id.kind
         )));
     }
@@ -110,6 +115,28 @@ async fn load_monitor(ctx: LoadContext) -> Result<Instance, InitError> {
     }
     ctx.status.set_reload(reloader(Arc::downgrade(&plugin)));
     let backend: SharedMonitor = Arc::new(monitor::WasmMonitor::new(plugin));
+    Ok(Instance::new(backend))
+}
+
+/// A function runtime: berthd keeps its tasks, the component runs each process ([`runtime`]).
+async fn load_runtime(ctx: LoadContext) -> Result<Instance, InitError> {
+    let id = ctx.plugin.id.clone();
+    let options = (*ctx.options::<WasmOptions>()).clone();
+    let cache_dir = ctx.init.daemon_config().root.join("wasm-cache");
+    let (plugin, status) = (ctx.plugin.clone(), ctx.status.clone());
+    let loaded = tokio::task::spawn_blocking(move || {
+        WasmPlugin::<runtime::FunctionWorld>::load(plugin, options, status, cache_dir)
+    })
+    .await
+    .map_err(|e| InitError::Failed(format!("loading the plugin did not finish: {e}")))?
+    .map_err(InitError::Failed)?;
+    let plugin = Arc::new(loaded);
+    tracing::info!(plugin = %id, path = %ctx.plugin.path.display(), version = %plugin.current().described.version, "wasm plugin loaded");
+    if plugin.watched() {
+        watch(Arc::downgrade(&plugin));
+    }
+    ctx.status.set_reload(reloader(Arc::downgrade(&plugin)));
+    let backend: SharedRuntime = Arc::new(runtime::WasmRuntime::new(plugin));
     Ok(Instance::new(backend))
 }
 

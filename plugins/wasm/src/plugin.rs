@@ -396,6 +396,32 @@ impl<K: Kind> WasmPlugin<K> {
         tracing::warn!(plugin = %self.id, %error, "wasm plugin call failed");
         self.status.record_error(error);
     }
+
+    /// A dedicated instance of the serving generation for one long call (a runtime task's invocation), in a
+    /// store whose context is `ctx` (the task's own stdio, args and environment: [`Ctx::with`]), under the
+    /// memory limit and initialised with the plugin's config within `call_timeout`. It is neither pooled nor
+    /// counted against `instances`; the caller sets the deadline of its call. Blocks.
+    pub fn dedicated(&self, ctx: Ctx, method: &'static str) -> Result<(Store<Ctx>, K::Bindings), CallError> {
+        let fail = |message: String| CallError::Instance { plugin: self.id.to_string(), method, message };
+        let generation = self.current();
+        let mut store = Store::new(engine::engine(), ctx);
+        store.limiter(|ctx| &mut ctx.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(engine::ticks(self.options.call_timeout.0));
+        let bindings = K::instantiate(&generation.pre, &mut store)
+            .map_err(|e| fail(self.classify("instantiate", &store, e).to_string()))?;
+        let config = String::from_utf8(self.plugin.config_json()).expect("JSON is UTF-8");
+        match K::init(&bindings, &mut store, &self.id.to_string(), &config) {
+            Ok(Ok(())) => Ok((store, bindings)),
+            Ok(Err(failure)) => Err(fail(format!("init failed: {}", failure.message))),
+            Err(e) => Err(fail(self.classify("init", &store, e).to_string())),
+        }
+    }
+
+    /// What a failed call `method` into an instance of this plugin ran into.
+    pub fn classify(&self, method: &'static str, store: &Store<Ctx>, e: wasmtime::Error) -> CallError {
+        classify(&self.name, &self.options, method, store, e)
+    }
 }
 
 /// A store for one instance: its WASI context and limiter, traps on epoch deadlines.
