@@ -29,3 +29,4 @@ mod tasks;
 mod tasks_cli;
 mod wasm_monitors;
 mod wasm_plugins;
+mod wasm_runtime;
