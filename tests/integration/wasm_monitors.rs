@@ -322,6 +322,12 @@ async fn wasm_monitor_raises_alerts_for_real_containers() {
     let alert = alert_fields(&next(&mut events).await);
     assert_eq!((alert["alert"].as_str(), alert["id"].as_str(), alert["status"].as_str()), ("exit", "wmon-exit", "3"));
 
+    // Reloaded live (the same file again): a new generation serves the next calls.
+    let reloaded = daemon.berth_ok(&["plugins", "reload", "monitor.watch"]);
+    assert_eq!(reloaded, format!("monitor.watch reloaded: version 1.0.0, sha256:{}\n", sha256_of(&watch_component())));
+    let plugins = plugins_json(&daemon);
+    assert_eq!(plugin(&plugins, "monitor", "watch")["exports"]["berth.generation"], "2", "{plugins:#?}");
+
     // An OOM kill: monitor.cgroups' /tasks/oom, then the example's oom alert and the exit by SIGKILL.
     assert_eq!(run(&daemon, "wmon-oom", &["--memory-limit", "33554432"], "tail /dev/zero"), 137);
     let mut seen = Vec::new();
