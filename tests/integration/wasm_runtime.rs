@@ -137,6 +137,35 @@ async fn wasm_function_runtime_passes_the_runtime_suite() {
     runtime.delete(ns, "paused").await.unwrap();
     drop(runtime);
     started.shutdown();
+
+    // A component of another kind under a runtime table, and the function under a snapshot table, are refused
+    // with what they are.
+    let snapshot = function_component().with_file_name("berth_example_wasm_snapshot.wasm");
+    let tables = format!(
+        "[plugins.\"runtime.layers\"]\nsource = \"wasm\"\npath = \"{}\"\n[plugins.\"snapshot.function\"]\nsource = \"wasm\"\npath = \"{}\"\n",
+        snapshot.display(),
+        function_component().display()
+    );
+    let started = load_alone(dir.path(), &tables).await;
+    let error = |id: &str| {
+        let table = started.table.read().unwrap();
+        let row = table.plugins.iter().find(|p| p.id.to_string() == id).expect(id);
+        match &row.state {
+            berth_core::registry::PluginState::Failed(message) => message.clone(),
+            other => panic!("{id} must be refused, it is {other:?}"),
+        }
+    };
+    let e = error("runtime.layers");
+    assert!(
+        e.contains("the component is a snapshot plugin (it exports berth:snapshot/snapshotter@1.0.0), but its table [plugins.\"runtime.layers\"] makes it a runtime plugin"),
+        "{e}"
+    );
+    let e = error("snapshot.function");
+    assert!(
+        e.contains("the component is a runtime plugin (it exports berth:runtime/function@1.0.0), but its table [plugins.\"snapshot.function\"] makes it a snapshot plugin"),
+        "{e}"
+    );
+    started.shutdown();
 }
 
 /// Waits until `ctr tasks ls` shows `id` with `status`.
