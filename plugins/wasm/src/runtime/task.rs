@@ -243,7 +243,15 @@ impl Proc {
             stdin: stdin.clone(),
             outputs: stdout.iter().chain(stderr.iter()).cloned().collect(),
         };
-        self.lock().running = Some(running.clone());
+        {
+            // A kill that came while the streams were opened has ended the process already.
+            let mut state = self.lock();
+            if state.exit.is_some() {
+                running.end(0);
+                return Err(RuntimeError::ProcessAlreadyExited(self.what()));
+            }
+            state.running = Some(running.clone());
+        }
         let (started_tx, started) = oneshot::channel();
         let this = Arc::clone(self);
         let thread = std::thread::Builder::new().name("wasm-task".into()).spawn(move || {
