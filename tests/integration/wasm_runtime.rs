@@ -135,6 +135,20 @@ async fn wasm_function_runtime_passes_the_runtime_suite() {
     assert_eq!(task.wait().await.unwrap().status, 128 + 15);
     assert!(task.pids().await.unwrap().is_empty());
     runtime.delete(ns, "paused").await.unwrap();
+    // Exec'd processes end with the task's init, as in a container.
+    let task = runtime
+        .create(ns, "init-ends", CreateOptions { spec: Some(spec_of(&["spin"])), ..Default::default() })
+        .await
+        .unwrap();
+    task.start().await.unwrap();
+    let exec = task.exec("e", ExecOptions { spec: Some(process_of(&["spin"])), ..Default::default() }).await.unwrap();
+    exec.start().await.unwrap();
+    assert_eq!(task.pids().await.unwrap().len(), 2, "the init and the exec are listed");
+    task.kill(9, false).await.unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(20), exec.wait()).await.expect("the exec ended").unwrap();
+    assert_eq!(exit.status, 128 + 9);
+    task.delete_process("e").await.unwrap();
+    runtime.delete(ns, "init-ends").await.unwrap();
     drop(runtime);
     started.shutdown();
 
@@ -146,6 +160,10 @@ async fn wasm_function_runtime_passes_the_runtime_suite() {
         snapshot.display(),
         function_component().display()
     );
+    let bad_config = function_table(&dir.path().join("files"), "")
+        .replace("required = true\n", "")
+        .replace("dir = \"/files\"", "dir = \"files\"");
+    let tables = tables + &bad_config;
     let started = load_alone(dir.path(), &tables).await;
     let error = |id: &str| {
         let table = started.table.read().unwrap();
@@ -163,6 +181,13 @@ async fn wasm_function_runtime_passes_the_runtime_suite() {
     let e = error("snapshot.function");
     assert!(
         e.contains("the component is a runtime plugin (it exports berth:runtime/function@1.0.0), but its table [plugins.\"snapshot.function\"] makes it a snapshot plugin"),
+        "{e}"
+    );
+    // A config error the component reports is located in the config file.
+    let e = error("runtime.function");
+    assert!(
+        e.starts_with("test.toml:")
+            && e.contains("key plugins.\"runtime.function\".config.dir: \"files\" must be an absolute path"),
         "{e}"
     );
     started.shutdown();
@@ -322,6 +347,24 @@ fn wasm_function_tasks_run_through_ctr() {
     wait_for_status(&daemon, "fn-bystander", "STOPPED");
     daemon.ctr_ok(&["tasks", "rm", "fn-bystander"]);
     daemon.ctr_ok(&["containers", "rm", "fn-bystander"]);
+
+    // From an image too: the function does not use its root filesystem.
+    daemon.ctr_ok(&["images", "import", crate::images_fixture::busybox_archive().to_str().unwrap()]);
+    let out = daemon.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--fifo-dir",
+        fifo,
+        crate::images_fixture::BUSYBOX,
+        "fn-image",
+        "echo",
+        "from",
+        "an",
+        "image",
+    ]);
+    assert_eq!(text(&out.stdout), "from an image\n", "{}", text(&out.stderr));
 
     // The built-in runtime keeps working beside it.
     let busybox = daemon.busybox_rootfs();
