@@ -14,6 +14,10 @@
 //! host `log` import ([`snapshot::log`], [`monitor::log`]; a monitor's `Host::publish` through its `publish`
 //! import), and whatever it writes to stderr (a panic message) lands in berthd's log too, tagged with the
 //! plugin. A panic traps: the call fails and berthd replaces the instance with a fresh one.
+//!
+//! A runtime is the exception: as a component it is a function runtime, with a trait and a macro of its own
+//! ([`runtime::Function`], [`crate::export_function!`]), since berthd keeps its tasks and the component only
+//! runs each process.
 
 pub mod monitor;
 pub mod runtime;
