@@ -302,6 +302,10 @@ fn wasm_function_tasks_run_through_ctr() {
     let out = daemon.ctr(&["tasks", "exec", "--exec-id", "e1", "--fifo-dir", fifo, "fn-spin", "echo", "in-exec"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "in-exec\n");
+    // The running invocation is listed, with pid 0: a function task has no host process.
+    let ps = daemon.ctr_ok(&["tasks", "ps", "fn-spin"]);
+    let rows: Vec<&str> = ps.lines().skip(1).collect();
+    assert!(rows.len() == 1 && rows[0].split_whitespace().next() == Some("0"), "{ps}");
     let refused = fails(daemon.ctr(&["tasks", "rm", "fn-spin"]), "removing a running task");
     assert!(refused.contains("running"), "{refused}");
     let refused = fails(daemon.ctr(&["tasks", "pause", "fn-spin"]), "pausing a function task");
