@@ -2,7 +2,7 @@
 //! config, through the runtime conformance suite (all of it but pause, which a function runtime does not do),
 //! and under the real `ctr run --runtime`: output, exit codes, stdin, the environment and working directory,
 //! a granted directory, exec, kills of a looping and of a sleeping invocation, and a trapping and an
-//! over-allocating function, after which berthd and the other tasks carry on.
+//! over-allocating function (137 and an OOM event), after which berthd and the other tasks carry on.
 //!
 //! The component is built apart from this workspace, for wasm32-wasip2 (see [`BUILD`]); .ci/test builds it
 //! before the tests.
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use berth_core::config::Config;
 use berth_core::registry::Registry;
-use berth_core::runtime::{CreateOptions, ExecOptions, Io, SharedRuntime, Status};
+use berth_core::runtime::{CreateOptions, ExecOptions, Io, RuntimeEvent, SharedRuntime, Status};
 
 use crate::harness::*;
 
@@ -190,6 +190,41 @@ async fn wasm_function_runtime_passes_the_runtime_suite() {
             && e.contains("key plugins.\"runtime.function\".config.dir: \"files\" must be an absolute path"),
         "{e}"
     );
+    started.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_function_past_its_memory_limit_is_oom_killed() {
+    let dir = tempfile::Builder::new().prefix("berth-wasm-oom").tempdir_in("/tmp").unwrap();
+    let started = load_alone(dir.path(), &function_table(&dir.path().join("files"), "memory_limit = \"32MiB\"")).await;
+    let runtime = runtime_of(&started);
+    let mut events = runtime.take_events().unwrap();
+    let ns = "oom";
+    let task = runtime
+        .create(ns, "grows", CreateOptions { spec: Some(spec_of(&["grow"])), ..Default::default() })
+        .await
+        .unwrap();
+    task.start().await.unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(20), task.wait()).await.expect("it ended").unwrap();
+    assert_eq!(exit.status, 137);
+    let oom = RuntimeEvent::Oom { namespace: ns.into(), container_id: "grows".into() };
+    assert_eq!(events.recv().await, Some(oom), "the OOM event comes before the exit");
+    match events.recv().await {
+        Some(RuntimeEvent::Exit { container_id, exec_id: None, exit, .. }) => {
+            assert_eq!((container_id.as_str(), exit.status), ("grows", 137));
+        }
+        other => panic!("expected the exit, got {other:?}"),
+    }
+    // The next process gets a fresh instance and works.
+    let task = runtime
+        .create(ns, "after", CreateOptions { spec: Some(spec_of(&["exit", "3"])), ..Default::default() })
+        .await
+        .unwrap();
+    task.start().await.unwrap();
+    assert_eq!(task.wait().await.unwrap().status, 3);
+    runtime.delete(ns, "grows").await.unwrap();
+    runtime.delete(ns, "after").await.unwrap();
+    drop(runtime);
     started.shutdown();
 }
 
