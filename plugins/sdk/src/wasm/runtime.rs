@@ -98,7 +98,9 @@ pub struct Invocation {
 }
 
 /// Writes `message` into berthd's log at `level`, tagged with the plugin (the host's `log` import). What a
-/// function writes to stderr goes to the process's stderr instead.
+/// function writes to stderr goes to the process's stderr instead. Log with this rather than
+/// [`crate::Host::log`], whose wasm side is the snapshot kind's import: a function component that imports it
+/// is refused (`the component needs what this berthd does not offer`).
 pub fn log(level: Level, message: &str) {
     let level = match level {
         Level::Error => host::Level::Error,
