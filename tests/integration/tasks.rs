@@ -83,6 +83,30 @@ fn assert_nothing_left(daemon: &Daemon, ns: &str, id: &str) {
     assert!(procs.is_empty(), "processes of {id} left: {procs:?}");
 }
 
+/// The `berth-reaper spawner` processes that are children of `parent`.
+fn spawners_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // After the command's closing parenthesis: state, then ppid.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).replace('\0', " ").contains("berth-reaper spawner")
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Whether `pid` is gone or a zombie.
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("Z"))
+        .unwrap_or(true)
+}
+
 fn wait_for_status(daemon: &Daemon, id: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -267,8 +291,16 @@ fn tasks_survive_a_berthd_crash() {
     daemon.ctr_ok(&run_args(fifo, rootfs, &["-d"], "ends", &["sh", "-c", "sleep 1; exit 9"]));
     wait_for_status(&daemon, "live", "RUNNING");
     let live_pid = daemon.ctr_ok(&["tasks", "ls"]).lines().find(|l| l.starts_with("live")).unwrap().to_string();
+    let spawners = spawners_of(daemon.pid());
+    assert_eq!(spawners.len(), 1, "berthd keeps one reaper spawner");
 
     daemon.kill9();
+    // The spawner sees berthd's end of its socket close and exits; the tasks it spawned stay.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gone(spawners[0]) {
+        assert!(Instant::now() < deadline, "the reaper spawner {} outlived berthd", spawners[0]);
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // "ends" exits while berthd is down.
     std::thread::sleep(Duration::from_millis(1500));
     daemon.spawn();
@@ -312,6 +344,38 @@ fn tasks_survive_a_berthd_crash() {
         daemon.ctr_ok(&["containers", "rm", id]);
         assert_nothing_left(&daemon, "default", id);
     }
+}
+
+/// Tasks are created through berthd's reaper spawner; one that was killed is replaced on the next create.
+#[test]
+fn a_killed_reaper_spawner_is_replaced() {
+    if !requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let rootfs = daemon.busybox_rootfs();
+    let fifo = daemon.fifo_dir();
+    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    let first = spawners_of(daemon.pid());
+    assert_eq!(first.len(), 1, "one spawner at start-up");
+    let (code, out, err) = ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], "before", &["echo", "one"]));
+    assert_eq!((code, out.trim()), (0, "one"), "{err}");
+    assert_eq!(spawners_of(daemon.pid()), first, "the same spawner serves every create");
+
+    // SAFETY: plain syscall on the spawner's pid, checked above.
+    unsafe { kill(first[0] as i32, 9) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gone(first[0]) {
+        assert!(Instant::now() < deadline, "spawner {} did not die", first[0]);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (code, out, err) = ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], "after", &["echo", "two"]));
+    assert_eq!((code, out.trim()), (0, "two"), "{err}");
+    let second = spawners_of(daemon.pid());
+    assert!(second.len() == 1 && second != first, "a new spawner replaces the killed one: {second:?} after {first:?}");
+    assert!(daemon.log_text().contains("reaper spawner is gone"), "{}", daemon.log_text());
+    assert_nothing_left(&daemon, "default", "before");
+    assert_nothing_left(&daemon, "default", "after");
 }
 
 #[test]

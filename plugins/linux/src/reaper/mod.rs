@@ -1,9 +1,10 @@
 //! The per-task reaper: the small process that stays beside each container.
 //!
-//! berthd is multi-threaded, so it never forks a container itself. For each task it starts `berth-reaper
-//! create <task dir>` (fork + exec); that process forks the reaper daemon, which creates the container with the
-//! runtime library in-process, keeps its exit status, pumps the streams that need pumping and answers berthd on
-//! `<task dir>/reaper.sock` ([`protocol`]). The reaper does not depend on berthd: kill berthd with `kill -9`,
+//! berthd is multi-threaded, so it never forks a container itself. It keeps one single-threaded `berth-reaper
+//! spawner` ready ([`spawner`]), which forks the reaper daemon of each task on request; without it, berthd
+//! starts `berth-reaper create <task dir>` (fork + exec), which forks the daemon the same way. The daemon
+//! creates the container with the runtime library in-process, keeps its exit status, pumps the streams that
+//! need pumping and answers berthd on `<task dir>/reaper.sock` ([`protocol`]). The reaper does not depend on berthd: kill berthd with `kill -9`,
 //! and the tasks keep running; the next berthd finds each reaper by its socket.
 //!
 //! ```text
@@ -20,6 +21,7 @@
 pub mod protocol;
 mod rootfs;
 pub mod server;
+pub mod spawner;
 mod stdio;
 
 pub use server::main;

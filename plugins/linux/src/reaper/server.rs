@@ -112,6 +112,13 @@ struct Reaper {
 pub fn main(args: &[String]) -> i32 {
     match args {
         [cmd, dir] if cmd == "create" => create(Path::new(dir)),
+        [cmd, fd] if cmd == "spawner" => match fd.parse() {
+            Ok(fd) => super::spawner::main(fd),
+            Err(_) => {
+                eprintln!("berth-reaper: spawner: {fd:?} is not a file descriptor number");
+                2
+            }
+        },
         [cmd, dir] if cmd == "cleanup" => match cleanup(Path::new(dir)) {
             Ok(()) => 0,
             Err(e) => {
@@ -120,7 +127,9 @@ pub fn main(args: &[String]) -> i32 {
             }
         },
         _ => {
-            eprintln!("usage: berth-reaper create|cleanup TASK_DIR (started by berthd's runtime.linux plugin)");
+            eprintln!(
+                "usage: berth-reaper create|cleanup TASK_DIR, or berth-reaper spawner FD (started by berthd's runtime.linux plugin)"
+            );
             2
         }
     }
@@ -229,7 +238,9 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn daemon(dir: &Path, ready: OwnedFd) -> i32 {
+/// The reaper daemon of the task in `dir`: creates the container, writes the outcome as one reply frame to
+/// `ready`, then serves the task. Forked by `create` or by the spawner ([`super::spawner`]).
+pub(super) fn daemon(dir: &Path, ready: OwnedFd) -> i32 {
     let mut ready = fs::File::from(ready);
     // Its own session: a signal to berthd's process group (Ctrl-C on a foreground berthd) does not reach it.
     // SAFETY: plain syscalls.

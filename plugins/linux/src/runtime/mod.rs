@@ -1,13 +1,15 @@
 //! The `runtime.linux` plugin: berth's Runtime trait over one reaper per task (see [`crate::reaper`]).
 //!
-//! berthd never forks a container: `create` writes the bundle and starts `berth-reaper create`, and every
-//! other call is a request on the task's `reaper.sock`. Tasks outlive berthd; at start-up the plugin finds
+//! berthd never forks a container: `create` writes the bundle and hands it to the reaper spawner
+//! ([`spawner`]; `berth-reaper create` when there is none), and every other call is a request on the task's
+//! `reaper.sock`. Tasks outlive berthd; at start-up the plugin finds
 //! them again by scanning its task directories, in parallel and with a deadline per task, so one dead or
 //! wedged reaper cannot stall start-up (containerd#11409). A task whose reaper is gone is reported stopped,
 //! with the exit status the reaper wrote (or 255 when it died first), until it is deleted.
 
 mod client;
 pub(crate) mod metrics;
+mod spawner;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -72,6 +74,7 @@ pub fn registration() -> Registration {
                 )));
             }
             let runtime = LinuxRuntime::new(state, reaper, &config);
+            runtime.inner.spawner.start();
             let (live, stopped) = runtime.recover(Duration::from_millis(config.recovery_timeout_ms)).await;
             tracing::info!(live, stopped, "runtime.linux: tasks recovered");
             Ok(Instance::new(Arc::new(runtime) as SharedRuntime))
@@ -86,6 +89,7 @@ struct Inner {
     tasks_dir: PathBuf,
     oci_dir: PathBuf,
     reaper: PathBuf,
+    spawner: spawner::Spawner,
     create_timeout: Duration,
     tasks: Mutex<HashMap<TaskKey, Arc<LinuxTask>>>,
     events: mpsc::UnboundedSender<RuntimeEvent>,
@@ -152,6 +156,7 @@ impl LinuxRuntime {
             inner: Arc::new(Inner {
                 tasks_dir: state.join("tasks"),
                 oci_dir: oci_dir(&state),
+                spawner: spawner::Spawner::new(reaper.clone()),
                 reaper,
                 create_timeout: Duration::from_secs(config.create_timeout_secs.max(1)),
                 tasks: Mutex::new(HashMap::new()),
@@ -336,6 +341,32 @@ impl LinuxRuntime {
         };
         write("config.json", serde_json::to_vec(spec).map_err(internal)?)?;
         write(TASK_FILE, serde_json::to_vec(&config).map_err(internal)?)?;
+        let read_end = match self.inner.spawner.request(dir) {
+            Ok(read_end) => read_end,
+            Err(e) => {
+                tracing::warn!("runtime.linux: task {id:?}: {e}; creating it with berth-reaper create");
+                return self.launch_by_exec(id, dir).await;
+            }
+        };
+        let timeout = self.inner.create_timeout;
+        let outcome = tokio::time::timeout(timeout, spawner::read_reply(read_end))
+            .await
+            .map_err(|_| internal(format!("task {id:?}: create took longer than {} s", timeout.as_secs())))?
+            .map_err(|e| internal(format!("task {id:?}: reading the reaper's reply: {e}")))?;
+        match outcome {
+            spawner::Outcome::Reply(proto::Reply::Ok(v)) => Ok(v["pid"].as_u64().unwrap_or(0) as u32),
+            spawner::Outcome::Reply(proto::Reply::Error(e)) => {
+                Err(client::map_error(&format!("creating task {id:?}"), e))
+            }
+            spawner::Outcome::Closed => {
+                let log = std::fs::read_to_string(dir.join(proto::LOG_FILE)).unwrap_or_default();
+                Err(internal(format!("task {id:?}: the reaper exited before creating the container: {}", log.trim())))
+            }
+        }
+    }
+
+    /// Creates the task with a `berth-reaper create` of its own, for when the spawner cannot take it.
+    async fn launch_by_exec(&self, id: &str, dir: &Path) -> Result<u32> {
         let child = tokio::process::Command::new(&self.inner.reaper)
             .arg("create")
             .arg(dir)

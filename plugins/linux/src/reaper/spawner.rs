@@ -1,0 +1,105 @@
+//! `berth-reaper spawner FD`: a reaper process kept ready, so that creating a task is one fork instead of a
+//! fork and exec of `berth-reaper create` (exec, dynamic linking and start-up of the binary took about 6 ms of
+//! every `ctr run` here).
+//!
+//! berthd starts one spawner and keeps the other end of its socket (`FD`, an `AF_UNIX` `SOCK_SEQPACKET`
+//! socket). A request is one message: the task directory as its bytes, with the write end of a pipe in
+//! `SCM_RIGHTS`. For each, the spawner forks the reaper daemon of the task, which creates the container and
+//! writes its reply frame to that pipe, exactly as it writes it to `berth-reaper create` otherwise
+//! ([`super::server`]). The spawner itself stays single-threaded and does nothing else, so forking it is as
+//! sound as forking a fresh `berth-reaper create`.
+//!
+//! The daemons do not depend on the spawner: when berthd closes its end (it stopped, or died), the spawner
+//! exits and the daemons are re-parented like those of `berth-reaper create`.
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+
+use super::protocol::{ErrorKind, ReaperError, Reply, write_frame};
+
+/// The longest task directory a request may name.
+pub const MAX_REQUEST: usize = 4096;
+
+/// Serves requests on `fd` until berthd closes its end; returns the exit code.
+pub fn main(fd: RawFd) -> i32 {
+    // SAFETY: the fd berthd handed us on the command line; nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Not inherited by the daemons, their containers or anything they exec.
+    // SAFETY: plain fcntl on our own fd.
+    unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Daemons that exit while we live leave no zombie (each sets SIGCHLD back to default for its own children).
+    // SAFETY: setting a signal disposition to SIG_IGN.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    loop {
+        match receive(&sock) {
+            Ok(Some((dir, reply))) => spawn(&sock, dir, reply),
+            // berthd closed its end: it stopped, or died.
+            Ok(None) => return 0,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => {
+                eprintln!("berth-reaper spawner: receiving a request: {e}");
+                return 1;
+            }
+        }
+    }
+}
+
+/// One request: the task directory and the reply pipe. Ok(None) at the end of the stream. A malformed request
+/// (no fd, or an empty or truncated path) is reported on its pipe when it has one, and skipped.
+fn receive(sock: &OwnedFd) -> io::Result<Option<(PathBuf, OwnedFd)>> {
+    loop {
+        let mut buf = [0u8; MAX_REQUEST];
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(io::Error::from)?;
+        let (len, truncated) = (msg.bytes, msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC));
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                // SAFETY: fds the kernel just installed for us.
+                fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        if len == 0 && fds.is_empty() {
+            return Ok(None);
+        }
+        let Some(reply) = fds.into_iter().next() else {
+            eprintln!("berth-reaper spawner: a request without its reply pipe, skipped");
+            continue;
+        };
+        if len == 0 || truncated {
+            let why = if truncated { "longer than the spawner accepts" } else { "empty" };
+            let error =
+                ReaperError::new(ErrorKind::InvalidArgument, format!("the task directory of the request is {why}"));
+            let _ = write_frame(&mut std::fs::File::from(reply), &Reply::Error(error));
+            continue;
+        }
+        return Ok(Some((PathBuf::from(std::ffi::OsStr::from_bytes(&buf[..len])), reply)));
+    }
+}
+
+fn spawn(sock: &OwnedFd, dir: PathBuf, reply: OwnedFd) {
+    // FORK: the task's reaper daemon. We are single-threaded, so the child may run ordinary code.
+    // SAFETY: see above.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: the child's copy of the socket: closing it keeps berthd's end-of-stream ours alone; and back to
+        // the default SIGCHLD, which the daemon's signalfd needs for its container's exits.
+        unsafe {
+            libc::close(sock.as_raw_fd());
+            libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        }
+        let code = super::server::daemon(&dir, reply);
+        // SAFETY: leave without running atexit handlers that belong to the spawner.
+        unsafe { libc::_exit(code) };
+    }
+    if pid < 0 {
+        let error = ReaperError::new(ErrorKind::Internal, format!("fork: {}", io::Error::last_os_error()));
+        let _ = write_frame(&mut std::fs::File::from(reply), &Reply::Error(error));
+    }
+}
