@@ -98,9 +98,8 @@ pub struct Invocation {
 }
 
 /// Writes `message` into berthd's log at `level`, tagged with the plugin (the host's `log` import). What a
-/// function writes to stderr goes to the process's stderr instead. Log with this rather than
-/// [`crate::Host::log`], whose wasm side is the snapshot kind's import: a function component that imports it
-/// is refused (`the component needs what this berthd does not offer`).
+/// function writes to stderr goes to the process's stderr instead. [`crate::Host::log`] inside a function
+/// component comes here too.
 pub fn log(level: Level, message: &str) {
     let level = match level {
         Level::Error => host::Level::Error,
@@ -139,6 +138,8 @@ impl<E: Export> Guest for E {
     }
 
     fn init(id: String, config_json: String) -> Result<(), wit::InitError> {
+        // Host::log goes to this world's import (a function cannot publish events).
+        super::set_host(log, None);
         let init = FunctionInit { id, config_json: config_json.into_bytes() };
         let function = E::Function::new(init)
             .map_err(|e| wit::InitError { message: e.to_string(), config_path: e.config_path })?;
