@@ -292,6 +292,15 @@ fn wasm_function_tasks_run_through_ctr() {
     assert_eq!(text(&out.stdout), "hello from wasm\n");
     let out = run(&[], "fn-exit", &["exit", "7"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let out = run(&[], "fn-bad-arg", &["exit", "many"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("exit: \"many\" is not an exit status (0-255)"), "{}", text(&out.stderr));
+    let log = daemon.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("runtime.function")
+            && l.contains("task \"fn-bad-arg\": exit: \"many\" is not an exit status")),
+        "the function's log line reaches berthd's log, tagged with the plugin"
+    );
     let out = run(&[], "fn-unknown", &["frobnicate"]);
     assert_eq!(out.status.code(), Some(127));
     assert!(text(&out.stderr).contains("frobnicate: unknown command"), "{}", text(&out.stderr));

@@ -29,6 +29,7 @@
 
 use std::io::{Read, Write};
 
+use berth_plugin_sdk::Level;
 use berth_plugin_sdk::wasm::runtime::{Function, FunctionInit, Invocation};
 use sha2::Digest;
 
@@ -68,7 +69,10 @@ impl Function for Commands {
         match self.run(invocation, &args) {
             Ok(code) => code,
             Err(message) => {
-                eprintln!("{}: {message}", args.first().copied().unwrap_or("function"));
+                let line = format!("{}: {message}", args.first().copied().unwrap_or("function"));
+                eprintln!("{line}");
+                // Also into berthd's log, tagged with the plugin (the host's log import).
+                berth_plugin_sdk::wasm::runtime::log(Level::Warn, &format!("task {:?}: {line}", invocation.id));
                 1
             }
         }
