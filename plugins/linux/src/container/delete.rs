@@ -35,10 +35,7 @@ impl Runtime {
                 return Err(Error::Status(format!("cannot delete container {id} that is not stopped: {status}")));
             }
         }
-        // Processes left behind by a stopped init (it may have died alone) go too.
-        if cg.pids().map(|p| !p.is_empty()).unwrap_or(false) {
-            let _ = cg.kill_all(libc::SIGKILL);
-        }
+        // Processes left behind by a stopped init (it may have died alone) go too: delete kills them.
         cg.delete()?;
         sd.remove()?;
         let mut st = rec.state.clone();
