@@ -128,7 +128,8 @@ impl berth_core::testsuite::runtime::Fixture for Busybox {
     }
 }
 
-/// Removes what an OCI runtime still has under `root` when a test stops half-way.
+/// Removes what an OCI runtime still has under `root` when a test stops half-way, and what is still mounted
+/// beside it (the example's bundles).
 struct OciLeftovers(PathBuf);
 
 impl Drop for OciLeftovers {
@@ -136,6 +137,12 @@ impl Drop for OciLeftovers {
         let Ok(out) = Command::new("runc").arg("--root").arg(&self.0).args(["list", "-q"]).output() else { return };
         for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
             let _ = Command::new("runc").arg("--root").arg(&self.0).args(["delete", "--force", id]).output();
+        }
+        let Some(state) = self.0.parent() else { return };
+        let prefix = format!("{}/", state.display());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&prefix)) {
+            let _ = Command::new("umount").arg("-l").arg(point).status();
         }
     }
 }
@@ -380,16 +387,264 @@ fn runtime_example_runs_containers_through_ctr() {
     // The built-in runtime keeps working beside it.
     let out = daemon.ctr(&["run", "--rm", "--fifo-dir", fifo, BUSYBOX, "linux-echo", "echo", "built-in"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "built-in\n", "{}", String::from_utf8_lossy(&out.stderr));
-    // And a terminal, which the example does not do, is refused with a clear error (script(1) gives ctr one).
+    // A terminal (script(1) gives ctr one, sized 45x123): the client's FIFOs are copied to and from it, and
+    // the window size ctr sends reaches the process.
     let command = format!(
-        "{} -a {} run --rm -t --runtime io.containerd.oci.v1 --fifo-dir {fifo} {BUSYBOX} oci-tty true",
+        "stty rows 45 cols 123; {} -a {} run --rm -t --runtime io.containerd.oci.v1 --fifo-dir {fifo} {BUSYBOX} oci-tty sh -c 'tty; test -t 0 && echo stdin-is-a-tty; sleep 0.5; stty size; exit 5'",
         ctr_path().display(),
         daemon.socket.display()
     );
     let out = Command::new("script").args(["-eqc", &command, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success() && text.contains("no terminal support"), "{text}");
-    let _ = daemon.ctr(&["containers", "rm", "oci-tty"]);
+    assert_eq!(out.status.code(), Some(5), "{text}");
+    assert!(text.contains("/dev/pts/0") && text.contains("stdin-is-a-tty"), "{text}");
+    assert!(text.contains("45 123"), "the size ctr sent: {text}");
+    assert_oci_nothing_left(&daemon, "default", "oci-tty");
+}
+
+/// The tables of a berthd with the example as `runtime.oci`, named `io.containerd.oci.v1` for ctr.
+fn oci_tables() -> String {
+    format!(
+        "{}\n[plugins.\"service.tasks\".runtime_names]\n\"io.containerd.runc.v2\" = \"linux\"\n\"io.containerd.oci.v1\" = \"oci\"\n",
+        native_table("runtime.oci", &runtime_library(), "binary = \"runc\"")
+    )
+}
+
+/// `ctr run -d` of `args` on the example runtime.
+fn oci_run_detached(daemon: &Daemon, id: &str, args: &[&str]) {
+    let fifo = daemon.fifo_dir();
+    let mut all =
+        vec!["run", "-d", "--runtime", "io.containerd.oci.v1", "--fifo-dir", fifo.to_str().unwrap(), BUSYBOX, id];
+    all.extend(args);
+    daemon.ctr_ok(&all);
+}
+
+/// The `ctr tasks ls` row of task `id`.
+fn task_row(daemon: &Daemon, id: &str) -> String {
+    let ls = daemon.ctr_ok(&["tasks", "ls"]);
+    ls.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .unwrap_or_else(|| panic!("no task {id}:\n{ls}"))
+        .to_string()
+}
+
+fn wait_for_task_status(daemon: &Daemon, id: &str, want: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !task_row(daemon, id).contains(want) {
+        assert!(std::time::Instant::now() < deadline, "task {id} did not reach {want}: {}", task_row(daemon, id));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pids of the processes whose command line mentions `text`.
+fn processes_mentioning(text: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(text) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Nothing of task `id` of the example runtime is left: bundle and record, runc state, waiter and runtime
+/// processes, cgroups, mounts.
+fn assert_oci_nothing_left(daemon: &Daemon, ns: &str, id: &str) {
+    let state = daemon.dir.path().join("state/runtime.oci");
+    let bundle = state.join("bundles").join(ns).join(id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !processes_mentioning(&bundle.display().to_string()).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let procs = processes_mentioning(&bundle.display().to_string());
+    assert!(procs.is_empty(), "processes of {id} left: {procs:?}");
+    assert!(!bundle.exists(), "bundle {} left behind", bundle.display());
+    let out = Command::new("runc").arg("--root").arg(state.join("runc")).args(["list", "-q"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "runc containers left");
+    for ctl in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let cg = ctl.path().join(ns).join(id);
+        assert!(!cg.exists(), "cgroup {} left behind", cg.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = format!("{}/", bundle.display());
+    assert!(!mounts.lines().any(|l| l.contains(&prefix)), "mounts left under {prefix}:\n{mounts}");
+}
+
+/// Waits for process `exec_id` (empty: init) of task `id` through the containerd API; its exit status.
+fn wait_exit(daemon: &Daemon, id: &str, exec_id: &str) -> u32 {
+    use containerd_client::services::v1::WaitRequest;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = daemon.client().await;
+        let wait = WaitRequest { container_id: id.into(), exec_id: exec_id.into() };
+        let mut tasks = client.tasks();
+        let wait = tasks.wait(ns_request("default", wait));
+        let reply = tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no exit of {id:?} {exec_id:?} in 10 s:\n{}", daemon.ctr_ok(&["tasks", "ls"])));
+        reply.unwrap().into_inner().exit_status
+    })
+}
+
+#[test]
+fn runtime_example_tasks_survive_a_berthd_restart() {
+    if !requires_root() || !runc_present() {
+        return;
+    }
+    let mut daemon = Daemon::start_with(&oci_tables());
+    let _leftovers = OciLeftovers(daemon.dir.path().join("state/runtime.oci/runc"));
+    daemon.ctr_ok(&["images", "import", images_fixture::busybox_archive().to_str().unwrap()]);
+    let fifo = daemon.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    let bundles = daemon.dir.path().join("state/runtime.oci/bundles/default");
+    // Ids of this run only: their cgroups (/default/ID) are the host's.
+    let n = std::process::id();
+    let (live, ends, frozen) = (format!("oci-live-{n}"), format!("oci-ends-{n}"), format!("oci-frozen-{n}"));
+    let (live, ends, frozen) = (live.as_str(), ends.as_str(), frozen.as_str());
+    oci_run_detached(&daemon, live, &["sh", "-c", "while true; do echo tick; sleep 0.1; done"]);
+    oci_run_detached(&daemon, ends, &["sh", "-c", "while [ ! -e /go ]; do sleep 0.05; done; exit 9"]);
+    oci_run_detached(&daemon, frozen, &["sleep", "1000"]);
+    daemon.ctr_ok(&["tasks", "pause", frozen]);
+    daemon.ctr_ok(&["tasks", "exec", "-d", "--exec-id", "long", "--fifo-dir", fifo, live, "sleep", "1000"]);
+    let live_row = task_row(&daemon, live);
+    assert!(live_row.contains("RUNNING"), "{live_row}");
+
+    daemon.kill9();
+    // oci-ends exits while berthd is down; its waiter records the status.
+    std::fs::write(bundles.join(ends).join("rootfs/go"), "").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !bundles.join(ends).join("init.exit").exists() {
+        assert!(std::time::Instant::now() < deadline, "oci-ends did not end while berthd was down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.spawn();
+
+    // Found again: the same pid, still running; the one that ended meanwhile with its status; the paused one.
+    assert_eq!(task_row(&daemon, live), live_row);
+    assert!(task_row(&daemon, ends).contains("STOPPED"));
+    assert!(task_row(&daemon, frozen).contains("PAUSED"));
+    assert_eq!(wait_exit(&daemon, ends, ""), 9, "the status of a task that ended while berthd was down");
+    // Its output still reaches the FIFO, which the container holds itself.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let stdout = rt.block_on(async {
+        use containerd_client::services::v1::GetRequest;
+        let client = daemon.client().await;
+        let mut tasks = client.tasks();
+        let got = tasks.get(ns_request("default", GetRequest { container_id: live.into(), exec_id: String::new() }));
+        got.await.unwrap().into_inner().process.unwrap().stdout
+    });
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        let n = std::fs::File::open(stdout).unwrap().read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    assert!(reader.join().unwrap().contains("tick"));
+    // exec works in the recovered task, and the exec'd process from before is still there to be killed.
+    let out = daemon.ctr(&["tasks", "exec", "--exec-id", "after", "--fifo-dir", fifo, live, "echo", "still-here"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still-here", "{}", String::from_utf8_lossy(&out.stderr));
+    daemon.ctr_ok(&["tasks", "kill", "--exec-id", "long", "-s", "SIGKILL", live]);
+    assert_eq!(wait_exit(&daemon, live, "long"), 137);
+
+    // A clean stop and start: the same again.
+    daemon.stop();
+    daemon.spawn();
+    assert_eq!(task_row(&daemon, live), live_row);
+    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", live]);
+    assert_eq!(wait_exit(&daemon, live, ""), 137);
+    daemon.ctr_ok(&["tasks", "resume", frozen]);
+    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", frozen]);
+    assert_eq!(wait_exit(&daemon, frozen, ""), 137);
+    for id in [live, ends, frozen] {
+        wait_for_task_status(&daemon, id, "STOPPED");
+        daemon.ctr_ok(&["tasks", "rm", id]);
+        daemon.ctr_ok(&["containers", "rm", id]);
+        assert_oci_nothing_left(&daemon, "default", id);
+    }
+}
+
+#[test]
+fn runtime_example_reports_metrics_and_updates_resources() {
+    if !requires_root() || !runc_present() {
+        return;
+    }
+    let daemon = Daemon::start_with(&oci_tables());
+    let _leftovers = OciLeftovers(daemon.dir.path().join("state/runtime.oci/runc"));
+    daemon.ctr_ok(&["images", "import", images_fixture::busybox_archive().to_str().unwrap()]);
+    let fifo = daemon.fifo_dir();
+    let m = format!("oci-m-{}", std::process::id());
+    let m = m.as_str();
+    let mut args = vec!["run", "-d", "--runtime", "io.containerd.oci.v1", "--fifo-dir", fifo.to_str().unwrap()];
+    args.extend(["--memory-limit", "67108864", BUSYBOX, m, "sleep", "1000"]);
+    daemon.ctr_ok(&args);
+    let metrics = daemon.ctr_ok(&["tasks", "metrics", m]);
+    assert!(metrics.contains("pids.current"), "{metrics}");
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory").exists();
+    if v1 {
+        let limit = metrics.lines().find(|l| l.starts_with("memory.limit_in_bytes")).unwrap_or_default();
+        assert!(limit.contains("67108864"), "{metrics}");
+        let usage = metrics.lines().find(|l| l.starts_with("memory.usage_in_bytes")).unwrap_or_default();
+        assert!(
+            usage.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > 0),
+            "{metrics}"
+        );
+    }
+
+    // Update changes the running task's limits, as the host's cgroup shows, and the metrics too.
+    let resources = serde_json::json!({ "memory": { "limit": 134217728 }, "pids": { "limit": 50 } });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = rt.block_on(daemon.client());
+    let mut tasks = client.tasks();
+    let mut update = |value: Vec<u8>| {
+        use containerd_client::services::v1::UpdateTaskRequest;
+        let request = UpdateTaskRequest {
+            container_id: m.into(),
+            resources: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value,
+            }),
+            ..Default::default()
+        };
+        rt.block_on(tasks.update(ns_request("default", request)))
+    };
+    update(resources.to_string().into_bytes()).unwrap();
+    let (memory, pids) = if v1 {
+        (
+            format!("/sys/fs/cgroup/memory/default/{m}/memory.limit_in_bytes"),
+            format!("/sys/fs/cgroup/pids/default/{m}/pids.max"),
+        )
+    } else {
+        (format!("/sys/fs/cgroup/default/{m}/memory.max"), format!("/sys/fs/cgroup/default/{m}/pids.max"))
+    };
+    assert_eq!(std::fs::read_to_string(&memory).unwrap().trim(), "134217728");
+    assert_eq!(std::fs::read_to_string(&pids).unwrap().trim(), "50");
+    if v1 {
+        let metrics = daemon.ctr_ok(&["tasks", "metrics", m]);
+        assert!(
+            metrics.lines().any(|l| l.starts_with("memory.limit_in_bytes") && l.contains("134217728")),
+            "{metrics}"
+        );
+    }
+    // Bad resources are refused with what was wrong, and the limits stay.
+    let e = update(br#"{"memory": {"limit": "lots"}}"#.to_vec()).unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("resources") && e.message().contains("\"lots\""), "{e:?}");
+    let e = update(b"[1]".to_vec()).unwrap_err();
+    assert!(e.message().contains("not a JSON object of LinuxResources"), "{e:?}");
+    assert_eq!(std::fs::read_to_string(&memory).unwrap().trim(), "134217728");
+
+    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", m]);
+    wait_for_task_status(&daemon, m, "STOPPED");
+    // A stopped task has no metrics (the Metrics call leaves it out) and takes no update.
+    let e = fails(daemon.ctr(&["tasks", "metrics", m]), "metrics of a stopped task");
+    assert!(e.contains("no metrics"), "{e}");
+    let e = update(resources.to_string().into_bytes()).unwrap_err();
+    assert!(e.message().contains(m), "{e:?}");
+    daemon.ctr_ok(&["tasks", "rm", m]);
+    daemon.ctr_ok(&["containers", "rm", m]);
+    assert_oci_nothing_left(&daemon, "default", m);
 }
 
 /// Copies the faulty library under the name of each fault into `dir`.

@@ -1,8 +1,8 @@
 //! A process's standard streams from the FIFOs the client made (`ctr` makes one per stream and reads or
 //! writes its other end).
 //!
-//! stdout and stderr are opened for writing and handed to the OCI runtime, so the container writes straight
-//! into them. stdin goes through a pipe that a thread fills from the FIFO: the container then sees end-of-file
+//! stdout and stderr are opened (read-write) and handed to the OCI runtime, which copies the container's
+//! output into them (`runc run` in the foreground gives the container pipes of its own). stdin goes through a pipe that a thread fills from the FIFO: the container then sees end-of-file
 //! when the client closes its end (or CloseIO comes), which a FIFO handed over directly would not give it
 //! while anyone, the runtime included, still held it open for writing.
 
@@ -14,21 +14,24 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-/// Opens a FIFO (or file) for the process to write to. Without a reader yet, a FIFO is opened read-write,
-/// which never blocks; the client's reader joins later.
+/// Opens a FIFO (or file) for the process to write to, read-write as containerd's shim does: opening never
+/// blocks for a reader, and a client that goes away (a `ctr run -d`, a berthd restart) does not turn the
+/// process's writes into EPIPE; what it writes meanwhile waits in the FIFO for the next reader.
 pub fn output(path: &str) -> io::Result<Stdio> {
+    Ok(match open_output(path)? {
+        Some(file) => Stdio::from(file),
+        None => Stdio::null(),
+    })
+}
+
+/// [`output`] as a file; None for an empty path.
+pub fn open_output(path: &str) -> io::Result<Option<File>> {
     if path.is_empty() {
-        return Ok(Stdio::null());
+        return Ok(None);
     }
-    let file = match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(path)?
-        }
-        Err(e) => return Err(e),
-    };
+    let file = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(path)?;
     blocking(&file)?;
-    Ok(Stdio::from(file))
+    Ok(Some(file))
 }
 
 fn blocking(file: &File) -> io::Result<()> {
