@@ -37,11 +37,13 @@
 //! A berthd restart (a stop, or a crash): the containers and their waiters do not depend on berthd, so they
 //! keep running. The next instance reads every `task.json`, finds each running process's waiter by pid and
 //! start time and watches it (a pidfd), asks runc whether the container is paused, and reports the exits that
-//! happened meanwhile with the status the waiter wrote, timed by the file's change time. What is lost: the
-//! stdin of a running process (berthd fed it: the process reads end-of-file), the copy of a terminal's output
-//! (the pty master was berthd's: the process's terminal hangs up), and the exit status of a process whose
-//! waiter was killed too (reported as 255). Bundles without a readable record and containers under the runc
-//! root that no record names are removed.
+//! happened meanwhile with the status the waiter wrote, timed by when it wrote it. Output goes on into the
+//! client's FIFOs (runc holds them, read-write as containerd's shim does, so it waits there for a reader).
+//! What is lost: the stdin of a running process (berthd fed it: the process reads end-of-file); the copy of a
+//! terminal (berthd held the pty runc copies to: the process runs on, but its terminal output goes nowhere and
+//! it blocks once the terminal's buffer is full); and the exit status of a process whose waiter was killed
+//! too (reported as 255, with a warning in berthd's log). Bundles without a readable record and containers
+//! under the runc root that no record names are removed.
 //!
 //! What it does not do: checkpoints and restores.
 
