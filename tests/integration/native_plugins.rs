@@ -361,6 +361,15 @@ fn runtime_example_runs_containers_through_ctr() {
     ]);
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "in-exec\n");
+    // An exec'd process on a terminal (script(1) gives ctr one).
+    let command = format!(
+        "{} -a {} tasks exec -t --exec-id e-tty --fifo-dir {fifo} oci-sleep sh -c 'test -t 1 && echo on-a-tty; exit 6'",
+        ctr_path().display(),
+        daemon.socket.display()
+    );
+    let out = Command::new("script").args(["-eqc", &command, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.code() == Some(6) && text.contains("on-a-tty"), "{:?} {text}", out.status);
     let ps = daemon.ctr_ok(&["tasks", "ps", "oci-sleep"]);
     assert!(ps.lines().count() >= 2, "{ps}");
     daemon.ctr_ok(&["tasks", "pause", "oci-sleep"]);
@@ -503,10 +512,13 @@ fn runtime_example_tasks_survive_a_berthd_restart() {
     let n = std::process::id();
     let (live, ends, frozen) = (format!("oci-live-{n}"), format!("oci-ends-{n}"), format!("oci-frozen-{n}"));
     let (live, ends, frozen) = (live.as_str(), ends.as_str(), frozen.as_str());
+    let orphan = format!("oci-orphan-{n}");
+    let orphan = orphan.as_str();
     oci_run_detached(&daemon, live, &["sh", "-c", "while true; do echo tick; sleep 0.1; done"]);
     oci_run_detached(&daemon, ends, &["sh", "-c", "while [ ! -e /go ]; do sleep 0.05; done; exit 9"]);
     oci_run_detached(&daemon, frozen, &["sleep", "1000"]);
     daemon.ctr_ok(&["tasks", "pause", frozen]);
+    oci_run_detached(&daemon, orphan, &["sleep", "1000"]);
     daemon.ctr_ok(&["tasks", "exec", "-d", "--exec-id", "long", "--fifo-dir", fifo, live, "sleep", "1000"]);
     let live_row = task_row(&daemon, live);
     assert!(live_row.contains("RUNNING"), "{live_row}");
@@ -519,6 +531,11 @@ fn runtime_example_tasks_survive_a_berthd_restart() {
         assert!(std::time::Instant::now() < deadline, "oci-ends did not end while berthd was down");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The waiter of oci-orphan is killed as well: its exit status cannot be known any more.
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundles.join(orphan).join("task.json")).unwrap()).unwrap();
+    let waiter = record["init"]["waiter"]["pid"].as_i64().expect("a waiter pid in the record") as i32;
+    assert_eq!(unsafe { libc::kill(waiter, libc::SIGKILL) }, 0);
     daemon.spawn();
 
     // Found again: the same pid, still running; the one that ended meanwhile with its status; the paused one.
@@ -557,7 +574,11 @@ fn runtime_example_tasks_survive_a_berthd_restart() {
     daemon.ctr_ok(&["tasks", "resume", frozen]);
     daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", frozen]);
     assert_eq!(wait_exit(&daemon, frozen, ""), 137);
-    for id in [live, ends, frozen] {
+    // The orphan still runs, watched through its own pid; it ends with 255, "unknown".
+    assert!(task_row(&daemon, orphan).contains("RUNNING"));
+    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", orphan]);
+    assert_eq!(wait_exit(&daemon, orphan, ""), 255);
+    for id in [live, ends, frozen, orphan] {
         wait_for_task_status(&daemon, id, "STOPPED");
         daemon.ctr_ok(&["tasks", "rm", id]);
         daemon.ctr_ok(&["containers", "rm", id]);
