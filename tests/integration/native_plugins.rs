@@ -655,6 +655,15 @@ fn runtime_example_reports_metrics_and_updates_resources() {
     let e = update(b"[1]".to_vec()).unwrap_err();
     assert!(e.message().contains("not a JSON object of LinuxResources"), "{e:?}");
     assert_eq!(std::fs::read_to_string(&memory).unwrap().trim(), "134217728");
+    // A task without a terminal has none to resize.
+    let resize = containerd_client::services::v1::ResizePtyRequest {
+        container_id: m.into(),
+        exec_id: String::new(),
+        width: 80,
+        height: 24,
+    };
+    let e = rt.block_on(client.tasks().resize_pty(ns_request("default", resize))).unwrap_err();
+    assert!(e.message().contains(&format!("task {m:?} has no terminal to resize")), "{e:?}");
 
     daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", m]);
     wait_for_task_status(&daemon, m, "STOPPED");

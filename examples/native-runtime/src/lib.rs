@@ -871,10 +871,12 @@ impl Runtime for OciRuntime {
             return Err(Error::process_finished(format!("process {:?}", process.id)));
         }
         let Some(console) = &p.console else {
-            return Err(Error::failed_precondition(format!(
-                "process {:?} of task {:?} has no terminal",
-                process.exec_id, process.id
-            )));
+            let what = if process.exec_id.is_empty() {
+                format!("task {:?}", process.id)
+            } else {
+                format!("process {:?} of task {:?}", process.exec_id, process.id)
+            };
+            return Err(Error::failed_precondition(format!("{what} has no terminal to resize")));
         };
         console.resize(width, height).map_err(|e| Error::io("resizing the terminal", e))?;
         if let Some(waiter) = p.waiter {
