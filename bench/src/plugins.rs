@@ -306,16 +306,15 @@ fn measure_abi(libs: &Path, scratch: &Path, calls: usize, rounds: usize) -> Resu
     let raw = RawPlugin::open(&libs.join("libberth_example_native_snapshot.so"), &root)?;
     let direct = berth_example_native_snapshot::CopySnapshotter::open(&scratch.join("direct"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let to_sdk = |labels: Labels| -> std::collections::HashMap<String, String> { labels.into_iter().collect() };
     for (key, labels) in [("small", small_labels()), ("big", big_labels())] {
         let request = pb::PrepareSnapshotRequest {
             snapshotter: "example".into(),
             key: key.into(),
             parent: String::new(),
-            labels: to_sdk(labels.clone()),
+            labels: labels.clone(),
         };
         raw.call::<pb::PrepareSnapshotResponse>(m::PREPARE, &request)?;
-        direct.prepare(key, "", to_sdk(labels)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        direct.prepare(key, "", labels).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let mut figures = Vec::new();
     for (phase, key) in [("stat", "small"), ("stat-64k", "big"), ("mounts", "small")] {
@@ -327,7 +326,9 @@ fn measure_abi(libs: &Path, scratch: &Path, calls: usize, rounds: usize) -> Resu
                 if phase == "mounts" {
                     raw.call::<pb::MountsResponse>(m::MOUNTS, &mounts)?;
                 } else {
-                    raw.call::<pb::StatSnapshotResponse>(m::STAT, &request)?;
+                    // Decoded as berthd decodes it, into the map the direct call returns.
+                    let info = raw.call::<pb::wire::InfoResponse>(m::STAT, &request)?.info.map(pb::Info::from);
+                    std::hint::black_box(info);
                 }
                 Ok(())
             })?);

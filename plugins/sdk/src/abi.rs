@@ -175,15 +175,48 @@ impl Buffer {
     }
 }
 
-/// Frees a buffer made by [`Buffer::from_vec`] in this library.
+/// Frees a buffer made by [`Buffer::from_vec`] in this library: keeps it as this thread's spare (see
+/// [`spare_vec`]) when it is not larger than [`SPARE_MAX`].
 ///
 /// # Safety
 /// The arguments must be those of a `Vec<u8>` of this library's allocator, not freed yet.
 pub unsafe extern "C" fn free_vec(ptr: *mut u8, len: usize, cap: usize) {
     if !ptr.is_null() {
         // SAFETY: the caller guarantees the triple came from a Vec<u8> of this allocator.
-        drop(unsafe { Vec::from_raw_parts(ptr, len, cap) });
+        keep_spare(unsafe { Vec::from_raw_parts(ptr, len, cap) });
     }
+}
+
+/// The largest buffer a thread keeps for its next answer: 256 KiB, so a thread holds at most that much
+/// between calls (and nothing once it exits).
+pub(crate) const SPARE_MAX: usize = 256 * 1024;
+
+std::thread_local! {
+    /// The buffer the host gave back last on this thread, empty or not (see [`spare_vec`]).
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// An empty buffer for an answer: the one this thread's last answer left (berthd frees an answer on the
+/// thread that made the call, right after decoding it), or a new one. An answer is encoded into a buffer
+/// that is already large enough instead of a new allocation of its exact size per call: with glibc's
+/// allocator, freeing a block of 64 KiB or more also consolidates every small free block, which made the
+/// next call's small allocations slower (docs/benchmarks.md, Plugins).
+pub(crate) fn spare_vec() -> Vec<u8> {
+    let mut spare = SPARE.try_with(|s| s.take()).unwrap_or_default();
+    spare.clear();
+    spare
+}
+
+/// Keeps `data` as this thread's spare if it is the larger and at most [`SPARE_MAX`]; frees the other.
+fn keep_spare(data: Vec<u8>) {
+    if data.capacity() > SPARE_MAX {
+        return;
+    }
+    // During the thread's exit (no more thread-local) the buffer is freed instead.
+    let _ = SPARE.try_with(move |s| {
+        let old = s.take();
+        s.set(if old.capacity() > data.capacity() { old } else { data });
+    });
 }
 
 /// What the entry symbol returns: who the plugin is and where its functions are. Lives as long as the library.

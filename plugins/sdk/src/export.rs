@@ -140,8 +140,13 @@ where
     }));
     match result {
         Ok(Ok(message)) => {
+            // Into this thread's spare buffer, grown to the answer's length at most once.
+            let mut bytes = crate::abi::spare_vec();
+            bytes.reserve(message.encoded_len());
+            // `encode` would compute the length again; a Vec grows as needed anyway.
+            message.encode_raw(&mut bytes);
             // SAFETY: the host passes a writable buffer.
-            unsafe { response.write(Buffer::from_vec(message.encode_to_vec())) };
+            unsafe { response.write(Buffer::from_vec(bytes)) };
             code::OK
         }
         // SAFETY: as above.

@@ -5,7 +5,6 @@
 //! views are read-only, committed snapshots are immutable and the only possible parents; the backend never
 //! mounts anything itself, it returns the mounts that show a snapshot's tree.
 
-use std::collections::HashMap;
 use std::ffi::c_void;
 
 use crate::abi::{Buffer, Bytes, MethodFn, snapshot_methods as m};
@@ -15,8 +14,7 @@ use crate::host::Init;
 use crate::proto::Mount;
 use crate::proto::snapshots::*;
 
-/// Labels of a snapshot.
-pub type Labels = HashMap<String, String>;
+pub use crate::proto::snapshots::Labels;
 
 /// A snapshot backend, on the model of berth's (and containerd's) `Snapshotter`. Every call is a whole
 /// operation and may block: berthd calls from a blocking thread, several at once.
@@ -90,17 +88,21 @@ macro_rules! method {
 }
 
 method!(stat, StatSnapshotRequest, |t, r| Ok(StatSnapshotResponse { info: Some(t.stat(&r.key)?) }));
-method!(update, UpdateSnapshotRequest, |t, r| {
+// The requests with labels are decoded through their `wire` forms (see there why).
+method!(update, wire::UpdateSnapshotRequest, |t, r| {
+    let r = UpdateSnapshotRequest::from(r);
     let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
     Ok(UpdateSnapshotResponse { info: Some(t.update(required(r.info)?, &paths)?) })
 });
 method!(usage, UsageRequest, |t, r| t.usage(&r.key));
 method!(mounts, MountsRequest, |t, r| Ok(MountsResponse { mounts: t.mounts(&r.key)? }));
-method!(prepare, PrepareSnapshotRequest, |t, r| Ok(PrepareSnapshotResponse {
-    mounts: t.prepare(&r.key, &r.parent, r.labels)?
+method!(prepare, wire::PrepareSnapshotRequest, |t, r| Ok(PrepareSnapshotResponse {
+    mounts: t.prepare(&r.key, &r.parent, wire::labels(r.labels))?
 }));
-method!(view, ViewSnapshotRequest, |t, r| Ok(ViewSnapshotResponse { mounts: t.view(&r.key, &r.parent, r.labels)? }));
-method!(commit, CommitSnapshotRequest, |t, r| t.commit(&r.name, &r.key, r.labels));
+method!(view, wire::ViewSnapshotRequest, |t, r| Ok(ViewSnapshotResponse {
+    mounts: t.view(&r.key, &r.parent, wire::labels(r.labels))?
+}));
+method!(commit, wire::CommitSnapshotRequest, |t, r| t.commit(&r.name, &r.key, wire::labels(r.labels)));
 method!(remove, RemoveSnapshotRequest, |t, r| t.remove(&r.key));
 method!(list, ListSnapshotsRequest, |t, _r| Ok(ListSnapshotsResponse { info: t.list()? }));
 method!(cleanup, CleanupRequest, |t, _r| t.cleanup());

@@ -1,12 +1,11 @@
 //! A native snapshot plugin as a [`Snapshotter`]: each call is containerd's snapshots service message
 //! (`containerd.services.snapshots.v1`) across the ABI.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use berth_plugin_sdk::abi::{code, snapshot_methods as m};
-use berth_plugin_sdk::proto::snapshots::{self as pb};
+use berth_plugin_sdk::proto::snapshots::{self as pb, wire};
 use berth_plugin_sdk::proto::{self as sdk, FieldMask, Timestamp};
 
 use super::{CallError, NativePlugin};
@@ -46,7 +45,9 @@ pub(crate) fn time_from(t: Option<Timestamp>) -> SystemTime {
     t.and_then(|t| SystemTime::try_from(t).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-fn info_from(info: Option<pb::Info>) -> Result<Info> {
+/// The answers that carry an [`Info`] are decoded in their `wire` form: the labels arrive as a list of
+/// entries and are made into the core's map in one pass (see `wire` in the SDK).
+fn info_from(info: Option<wire::Info>) -> Result<Info> {
     let info =
         info.ok_or_else(|| SnapshotError::Other(crate::Error::Internal("plugin answered without info".into())))?;
     let kind = match pb::Kind::try_from(info.kind) {
@@ -64,7 +65,7 @@ fn info_from(info: Option<pb::Info>) -> Result<Info> {
         kind,
         name: info.name,
         parent: (!info.parent.is_empty()).then_some(info.parent),
-        labels: info.labels.into_iter().collect(),
+        labels: wire::labels(info.labels),
         created: time_from(info.created_at),
         updated: time_from(info.updated_at),
     })
@@ -82,7 +83,8 @@ fn info_to(info: Info) -> pb::Info {
         kind: kind as i32,
         created_at: Some(info.created.into()),
         updated_at: Some(info.updated.into()),
-        labels: info.labels.into_iter().collect(),
+        // The SDK's labels are the core's type: moved, not rebuilt.
+        labels: info.labels,
     }
 }
 
@@ -99,10 +101,6 @@ pub(crate) fn mount_to(m: &Mount) -> sdk::Mount {
     }
 }
 
-fn labels_to(labels: Labels) -> HashMap<String, String> {
-    labels.into_iter().collect()
-}
-
 #[async_trait::async_trait]
 impl Snapshotter for NativeSnapshotter {
     fn name(&self) -> &str {
@@ -111,7 +109,7 @@ impl Snapshotter for NativeSnapshotter {
 
     async fn stat(&self, key: &str) -> Result<Info> {
         let request = pb::StatSnapshotRequest { snapshotter: self.name_owned(), key: key.into() };
-        let response: pb::StatSnapshotResponse = self.plugin.call(m::STAT, request).await.map_err(|e| self.error(e))?;
+        let response: wire::InfoResponse = self.plugin.call(m::STAT, request).await.map_err(|e| self.error(e))?;
         info_from(response.info)
     }
 
@@ -121,8 +119,7 @@ impl Snapshotter for NativeSnapshotter {
             info: Some(info_to(info)),
             update_mask: (!fieldpaths.is_empty()).then(|| FieldMask { paths: fieldpaths.to_vec() }),
         };
-        let response: pb::UpdateSnapshotResponse =
-            self.plugin.call(m::UPDATE, request).await.map_err(|e| self.error(e))?;
+        let response: wire::InfoResponse = self.plugin.call(m::UPDATE, request).await.map_err(|e| self.error(e))?;
         info_from(response.info)
     }
 
@@ -143,7 +140,7 @@ impl Snapshotter for NativeSnapshotter {
             snapshotter: self.name_owned(),
             key: key.into(),
             parent: parent.unwrap_or_default().into(),
-            labels: labels_to(labels),
+            labels,
         };
         let response: pb::PrepareSnapshotResponse =
             self.plugin.call(m::PREPARE, request).await.map_err(|e| self.error(e))?;
@@ -155,19 +152,15 @@ impl Snapshotter for NativeSnapshotter {
             snapshotter: self.name_owned(),
             key: key.into(),
             parent: parent.unwrap_or_default().into(),
-            labels: labels_to(labels),
+            labels,
         };
         let response: pb::ViewSnapshotResponse = self.plugin.call(m::VIEW, request).await.map_err(|e| self.error(e))?;
         Ok(response.mounts.into_iter().map(mount_from).collect())
     }
 
     async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
-        let request = pb::CommitSnapshotRequest {
-            snapshotter: self.name_owned(),
-            name: name.into(),
-            key: key.into(),
-            labels: labels_to(labels),
-        };
+        let request =
+            pb::CommitSnapshotRequest { snapshotter: self.name_owned(), name: name.into(), key: key.into(), labels };
         self.plugin.call::<_, ()>(m::COMMIT, request).await.map_err(|e| self.error(e))
     }
 
@@ -178,7 +171,7 @@ impl Snapshotter for NativeSnapshotter {
 
     async fn walk(&self, filter: WalkFilter<'_>) -> Result<Vec<Info>> {
         let request = pb::ListSnapshotsRequest { snapshotter: self.name_owned(), filters: Vec::new() };
-        let response: pb::ListSnapshotsResponse =
+        let response: wire::ListSnapshotsResponse =
             self.plugin.call(m::LIST, request).await.map_err(|e| self.error(e))?;
         let mut infos = Vec::with_capacity(response.info.len());
         for info in response.info {
