@@ -292,3 +292,32 @@ pub fn rootfs(daemon: &Daemon) -> PathBuf {
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     dir
 }
+
+/// A registry holding only the plugin source `source` (and, with `with_exchange`, an event exchange for
+/// monitors to publish to), started on the plugin tables `tables` with root, state and socket in `dir`:
+/// how the plugin tests load a plugin through config without a whole berthd.
+pub async fn load_alone(
+    source: berth_core::external::PluginSource,
+    dir: &Path,
+    tables: &str,
+    with_exchange: bool,
+) -> berth_core::registry::Started {
+    use berth_core::plugin::{Instance, NoConfig, PluginKind, Registration};
+    let mut registry = berth_core::registry::Registry::new();
+    registry.add_source(source).unwrap();
+    if with_exchange {
+        registry
+            .register(Registration::new::<NoConfig, _, _>(PluginKind::Event, "exchange", |_| async {
+                Ok(Instance::new(berth_core::events::Exchange::new()))
+            }))
+            .unwrap();
+    }
+    let text = format!(
+        "version = 1\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\naddress = \"{dir}/s.sock\"\n{tables}\n",
+        root = dir.join("root").display(),
+        state = dir.join("state").display(),
+        dir = dir.display(),
+    );
+    let config = berth_core::config::Config::parse("test.toml", &text, &registry).expect("config");
+    registry.start(std::sync::Arc::new(config)).await.expect("start")
+}

@@ -7,15 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_core::config::Config;
 use berth_core::events::Exchange;
 use berth_core::filters::FilterSet;
 use berth_core::monitor::{NoopMonitor, SharedMonitor};
-use berth_core::plugin::{Instance, NoConfig, PluginKind, Registration};
-use berth_core::registry::{PluginState, Registry};
+use berth_core::registry::PluginState;
 use berth_core::testsuite::monitor as suite;
 use containerd_client::services::v1::SubscribeRequest;
 use containerd_client::types::Envelope;
@@ -28,23 +25,9 @@ fn monitor_library() -> PathBuf {
     library("berth_example_native_monitor")
 }
 
-/// A registry with the native source and an event exchange only, started on `tables`.
+/// [`load_alone`] with this file's source and an event exchange.
 async fn load_with_exchange(dir: &Path, tables: &str) -> berth_core::registry::Started {
-    let mut registry = Registry::new();
-    registry.add_source(berth_core::external::native::source()).unwrap();
-    registry
-        .register(Registration::new::<NoConfig, _, _>(PluginKind::Event, "exchange", |_| async {
-            Ok(Instance::new(Exchange::new()))
-        }))
-        .unwrap();
-    let text = format!(
-        "version = 1\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\naddress = \"{dir}/s.sock\"\n{tables}\n",
-        root = dir.join("root").display(),
-        state = dir.join("state").display(),
-        dir = dir.display(),
-    );
-    let config = Config::parse("test.toml", &text, &registry).expect("config");
-    registry.start(Arc::new(config)).await.expect("start")
+    crate::harness::load_alone(berth_core::external::native::source(), dir, tables, true).await
 }
 
 /// The alerts file's lines as JSON.

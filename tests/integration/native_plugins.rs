@@ -8,11 +8,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use berth_core::config::Config;
-use berth_core::registry::Registry;
 use berth_core::runtime::{CreateOptions, ExecOptions, SharedRuntime};
 use berth_core::snapshot::SharedSnapshotter;
 
@@ -48,19 +45,9 @@ pub(crate) fn sha256_of(path: &Path) -> String {
     sha2::Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A registry holding only the native source, started on `tables` in a temporary root: the plugin as
-/// berthd's registry loads it, without the rest of the daemon.
+/// [`load_alone`] with this file's source.
 async fn load_alone(dir: &Path, tables: &str) -> berth_core::registry::Started {
-    let mut registry = Registry::new();
-    registry.add_source(berth_core::external::native::source()).unwrap();
-    let text = format!(
-        "version = 1\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\naddress = \"{dir}/s.sock\"\n{tables}\n",
-        root = dir.join("root").display(),
-        state = dir.join("state").display(),
-        dir = dir.display(),
-    );
-    let config = Config::parse("test.toml", &text, &registry).expect("config");
-    registry.start(Arc::new(config)).await.expect("start")
+    crate::harness::load_alone(berth_core::external::native::source(), dir, tables, false).await
 }
 
 fn plugin_state(started: &berth_core::registry::Started, id: &str) -> berth_core::registry::PluginState {

@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_core::config::Config;
-use berth_core::registry::Registry;
 use berth_core::snapshot::{Labels, SharedSnapshotter, SnapshotError};
 
 use crate::harness::*;
@@ -64,18 +62,9 @@ fn wasm_table(id: &str, path: &Path, options: &str, config: &str) -> String {
     )
 }
 
-/// A registry holding only the wasm source, started on `tables` in `dir`.
+/// [`load_alone`] with this file's source.
 async fn load_alone(dir: &Path, tables: &str) -> berth_core::registry::Started {
-    let mut registry = Registry::new();
-    registry.add_source(berth_plugin_wasm::source()).unwrap();
-    let text = format!(
-        "version = 1\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\naddress = \"{dir}/s.sock\"\n{tables}\n",
-        root = dir.join("root").display(),
-        state = dir.join("state").display(),
-        dir = dir.display(),
-    );
-    let config = Config::parse("test.toml", &text, &registry).expect("config");
-    registry.start(Arc::new(config)).await.expect("start")
+    crate::harness::load_alone(berth_plugin_wasm::source(), dir, tables, false).await
 }
 
 fn row(started: &berth_core::registry::Started, id: &str) -> berth_core::registry::PluginStatus {

@@ -10,11 +10,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_core::config::Config;
-use berth_core::registry::Registry;
 use berth_core::runtime::{CreateOptions, ExecOptions, Io, RuntimeEvent, SharedRuntime, Status};
 
 use crate::harness::*;
@@ -46,18 +43,9 @@ fn function_table(files: &Path, options: &str) -> String {
     )
 }
 
-/// A registry holding only the wasm source, started on `tables` in `dir`.
+/// [`load_alone`] with this file's source.
 async fn load_alone(dir: &Path, tables: &str) -> berth_core::registry::Started {
-    let mut registry = Registry::new();
-    registry.add_source(berth_plugin_wasm::source()).unwrap();
-    let text = format!(
-        "version = 1\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\naddress = \"{dir}/s.sock\"\n{tables}\n",
-        root = dir.join("root").display(),
-        state = dir.join("state").display(),
-        dir = dir.display(),
-    );
-    let config = Config::parse("test.toml", &text, &registry).expect("config");
-    registry.start(Arc::new(config)).await.expect("start")
+    crate::harness::load_alone(berth_plugin_wasm::source(), dir, tables, false).await
 }
 
 fn spec_of(args: &[&str]) -> prost_types::Any {
