@@ -54,8 +54,10 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         }
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        // Zombies have an empty command line; they hold nothing.
-        if cmdline.contains(needle) {
+        // A reaper forked by berthd's spawner shows the spawner's command line, but works in its task's
+        // directory. Zombies have an empty command line and no cwd; they hold nothing.
+        let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
+        if cmdline.contains(needle) || cwd.to_string_lossy().starts_with(needle) {
             found.push(format!("{name}: {cmdline}"));
         }
     }
@@ -361,6 +363,20 @@ fn a_killed_reaper_spawner_is_replaced() {
     let (code, out, err) = ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], "before", &["echo", "one"]));
     assert_eq!((code, out.trim()), (0, "one"), "{err}");
     assert_eq!(spawners_of(daemon.pid()), first, "the same spawner serves every create");
+    // A reaper forked by the spawner works in its task directory (how berthd tells a stale reaper from a
+    // reused pid) and keeps none of berthd's files open.
+    daemon.ctr_ok(&run_args(fifo, rootfs, &["-d"], "named", &["sleep", "100"]));
+    let dir = daemon.task_dirs().into_iter().find(|d| d.ends_with("named")).expect("the task's directory");
+    let reaper = std::fs::read_to_string(dir.join("reaper.pid")).unwrap().trim().to_string();
+    assert_eq!(std::fs::read_link(format!("/proc/{reaper}/cwd")).unwrap(), dir);
+    let root = daemon.dir.path().join("root");
+    for p in [reaper.clone(), first[0].to_string()] {
+        for fd in std::fs::read_dir(format!("/proc/{p}/fd")).unwrap().flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            assert!(!target.starts_with(&root), "process {p} keeps berthd's {} open", target.display());
+        }
+    }
+    kill_and_remove(&daemon, "named");
 
     // SAFETY: plain syscall on the spawner's pid, checked above.
     unsafe { kill(first[0] as i32, 9) };
@@ -616,6 +632,7 @@ fn a_wedged_reaper_does_not_stall_recovery() {
     daemon.ctr_ok(&["tasks", "rm", "wedged"]);
     daemon.ctr_ok(&["containers", "rm", "wedged"]);
     assert_nothing_left(&daemon, "default", "wedged");
+    assert!(gone(reaper as u32), "the wedged reaper {reaper} was left behind");
     kill_and_remove(&daemon, "fine");
 }
 

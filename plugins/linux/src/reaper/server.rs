@@ -111,7 +111,11 @@ struct Reaper {
 /// Entry point of `berth-reaper`: `berth-reaper create DIR` or `berth-reaper cleanup DIR`.
 pub fn main(args: &[String]) -> i32 {
     match args {
-        [cmd, dir] if cmd == "create" => create(Path::new(dir)),
+        [cmd, dir] if cmd == "create" => {
+            // Only stdio: the reaper daemon lives as long as the container, and must not keep berthd's files open.
+            super::spawner::close_fds_from(3, None);
+            create(Path::new(dir))
+        }
         [cmd, fd] if cmd == "spawner" => match fd.parse() {
             Ok(fd) => super::spawner::main(fd),
             Err(_) => {
@@ -161,14 +165,17 @@ pub fn cleanup(dir: &Path) -> io::Result<()> {
 }
 
 /// A reaper that stopped answering (wedged, or SIGSTOPped) still holds the task: kill it first, once its pid is
-/// checked to still be that reaper (its command line names this task directory), so a reused pid is left alone.
+/// checked to still be that reaper, so a reused pid is left alone. A reaper works in its task directory (its
+/// cwd); one that `berth-reaper create` forked also names the directory in its command line (one forked by the
+/// spawner shows the spawner's).
 fn kill_stale_reaper(dir: &Path) {
     let Some(pid) = fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
         return;
     };
     let is_ours = |pid: i32| {
-        fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy()))
+        fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
+            || fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy()))
     };
     if pid <= 1 || pid == std::process::id() as i32 || !is_ours(pid) {
         return;

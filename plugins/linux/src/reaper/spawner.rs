@@ -26,6 +26,9 @@ pub const MAX_REQUEST: usize = 4096;
 
 /// Serves requests on `fd` until berthd closes its end; returns the exit code.
 pub fn main(fd: RawFd) -> i32 {
+    // Nothing else berthd had open stays open here, or in every reaper forked from here for the life of its
+    // container (berthd's files are not all close-on-exec: its LMDB file is not).
+    close_fds_from(3, Some(fd));
     // SAFETY: the fd berthd handed us on the command line; nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // Not inherited by the daemons, their containers or anything they exec.
@@ -101,5 +104,24 @@ fn spawn(sock: &OwnedFd, dir: PathBuf, reply: OwnedFd) {
     if pid < 0 {
         let error = ReaperError::new(ErrorKind::Internal, format!("fork: {}", io::Error::last_os_error()));
         let _ = write_frame(&mut std::fs::File::from(reply), &Reply::Error(error));
+    }
+}
+
+/// Closes every fd from `first` up, but `keep`.
+pub(super) fn close_fds_from(first: RawFd, keep: Option<RawFd>) {
+    let close = |from: RawFd, to: RawFd| {
+        if from <= to {
+            // SAFETY: closing fd numbers; nothing in this process uses them (see the callers).
+            unsafe {
+                libc::syscall(libc::SYS_close_range, from as libc::c_uint, to as libc::c_uint, 0 as libc::c_uint)
+            };
+        }
+    };
+    match keep {
+        Some(k) if k >= first => {
+            close(first, k - 1);
+            close(k + 1, RawFd::MAX);
+        }
+        _ => close(first, RawFd::MAX),
     }
 }
