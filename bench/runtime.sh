@@ -42,6 +42,8 @@ ctr_per_round=$(( (ctr_runs + rounds - 1) / rounds ))
 
 die() { echo "runtime.sh: $*" >&2; exit 1; }
 log() { echo "runtime.sh: $(date +%H:%M:%S) $*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 
 [[ $EUID -eq 0 ]] || die "run as root: sudo $0"
 for tool in containerd ctr runc crun busybox unshare jq; do
@@ -74,53 +76,7 @@ pids=()
 work=
 state=
 
-# Every process in the tree under this shell, one "pid ppid jiffies comm" line each, and the same
-# for the rest of the machine: see `step`.
-proc_table() {
-    local f line pid comm rest
-    for f in /proc/[0-9]*/stat; do
-        read -r line <"$f" 2>/dev/null || continue
-        pid=${line%% *}
-        comm=${line#*(}
-        comm=${comm%)*}
-        rest=${line##*) }
-        # shellcheck disable=SC2086 # split the fields
-        set -- $rest
-        echo "$pid $2 $(( ${12} + ${13} + ${14} + ${15} )) ${comm// /_}"
-    done
-}
-# "mine JIFFIES" for this shell's tree (daemons run under a subreaper, so their shims and reapers
-# are in it), then "other PID COMM JIFFIES" for every other process.
-cpu_split() {
-    proc_table | awk -v root=$$ '
-        { pp[$1] = $2; j[$1] = $3; c[$1] = $4 }
-        END {
-            for (p in pp) {
-                q = p; m = 0
-                for (k = 0; k < 64 && q > 0; k++) { if (q == root) { m = 1; break }; q = pp[q] }
-                if (m) mine += j[p]; else print "other", p, c[p], j[p]
-            }
-            print "mine", mine + 0
-        }'
-}
 
-# Processes of this run: the reapers of our berthd (by the copied binary) and the shims of our
-# containerd (by the socket in their command line).
-reaper_pids() {
-    local p
-    for p in /proc/[0-9]*; do
-        [[ $(readlink "$p/exe" 2>/dev/null) == "$bin/berth-reaper" ]] && echo "${p#/proc/}"
-    done
-    return 0
-}
-shim_pids() {
-    local p
-    for p in /proc/[0-9]*; do
-        [[ $(readlink "$p/exe" 2>/dev/null) == "$shim_bin" ]] || continue
-        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "-address $containerd_sock " && echo "${p#/proc/}"
-    done
-    return 0
-}
 
 cleanup() {
     local pid entry ns d p id
@@ -265,14 +221,6 @@ pids+=($!)
 "$bin/berth-bench" subreaper --pid-file "$work/containerd.pid" -- containerd --config "$work/containerd/config.toml" 2>"$work/containerd/log" &
 pids+=($!)
 
-wait_ready() {
-    local name=$1 sock=$2 i
-    for i in $(seq 100); do
-        if [[ -S $sock ]] && ctr -a "$sock" version >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    die "$name not ready after 10s: $(tail -n 5 "$work/$name/log")"
-}
 wait_ready berthd "$berthd_sock"
 wait_ready containerd "$containerd_sock"
 berthd_pid=$(cat "$work/berthd.pid")
@@ -281,55 +229,13 @@ daemon_pids=("$berthd_pid" "$containerd_pid")
 declare -A sock=([berthd]=$berthd_sock [containerd]=$containerd_sock)
 declare -A dpid=([berthd]=$berthd_pid [containerd]=$containerd_pid)
 
-# Idle CPUs before each step, as bench/run.sh: at most 15% busy over a second.
+# What `step` (bench/lib.sh) reads: the clock rate and the CPUs, and the worst other load seen.
 hz=$(getconf CLK_TCK)
 ncpu=$(nproc)
-cpu_sample() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8, $5+$6}' /proc/stat; }
-busy_pct() {
-    local t0 i0 t1 i1
-    read -r t0 i0 < <(cpu_sample)
-    sleep 1
-    read -r t1 i1 < <(cpu_sample)
-    echo $(( 100 * ((t1 - t0) - (i1 - i0)) / (t1 - t0) ))
-}
-wait_idle() {
-    local busy waited=0
-    while busy=$(busy_pct); (( busy > 15 && waited < idle_wait )); do
-        (( waited % 30 == 0 )) && log "waiting for the CPUs to be idle (${busy}% busy)"
-        waited=$((waited + 1))
-    done
-    (( busy > 15 )) && log "warning: starting with the CPUs ${busy}% busy"
-    return 0
-}
-busy_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat; }
 worst_other=0
 worst_step=none
 : >"$out/others.txt"
-# Runs a step ("$@") on idle CPUs; afterwards, the share of the CPUs that processes outside this
-# run used during it, and the three that used most (written to others.txt).
-step() {
-    local b0 t0 other elapsed_us mine0 mine1 top
-    wait_idle
-    cpu_split >"$work/cpu0"
-    mine0=$(awk '$1 == "mine" {print $2}' "$work/cpu0")
-    b0=$(busy_jiffies) t0=${EPOCHREALTIME/./}
-    "$@"
-    elapsed_us=$(( ${EPOCHREALTIME/./} - t0 ))
-    cpu_split >"$work/cpu1"
-    mine1=$(awk '$1 == "mine" {print $2}' "$work/cpu1")
-    other=$(( ($(busy_jiffies) - b0 - (mine1 - mine0)) * 100 * 1000000 / (elapsed_us * hz * ncpu) ))
-    (( other < 0 )) && other=0
-    top=$(awk 'NR == FNR { if ($1 == "other") b[$2] = $4; next }
-               $1 == "other" { d = $4 - b[$2]; if (d > 0) u[$3] += d }
-               END { for (c in u) print u[c], c }' "$work/cpu0" "$work/cpu1" |
-          sort -rn | head -n 3 | awk -v hz="$hz" '{printf "%s%s %.1fs", (NR > 1 ? ", " : ""), $2, $1 / hz}')
-    echo "$* | other ${other}% | ${top:-none}" >>"$out/others.txt"
-    (( other > 10 )) && log "warning: other processes used ${other}% of the CPUs during: $* (${top})"
-    if (( other > worst_other )); then worst_other=$other worst_step="$*"; fi
-    return 0
-}
 
-has_section() { [[ " $sections " == *" $1 "* ]]; }
 
 # --- 1. OCI runtimes -------------------------------------------------------------------------
 oci_results=$out/oci.jsonl
