@@ -55,6 +55,11 @@ pub struct Options {
     /// Start-ups of each configuration.
     #[arg(long, default_value_t = 20)]
     starts: usize,
+    /// The directory holding the wasm examples' components (berth_example_wasm_*.wasm, e.g.
+    /// examples/wasm/target/wasm32-wasip2/release): with --berthd, also measure start-up with them, and with
+    /// every example of both sources.
+    #[arg(long)]
+    components: Option<PathBuf>,
 }
 
 /// A plugin source to measure: its label in the tables and the config table that loads `snapshot.NAME`.
@@ -353,8 +358,11 @@ fn measure_abi(libs: &Path, scratch: &Path, calls: usize, rounds: usize) -> Resu
 }
 
 /// Starts `berthd` on `config` until its socket answers, then stops it; the time to the socket.
-fn start_once(berthd: &Path, dir: &Path, extra: &str) -> Result<Duration> {
-    let _ = std::fs::remove_dir_all(dir);
+/// One start of berthd in `dir` until it listens. `fresh`: from an empty directory (a first start: the
+/// metadata store created, wasm components compiled); otherwise a restart, which keeps the root (the store and
+/// the compile cache) and starts with a fresh state directory, as after a reboot.
+fn start_once(berthd: &Path, dir: &Path, extra: &str, fresh: bool) -> Result<Duration> {
+    let _ = std::fs::remove_dir_all(if fresh { dir.to_path_buf() } else { dir.join("state") });
     std::fs::create_dir_all(dir)?;
     let socket = dir.join("berth.sock");
     let config = dir.join("config.toml");
@@ -367,13 +375,14 @@ fn start_once(berthd: &Path, dir: &Path, extra: &str) -> Result<Duration> {
             socket.display()
         ),
     )?;
+    let log = dir.join("berthd.log");
     let started = Instant::now();
     let mut child = Command::new(berthd)
         .arg("--config")
         .arg(&config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()
         .with_context(|| format!("starting {}", berthd.display()))?;
     let elapsed = loop {
@@ -381,7 +390,9 @@ fn start_once(berthd: &Path, dir: &Path, extra: &str) -> Result<Duration> {
             break started.elapsed();
         }
         if let Some(status) = child.try_wait()? {
-            bail!("berthd exited during start-up with {status} (config {})", config.display());
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let last: Vec<&str> = text.lines().rev().take(3).collect();
+            bail!("berthd exited during start-up with {status} (config {}): {}", config.display(), last.join(" / "));
         }
         if started.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
@@ -400,30 +411,55 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
-fn measure_startup(berthd: &Path, libs: &Path, scratch: &Path, starts: usize) -> Result<Vec<Figure>> {
+fn measure_startup(
+    berthd: &Path,
+    libs: &Path,
+    components: Option<&Path>,
+    scratch: &Path,
+    starts: usize,
+) -> Result<Vec<Figure>> {
     let lib = |name: &str| libs.join(format!("libberth_example_native_{name}.so")).display().to_string();
-    let with_examples = format!(
+    let native_tables = format!(
         "[plugins.\"snapshot.example\"]\nsource = \"native\"\npath = \"{}\"\n\
          [plugins.\"runtime.oci\"]\nsource = \"native\"\npath = \"{}\"\n[plugins.\"runtime.oci\".config]\nbinary = \"runc\"\n\
-         [plugins.\"monitor.alerts\"]\nsource = \"native\"\npath = \"{}\"\n\
-         [plugins.\"service.tasks\"]\nmonitors = [\"cgroups\", \"restart\", \"alerts\"]\n",
+         [plugins.\"monitor.alerts\"]\nsource = \"native\"\npath = \"{}\"\n",
         lib("snapshot"),
         lib("runtime"),
         lib("monitor"),
     );
-    let configs = [("builtin", String::new()), ("native", with_examples)];
+    let tasks =
+        |monitors: &str| format!("[plugins.\"service.tasks\"]\nmonitors = [\"cgroups\", \"restart\"{monitors}]\n");
+    let mut configs = vec![("builtin", String::new()), ("native", format!("{native_tables}{}", tasks(", \"alerts\"")))];
+    if let Some(components) = components {
+        let wasm_tables = wasm_example_tables(components, scratch)?;
+        configs.push(("wasm", format!("{wasm_tables}{}", tasks(", \"watch\""))));
+        configs.push(("all", format!("{native_tables}{wasm_tables}{}", tasks(", \"alerts\", \"watch\""))));
+    }
     let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
-    // One uncounted start of each (page cache), then alternating.
+    // One first start of each (page cache, the store made, wasm components compiled), reported apart; then
+    // restarts, alternating.
+    let mut firsts = Vec::new();
     for (label, extra) in &configs {
-        start_once(berthd, &scratch.join(format!("start-{label}")), extra)?;
+        firsts.push((*label, start_once(berthd, &scratch.join(format!("start-{label}")), extra, true)?));
     }
     for _ in 0..starts {
         for (label, extra) in &configs {
-            let took = start_once(berthd, &scratch.join(format!("start-{label}")), extra)?;
+            let took = start_once(berthd, &scratch.join(format!("start-{label}")), extra, false)?;
             samples.entry(label).or_default().push(took);
         }
     }
     let mut figures = Vec::new();
+    for (label, took) in firsts {
+        let ns = took.as_nanos() as u64;
+        figures.push(Figure {
+            target: format!("{label}, first start"),
+            phase: "startup".into(),
+            median_ns: ns,
+            min_ns: ns,
+            max_ns: ns,
+            calls: 1,
+        });
+    }
     for (label, times) in samples {
         let mut sorted = times.clone();
         sorted.sort_unstable();
@@ -438,6 +474,39 @@ fn measure_startup(berthd: &Path, libs: &Path, scratch: &Path, starts: usize) ->
         });
     }
     Ok(figures)
+}
+
+/// The tables of the three wasm examples as the tests load them: `snapshot.layers`, `monitor.watch` and
+/// `runtime.function`, each with its granted directory under `scratch`.
+fn wasm_example_tables(components: &Path, scratch: &Path) -> Result<String> {
+    // berthd wants absolute plugin paths.
+    let components = std::fs::canonicalize(components).with_context(|| format!("{}", components.display()))?;
+    let component = |name: &str| -> Result<String> {
+        let path = components.join(format!("berth_example_wasm_{name}.wasm"));
+        if !path.is_file() {
+            bail!(
+                "{} not found: build the wasm examples (cargo build --manifest-path examples/wasm/Cargo.toml --target wasm32-wasip2 --release)",
+                path.display()
+            );
+        }
+        Ok(path.display().to_string())
+    };
+    let granted = |name: &str| -> Result<String> {
+        let dir = scratch.join(format!("wasm-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir.display().to_string())
+    };
+    let (layers, alerts, files) = (granted("layers")?, granted("alerts")?, granted("files")?);
+    Ok(format!(
+        "[plugins.\"snapshot.layers\"]\nsource = \"wasm\"\npath = \"{}\"\npreopens = [{{ host = \"{layers}\", guest = \"/layers\" }}]\n\
+         [plugins.\"snapshot.layers\".config]\nhost_root = \"{layers}\"\n\
+         [plugins.\"monitor.watch\"]\nsource = \"wasm\"\npath = \"{}\"\npreopens = [{{ host = \"{alerts}\", guest = \"/alerts\" }}]\n\
+         [plugins.\"runtime.function\"]\nsource = \"wasm\"\npath = \"{}\"\npreopens = [{{ host = \"{files}\", guest = \"/files\", read_only = true }}]\n\
+         [plugins.\"runtime.function\".config]\ndir = \"/files\"\n",
+        component("snapshot")?,
+        component("monitor")?,
+        component("function")?,
+    ))
 }
 
 fn table(figures: &[Figure]) {
@@ -499,7 +568,13 @@ pub fn run(options: Options) -> Result<()> {
         drop(runtime);
         figures.extend(measure_abi(&options.libs, &scratch, options.calls, options.rounds)?);
         if let Some(berthd) = &options.berthd {
-            figures.extend(measure_startup(berthd, &options.libs, &scratch, options.starts)?);
+            figures.extend(measure_startup(
+                berthd,
+                &options.libs,
+                options.components.as_deref(),
+                &scratch,
+                options.starts,
+            )?);
         }
         Ok(figures)
     })();
