@@ -213,4 +213,36 @@ async fn diff_two_directories_into_a_layer() {
     assert!(!copy.join("etc/motd").exists());
     assert_eq!(std::fs::read(copy.join("etc/new")).unwrap(), b"new");
     assert_eq!(std::fs::read(copy.join("etc/keep")).unwrap(), b"same");
+
+    // The same diff as a zstd layer: a zstd frame, labelled with its tar's digest, applying the same way.
+    const ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    let request = api::DiffRequest {
+        left: vec![bind(&left)],
+        right: vec![bind(&right)],
+        media_type: ZSTD_LAYER.into(),
+        r#ref: "diff-test-zstd".into(),
+        ..Default::default()
+    };
+    let layer = client.diff().diff(ns_request("default", request)).await.expect("zstd diff").into_inner().diff.unwrap();
+    assert_eq!(layer.media_type, ZSTD_LAYER);
+    let blob =
+        std::fs::read(daemon.root().join("content/blobs/sha256").join(layer.digest.trim_start_matches("sha256:")))
+            .unwrap();
+    assert_eq!(&blob[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
+    let info = client
+        .content()
+        .info(ns_request("default", api::InfoRequest { digest: layer.digest.clone() }))
+        .await
+        .expect("content info")
+        .into_inner()
+        .info
+        .unwrap();
+    let copy = work.join("copy-zstd");
+    let status = Command::new("cp").arg("-a").arg(&left).arg(&copy).status().unwrap();
+    assert!(status.success());
+    let request = api::ApplyRequest { diff: Some(layer), mounts: vec![bind(&copy)], ..Default::default() };
+    let applied = client.diff().apply(ns_request("default", request)).await.expect("apply zstd").into_inner();
+    assert_eq!(info.labels.get("containerd.io/uncompressed"), Some(&applied.applied.unwrap().digest));
+    assert!(!copy.join("etc/motd").exists());
+    assert_eq!(std::fs::read(copy.join("etc/new")).unwrap(), b"new");
 }

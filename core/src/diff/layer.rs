@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 
 use super::fs::llistxattrs;
-use super::{DiffError, MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, WHITEOUT_PREFIX, io_error};
+use super::{DiffError, MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD, WHITEOUT_PREFIX, io_error};
 use crate::content::Digest;
 
 /// How a layer made by [`write_layer`] is compressed.
@@ -22,6 +22,8 @@ pub enum LayerCompression {
     None,
     /// gzip, the default.
     Gzip,
+    /// zstd, at ruzstd's "fastest" level (about zstd's level 1; its better levels are not implemented).
+    Zstd,
 }
 
 impl LayerCompression {
@@ -32,6 +34,7 @@ impl LayerCompression {
                 Ok(LayerCompression::Gzip)
             }
             MEDIA_TYPE_TAR | "application/vnd.docker.image.rootfs.diff.tar" => Ok(LayerCompression::None),
+            MEDIA_TYPE_TAR_ZSTD => Ok(LayerCompression::Zstd),
             other => Err(DiffError::MediaType(other.to_owned())),
         }
     }
@@ -85,9 +88,79 @@ pub fn write_layer<W: Write>(
             gzip.finish().map_err(io_error("finishing the gzip stream"))?;
             diff_id
         }
+        LayerCompression::Zstd => zstd_layer(lower, upper, &mut compressed, source_date_epoch)?,
     };
     compressed.flush().map_err(io_error("writing the layer"))?;
     Ok(Layer { digest: Digest::from_sha256(&compressed.hasher), size: compressed.count, diff_id })
+}
+
+/// The zstd layer into `out`; returns the tar stream's digest. ruzstd's encoder pulls from a reader, so the
+/// tar stream is made on a thread of its own and piped in. The encoder panics on an I/O error (ruzstd 0.8), so
+/// both of its ends are wrapped to keep the first error instead, reported once the encoder is done.
+fn zstd_layer<W: Write>(
+    lower: Option<&Path>,
+    upper: &Path,
+    out: &mut W,
+    epoch: Option<i64>,
+) -> Result<Digest, DiffError> {
+    let (reader, writer) = io::pipe().map_err(io_error("making a pipe for the zstd encoder"))?;
+    std::thread::scope(|scope| {
+        // Dropping the writer at the end of the walk is the encoder's end of input.
+        let walker = scope.spawn(move || walk(lower, upper, writer, epoch).map(|(_, diff_id)| diff_id));
+        let mut source = KeepError { inner: reader, error: None };
+        let mut drain = KeepError { inner: out, error: None };
+        ruzstd::encoding::compress(&mut source, &mut drain, ruzstd::encoding::CompressionLevel::Fastest);
+        // A walker still writing (the encoder stopped reading) gets EPIPE and ends.
+        drop(source.inner);
+        let diff_id = walker.join().map_err(|_| DiffError::Format("the tar stream's thread panicked".into()))??;
+        if let Some(e) = drain.error.or(source.error) {
+            return Err(io_error("compressing the layer with zstd")(e));
+        }
+        Ok(diff_id)
+    })
+}
+
+/// A reader or writer that never fails: the first error is kept, and then reads end and writes are dropped.
+struct KeepError<T> {
+    inner: T,
+    error: Option<io::Error>,
+}
+
+impl<R: io::Read> io::Read for KeepError<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.error.is_some() {
+            return Ok(0);
+        }
+        loop {
+            match self.inner.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.error = Some(e);
+                    return Ok(0);
+                }
+                Ok(n) => return Ok(n),
+            }
+        }
+    }
+}
+
+impl<W: Write> Write for KeepError<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.error.is_none()
+            && let Err(e) = self.inner.write_all(buf)
+        {
+            self.error = Some(e);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        if self.error.is_none()
+            && let Err(e) = self.inner.flush()
+        {
+            self.error = Some(e);
+        }
+        Ok(())
+    }
 }
 
 /// Writes the tar stream into `sink`; returns it and the stream's digest.

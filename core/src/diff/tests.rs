@@ -494,3 +494,47 @@ fn a_stream_ending_right_after_the_last_data_is_read_but_a_cut_one_is_not() {
         assert!(msg.contains("etc/passwd") || msg.contains("tar stream"), "cut at {cut}: {msg}");
     }
 }
+
+#[test]
+fn a_zstd_layer_applies_to_the_same_tree_and_its_diff_id_is_the_tars() {
+    let work = tempdir();
+    let tree = work.path().join("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/passwd"), b"root:x:0:0\n".repeat(500)).unwrap();
+    fs::write(tree.join("big"), (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    std::os::unix::fs::symlink("etc/passwd", tree.join("link")).unwrap();
+
+    let mut zstd = Vec::new();
+    let layer =
+        write_layer(None, &tree, &mut zstd, LayerCompression::from_media_type(MEDIA_TYPE_TAR_ZSTD).unwrap(), None)
+            .unwrap();
+    assert_eq!(&zstd[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
+    assert_eq!((layer.digest.clone(), layer.size), (Digest::sha256_of(&zstd), zstd.len() as u64));
+    let mut plain = Vec::new();
+    let tar = write_layer(None, &tree, &mut plain, LayerCompression::None, None).unwrap();
+    assert_eq!(layer.diff_id, tar.digest, "the diff ID is the uncompressed tar's digest");
+    assert!(zstd.len() < plain.len() / 2, "compressed: {} of {} bytes", zstd.len(), plain.len());
+
+    let copy = work.path().join("copy");
+    fs::create_dir(&copy).unwrap();
+    let applied = apply(&zstd[..], MEDIA_TYPE_TAR_ZSTD, &copy, Whiteouts::Delete).unwrap();
+    assert_eq!(applied.digest, layer.diff_id);
+    assert_eq!(snapshot(&copy), snapshot(&tree));
+}
+
+#[test]
+fn a_zstd_layer_that_cannot_be_written_is_an_error_not_a_panic() {
+    struct Full;
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let work = tempdir();
+    fs::write(work.path().join("file"), b"data").unwrap();
+    let e = write_layer(None, work.path(), Full, LayerCompression::Zstd, None).unwrap_err();
+    assert!(e.to_string().contains("zstd"), "{e}");
+}
