@@ -394,6 +394,38 @@ fn a_killed_reaper_spawner_is_replaced() {
     assert_nothing_left(&daemon, "default", "after");
 }
 
+/// A reaper binary that cannot be a spawner (an older one at reaper_path) is found out at start-up: tasks are
+/// then created by `berth-reaper create`, and work as before.
+#[test]
+fn without_a_spawner_tasks_are_created_by_berth_reaper_create() {
+    if !requires_root() {
+        return;
+    }
+    let scripts = tempfile::Builder::new().prefix("berth-no-spawner").tempdir_in("/tmp").unwrap();
+    let reaper = scripts.path().join("berth-reaper");
+    std::fs::write(
+        &reaper,
+        format!(
+            "#!/bin/sh
+[ \"$1\" = spawner ] && {{ echo 'no spawner here' >&2; exit 2; }}
+exec {BERTH_REAPER} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&reaper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start_with(&format!("[plugins.\"runtime.linux\"]\nreaper_path = \"{}\"\n", reaper.display()));
+    assert!(spawners_of(daemon.pid()).is_empty());
+    assert!(daemon.log_text().contains("tasks are created by berth-reaper create"), "{}", daemon.log_text());
+    let rootfs = daemon.busybox_rootfs();
+    let fifo = daemon.fifo_dir();
+    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    for id in ["first", "second"] {
+        let (code, out, err) = ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], id, &["echo", id]));
+        assert_eq!((code, out.trim()), (0, id), "{err}");
+        assert_nothing_left(&daemon, "default", id);
+    }
+}
+
 #[test]
 fn memory_limit_oom_is_an_event_and_exit_137() {
     if !requires_root() {

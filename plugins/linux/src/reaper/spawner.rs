@@ -3,7 +3,7 @@
 //! every `ctr run` here).
 //!
 //! berthd starts one spawner and keeps the other end of its socket (`FD`, an `AF_UNIX` `SOCK_SEQPACKET`
-//! socket). A request is one message: the task directory as its bytes, with the write end of a pipe in
+//! socket). The spawner first sends [`READY`]; a request is then one message: the task directory as its bytes, with the write end of a pipe in
 //! `SCM_RIGHTS`. For each, the spawner forks the reaper daemon of the task, which creates the container and
 //! writes its reply frame to that pipe, exactly as it writes it to `berth-reaper create` otherwise
 //! ([`super::server`]). The spawner itself stays single-threaded and does nothing else, so forking it is as
@@ -23,6 +23,8 @@ use super::protocol::{ErrorKind, ReaperError, Reply, write_frame};
 
 /// The longest task directory a request may name.
 pub const MAX_REQUEST: usize = 4096;
+/// What the spawner sends once, when it is ready for requests.
+pub const READY: &[u8] = b"ready";
 
 /// Serves requests on `fd` until berthd closes its end; returns the exit code.
 pub fn main(fd: RawFd) -> i32 {
@@ -37,6 +39,12 @@ pub fn main(fd: RawFd) -> i32 {
     // Daemons that exit while we live leave no zombie (each sets SIGCHLD back to default for its own children).
     // SAFETY: setting a signal disposition to SIG_IGN.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    // Ready: berthd waits for this before it hands us tasks (a binary that is not a spawner never says it).
+    // SAFETY: a one-byte send on our socket.
+    if unsafe { libc::send(sock.as_raw_fd(), READY.as_ptr().cast(), READY.len(), libc::MSG_NOSIGNAL) } < 0 {
+        eprintln!("berth-reaper spawner: telling berthd it is ready: {}", io::Error::last_os_error());
+        return 1;
+    }
     loop {
         match receive(&sock) {
             Ok(Some((dir, reply))) => spawn(&sock, dir, reply),

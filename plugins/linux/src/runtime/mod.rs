@@ -344,7 +344,11 @@ impl LinuxRuntime {
         let read_end = match self.inner.spawner.request(dir) {
             Ok(read_end) => read_end,
             Err(e) => {
-                tracing::warn!("runtime.linux: task {id:?}: {e}; creating it with berth-reaper create");
+                if matches!(e, spawner::SpawnError::BackingOff) {
+                    tracing::debug!("runtime.linux: task {id:?}: {e}; creating it with berth-reaper create");
+                } else {
+                    tracing::warn!("runtime.linux: task {id:?}: {e}; creating it with berth-reaper create");
+                }
                 return self.launch_by_exec(id, dir).await;
             }
         };

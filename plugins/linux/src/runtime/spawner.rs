@@ -13,12 +13,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair};
 use tokio::io::AsyncReadExt;
 
 use crate::reaper::protocol::{MAX_FRAME, Reply};
-use crate::reaper::spawner::MAX_REQUEST;
+use crate::reaper::spawner::{MAX_REQUEST, READY};
 
 /// The fd number the spawner gets its socket on.
 const SPAWNER_FD: i32 = 3;
@@ -26,8 +27,19 @@ const SPAWNER_FD: i32 = 3;
 /// The running spawner, if any.
 pub(super) struct Spawner {
     reaper: PathBuf,
-    running: Mutex<Option<Running>>,
+    state: Mutex<State>,
 }
+
+#[derive(Default)]
+struct State {
+    running: Option<Running>,
+    /// After a failed start: no new one before this, so that a reaper that cannot be a spawner (an older
+    /// binary at reaper_path) costs one try a minute, not one per create.
+    no_start_before: Option<Instant>,
+}
+
+/// How long creates go to `berth-reaper create` after the spawner failed to start.
+const START_BACKOFF: Duration = Duration::from_secs(60);
 
 struct Running {
     sock: OwnedFd,
@@ -44,6 +56,8 @@ pub(super) enum SpawnError {
     Send(io::Error),
     #[error("task directory {0} is too long for a spawner request")]
     TooLong(String),
+    #[error("the reaper spawner failed to start less than {} s ago", START_BACKOFF.as_secs())]
+    BackingOff,
 }
 
 /// What came back on the reply pipe.
@@ -55,16 +69,15 @@ pub(super) enum Outcome {
 
 impl Spawner {
     pub(super) fn new(reaper: PathBuf) -> Spawner {
-        Spawner { reaper, running: Mutex::new(None) }
+        Spawner { reaper, state: Mutex::new(State::default()) }
     }
 
-    /// Starts the spawner now, so the first create does not wait for it. A failure is only logged: each
-    /// create tries again, and falls back to `berth-reaper create`.
+    /// Starts the spawner now, so the first create does not wait for it. A failure is only logged: creates
+    /// fall back to `berth-reaper create`, and try to start it again after [`START_BACKOFF`].
     pub(super) fn start(&self) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        match self.spawn() {
-            Ok(r) => *running = Some(r),
-            Err(e) => tracing::warn!("runtime.linux: {e}; tasks are created by berth-reaper create"),
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = state.ensure_running(self) {
+            tracing::warn!("runtime.linux: {e}; tasks are created by berth-reaper create");
         }
     }
 
@@ -75,13 +88,10 @@ impl Spawner {
             return Err(SpawnError::TooLong(dir.display().to_string()));
         }
         let (read_end, write_end) = pipe().map_err(SpawnError::Send)?;
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         // Once more with a fresh spawner when the one we had is gone.
         for attempt in 0..2 {
-            if running.is_none() {
-                *running = Some(self.spawn()?);
-            }
-            let sock = &running.as_ref().expect("set above").sock;
+            let sock = &state.ensure_running(self)?.sock;
             let fds = [write_end.as_raw_fd()];
             let cmsg = [ControlMessage::ScmRights(&fds)];
             match sendmsg::<()>(sock.as_raw_fd(), &[IoSlice::new(path)], &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
@@ -91,7 +101,7 @@ impl Spawner {
                         && matches!(e, nix::Error::EPIPE | nix::Error::ECONNRESET | nix::Error::ENOTCONN) =>
                 {
                     tracing::warn!("runtime.linux: the reaper spawner is gone ({e}); starting another");
-                    *running = None;
+                    state.running = None;
                 }
                 Err(e) => return Err(SpawnError::Send(e.into())),
             }
@@ -115,9 +125,70 @@ impl Spawner {
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(start)?;
+        let mut child = command.spawn().map_err(start)?;
         drop(theirs);
+        // Handed no task before it says it is ready: a reaper binary without the spawner (an older one at
+        // reaper_path) exits instead, and creates fall back to `berth-reaper create` rather than fail.
+        if let Err(err) = wait_ready(&ours) {
+            let _ = child.start_kill();
+            return Err(start(err));
+        }
         Ok(Running { sock: ours, _child: child })
+    }
+}
+
+impl State {
+    /// The running spawner, started if there is none (and no recent start failed).
+    fn ensure_running(&mut self, spawner: &Spawner) -> Result<&Running, SpawnError> {
+        if self.running.is_none() {
+            if self.no_start_before.is_some_and(|t| Instant::now() < t) {
+                return Err(SpawnError::BackingOff);
+            }
+            match spawner.spawn() {
+                Ok(r) => {
+                    self.running = Some(r);
+                    self.no_start_before = None;
+                }
+                Err(e) => {
+                    self.no_start_before = Some(Instant::now() + START_BACKOFF);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.running.as_ref().expect("set above"))
+    }
+}
+
+/// How long a starting spawner may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn wait_ready(sock: &OwnedFd) -> io::Result<()> {
+    let timeout = libc::timeval { tv_sec: READY_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
+    // SAFETY: setsockopt with a timeval of the right size.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    let mut buf = [0u8; 16];
+    // SAFETY: a receive into a local buffer.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    match n {
+        n if n < 0 => {
+            let e = io::Error::last_os_error();
+            Err(if e.kind() == io::ErrorKind::WouldBlock {
+                io::Error::new(io::ErrorKind::TimedOut, format!("not ready within {} s", READY_TIMEOUT.as_secs()))
+            } else {
+                e
+            })
+        }
+        0 => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "it exited before it was ready (not a spawner?)")),
+        n if &buf[..n as usize] == READY => Ok(()),
+        n => Err(io::Error::new(io::ErrorKind::InvalidData, format!("it said {:?}, not ready", &buf[..n as usize]))),
     }
 }
 
