@@ -15,10 +15,9 @@ use berth_core::monitor::{Monitor, MonitorError, Result, TaskEvent, TaskInfo};
 use berth_core::runtime::Exit;
 use prost_types::Any;
 use wasmtime::Store;
-use wasmtime::component::{HasSelf, InstancePre, Linker};
 
 use crate::ctx::Ctx;
-use crate::plugin::{Described, InitFailure, Kind, WasmPlugin};
+use crate::plugin::WasmPlugin;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -69,41 +68,7 @@ impl wit::Host for Ctx {}
 /// The monitor kind's world.
 pub struct MonitorWorld;
 
-impl Kind for MonitorWorld {
-    type Pre = MonitorPluginPre<Ctx>;
-    type Bindings = MonitorPlugin;
-    const PACKAGE: &'static str = "berth:monitor";
-    const EXPORT: &'static str = "berth:monitor/monitor@1.0.0";
-    const WORLD: &'static str = "berth:monitor/monitor-plugin@1.0.0";
-
-    fn link(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
-        MonitorPlugin::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |ctx| ctx)
-    }
-
-    fn pre(pre: InstancePre<Ctx>) -> wasmtime::Result<Self::Pre> {
-        MonitorPluginPre::new(pre)
-    }
-
-    fn instantiate(pre: &Self::Pre, store: &mut Store<Ctx>) -> wasmtime::Result<Self::Bindings> {
-        pre.instantiate(store)
-    }
-
-    fn describe(b: &Self::Bindings, store: &mut Store<Ctx>) -> wasmtime::Result<Described> {
-        let d = b.berth_monitor_monitor().call_describe(store)?;
-        Ok(Described { name: d.name, version: d.version, sdk: d.sdk })
-    }
-
-    fn init(
-        b: &Self::Bindings,
-        store: &mut Store<Ctx>,
-        id: &str,
-        config_json: &str,
-    ) -> wasmtime::Result<std::result::Result<(), InitFailure>> {
-        Ok(b.berth_monitor_monitor()
-            .call_init(store, id, config_json)?
-            .map_err(|e| InitFailure { message: e.message, config_path: e.config_path }))
-    }
-}
+crate::plugin::wasm_kind!(MonitorWorld, MonitorPlugin, MonitorPluginPre, berth_monitor_monitor, package: "berth:monitor", export: "berth:monitor/monitor@1.0.0", world: "berth:monitor/monitor-plugin@1.0.0");
 
 /// The adapter.
 pub struct WasmMonitor {

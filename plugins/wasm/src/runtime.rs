@@ -31,11 +31,9 @@ use berth_core::runtime::{
     CreateOptions, Exit, Result, Runtime, RuntimeError, RuntimeEvent, RuntimeEvents, Task as CoreTask,
 };
 use tokio::sync::mpsc;
-use wasmtime::Store;
-use wasmtime::component::{HasSelf, InstancePre, Linker};
 
 use crate::ctx::Ctx;
-use crate::plugin::{Described, InitFailure, Kind, WasmPlugin};
+use crate::plugin::WasmPlugin;
 
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
@@ -66,41 +64,7 @@ impl wit::Host for Ctx {}
 /// The runtime kind's world.
 pub struct FunctionWorld;
 
-impl Kind for FunctionWorld {
-    type Pre = FunctionRuntimePre<Ctx>;
-    type Bindings = FunctionRuntime;
-    const PACKAGE: &'static str = "berth:runtime";
-    const EXPORT: &'static str = "berth:runtime/function@1.0.0";
-    const WORLD: &'static str = "berth:runtime/function-runtime@1.0.0";
-
-    fn link(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
-        FunctionRuntime::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |ctx| ctx)
-    }
-
-    fn pre(pre: InstancePre<Ctx>) -> wasmtime::Result<Self::Pre> {
-        FunctionRuntimePre::new(pre)
-    }
-
-    fn instantiate(pre: &Self::Pre, store: &mut Store<Ctx>) -> wasmtime::Result<Self::Bindings> {
-        pre.instantiate(store)
-    }
-
-    fn describe(b: &Self::Bindings, store: &mut Store<Ctx>) -> wasmtime::Result<Described> {
-        let d = b.berth_runtime_function().call_describe(store)?;
-        Ok(Described { name: d.name, version: d.version, sdk: d.sdk })
-    }
-
-    fn init(
-        b: &Self::Bindings,
-        store: &mut Store<Ctx>,
-        id: &str,
-        config_json: &str,
-    ) -> wasmtime::Result<std::result::Result<(), InitFailure>> {
-        Ok(b.berth_runtime_function()
-            .call_init(store, id, config_json)?
-            .map_err(|e| InitFailure { message: e.message, config_path: e.config_path }))
-    }
-}
+crate::plugin::wasm_kind!(FunctionWorld, FunctionRuntime, FunctionRuntimePre, berth_runtime_function, package: "berth:runtime", export: "berth:runtime/function@1.0.0", world: "berth:runtime/function-runtime@1.0.0");
 
 /// What every task of the runtime shares: the plugin and the event stream.
 pub(crate) struct Shared {

@@ -6,10 +6,9 @@ use std::time::{Duration, SystemTime};
 use berth_core::mount::Mount;
 use berth_core::snapshot::{Info, Kind as SnapshotKind, Labels, Result, SnapshotError, Snapshotter, Usage, WalkFilter};
 use wasmtime::Store;
-use wasmtime::component::{HasSelf, InstancePre, Linker};
 
 use crate::ctx::Ctx;
-use crate::plugin::{Described, InitFailure, Kind, WasmPlugin};
+use crate::plugin::WasmPlugin;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -40,41 +39,7 @@ impl wit::Host for Ctx {}
 /// The snapshot kind's world.
 pub struct SnapshotWorld;
 
-impl Kind for SnapshotWorld {
-    type Pre = SnapshotPluginPre<Ctx>;
-    type Bindings = SnapshotPlugin;
-    const PACKAGE: &'static str = "berth:snapshot";
-    const EXPORT: &'static str = "berth:snapshot/snapshotter@1.0.0";
-    const WORLD: &'static str = "berth:snapshot/snapshot-plugin@1.0.0";
-
-    fn link(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
-        SnapshotPlugin::add_to_linker::<Ctx, HasSelf<Ctx>>(linker, |ctx| ctx)
-    }
-
-    fn pre(pre: InstancePre<Ctx>) -> wasmtime::Result<Self::Pre> {
-        SnapshotPluginPre::new(pre)
-    }
-
-    fn instantiate(pre: &Self::Pre, store: &mut Store<Ctx>) -> wasmtime::Result<Self::Bindings> {
-        pre.instantiate(store)
-    }
-
-    fn describe(b: &Self::Bindings, store: &mut Store<Ctx>) -> wasmtime::Result<Described> {
-        let d = b.berth_snapshot_snapshotter().call_describe(store)?;
-        Ok(Described { name: d.name, version: d.version, sdk: d.sdk })
-    }
-
-    fn init(
-        b: &Self::Bindings,
-        store: &mut Store<Ctx>,
-        id: &str,
-        config_json: &str,
-    ) -> wasmtime::Result<std::result::Result<(), InitFailure>> {
-        Ok(b.berth_snapshot_snapshotter()
-            .call_init(store, id, config_json)?
-            .map_err(|e| InitFailure { message: e.message, config_path: e.config_path }))
-    }
-}
+crate::plugin::wasm_kind!(SnapshotWorld, SnapshotPlugin, SnapshotPluginPre, berth_snapshot_snapshotter, package: "berth:snapshot", export: "berth:snapshot/snapshotter@1.0.0", world: "berth:snapshot/snapshot-plugin@1.0.0");
 
 /// The adapter.
 pub struct WasmSnapshotter {
