@@ -63,83 +63,51 @@ pub fn source() -> PluginSource {
 }
 
 async fn load(ctx: LoadContext) -> Result<Instance, InitError> {
-    let id = ctx.plugin.id.clone();
-    if id.kind == PluginKind::Monitor {
-        return load_monitor(ctx).await;
+    match ctx.plugin.id.kind {
+        PluginKind::Snapshot => {
+            let plugin = load_kind::<snapshot::SnapshotWorld>(&ctx, None).await?;
+            let backend: SharedSnapshotter = Arc::new(snapshot::WasmSnapshotter::new(plugin));
+            Ok(Instance::new(backend))
+        }
+        // A monitor's `publish` import goes to berthd's event exchange (which the registry starts before every
+        // external monitor).
+        PluginKind::Monitor => {
+            let exchange = ctx.init.get::<Exchange>(&berth_core::services::exchange_id()).map(|e| (*e).clone());
+            let host: HostState = Arc::new(monitor::MonitorHost { exchange });
+            let plugin = load_kind::<monitor::MonitorWorld>(&ctx, Some(host)).await?;
+            let backend: SharedMonitor = Arc::new(monitor::WasmMonitor::new(plugin));
+            Ok(Instance::new(backend))
+        }
+        // A function runtime: berthd keeps its tasks, the component runs each process ([`runtime`]).
+        PluginKind::Runtime => {
+            let plugin = load_kind::<runtime::FunctionWorld>(&ctx, None).await?;
+            let backend: SharedRuntime = Arc::new(runtime::WasmRuntime::new(plugin));
+            Ok(Instance::new(backend))
+        }
+        kind => Err(InitError::Failed(format!(
+            "wasm {kind} plugins are not supported by this berthd (wasm plugins are snapshot, runtime or monitor plugins)"
+        ))),
     }
-    if id.kind == PluginKind::Runtime {
-        return load_runtime(ctx).await;
-    }
-    if id.kind != PluginKind::Snapshot {
-        return Err(InitError::Failed(format!(
-            "wasm {} plugins are not supported by this berthd (wasm plugins are snapshot, runtime or monitor plugins)",
-            id.kind
-        )));
-    }
-    let options = (*ctx.options::<WasmOptions>()).clone();
-    let cache_dir = ctx.init.daemon_config().root.join("wasm-cache");
-    let (plugin, status) = (ctx.plugin.clone(), ctx.status.clone());
-    let loaded = tokio::task::spawn_blocking(move || {
-        WasmPlugin::<snapshot::SnapshotWorld>::load(plugin, options, status, cache_dir)
-    })
-    .await
-    .map_err(|e| InitError::Failed(format!("loading the plugin did not finish: {e}")))?
-    .map_err(InitError::Failed)?;
-    let plugin = Arc::new(loaded);
-    tracing::info!(plugin = %id, path = %ctx.plugin.path.display(), version = %plugin.current().described.version, "wasm plugin loaded");
-    if plugin.watched() {
-        watch(Arc::downgrade(&plugin));
-    }
-    ctx.status.set_reload(reloader(Arc::downgrade(&plugin)));
-    let backend: SharedSnapshotter = Arc::new(snapshot::WasmSnapshotter::new(plugin));
-    Ok(Instance::new(backend))
 }
 
-/// A monitor: its `publish` import goes to berthd's event exchange (which the registry starts before every
-/// external monitor).
-async fn load_monitor(ctx: LoadContext) -> Result<Instance, InitError> {
-    let id = ctx.plugin.id.clone();
-    let exchange = ctx.init.get::<Exchange>(&berth_core::services::exchange_id()).map(|e| (*e).clone());
-    let host: HostState = Arc::new(monitor::MonitorHost { exchange });
+/// Loads the plugin's file as a component of kind `K` (off the async workers: compiling can take a while),
+/// then watches the file if the table asks and answers `berth plugins reload`.
+async fn load_kind<K: Kind>(ctx: &LoadContext, host: Option<HostState>) -> Result<Arc<WasmPlugin<K>>, InitError> {
     let options = (*ctx.options::<WasmOptions>()).clone();
     let cache_dir = ctx.init.daemon_config().root.join("wasm-cache");
     let (plugin, status) = (ctx.plugin.clone(), ctx.status.clone());
-    let loaded = tokio::task::spawn_blocking(move || {
-        WasmPlugin::<monitor::MonitorWorld>::load_with(plugin, options, status, cache_dir, Some(host))
-    })
-    .await
-    .map_err(|e| InitError::Failed(format!("loading the plugin did not finish: {e}")))?
-    .map_err(InitError::Failed)?;
+    let loaded =
+        tokio::task::spawn_blocking(move || WasmPlugin::<K>::load_with(plugin, options, status, cache_dir, host))
+            .await
+            .map_err(|e| InitError::Failed(format!("loading the plugin did not finish: {e}")))?
+            .map_err(InitError::Failed)?;
     let plugin = Arc::new(loaded);
-    tracing::info!(plugin = %id, path = %ctx.plugin.path.display(), version = %plugin.current().described.version, "wasm plugin loaded");
+    tracing::info!(plugin = %ctx.plugin.id, path = %ctx.plugin.path.display(), version = %plugin.current().described.version, "wasm plugin loaded");
     if plugin.watched() {
         watch(Arc::downgrade(&plugin));
     }
     ctx.status.set_reload(reloader(Arc::downgrade(&plugin)));
-    let backend: SharedMonitor = Arc::new(monitor::WasmMonitor::new(plugin));
-    Ok(Instance::new(backend))
-}
-
-/// A function runtime: berthd keeps its tasks, the component runs each process ([`runtime`]).
-async fn load_runtime(ctx: LoadContext) -> Result<Instance, InitError> {
-    let id = ctx.plugin.id.clone();
-    let options = (*ctx.options::<WasmOptions>()).clone();
-    let cache_dir = ctx.init.daemon_config().root.join("wasm-cache");
-    let (plugin, status) = (ctx.plugin.clone(), ctx.status.clone());
-    let loaded = tokio::task::spawn_blocking(move || {
-        WasmPlugin::<runtime::FunctionWorld>::load(plugin, options, status, cache_dir)
-    })
-    .await
-    .map_err(|e| InitError::Failed(format!("loading the plugin did not finish: {e}")))?
-    .map_err(InitError::Failed)?;
-    let plugin = Arc::new(loaded);
-    tracing::info!(plugin = %id, path = %ctx.plugin.path.display(), version = %plugin.current().described.version, "wasm plugin loaded");
-    if plugin.watched() {
-        watch(Arc::downgrade(&plugin));
-    }
-    ctx.status.set_reload(reloader(Arc::downgrade(&plugin)));
-    let backend: SharedRuntime = Arc::new(runtime::WasmRuntime::new(plugin));
-    Ok(Instance::new(backend))
+    Ok(plugin)
 }
 
 /// `berth plugins reload`: loads the file again and swaps it in, whether it changed or not.
