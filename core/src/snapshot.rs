@@ -18,6 +18,7 @@
 //! be committed, a snapshot with children cannot be removed, only active snapshots commit).
 
 pub mod namespaced;
+pub mod stat_cache;
 pub mod storage;
 
 use std::collections::BTreeMap;

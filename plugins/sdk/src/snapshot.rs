@@ -32,6 +32,21 @@ pub trait Snapshotter: Sized + Send + Sync + 'static {
     /// What is known of snapshot `key`.
     fn stat(&self, key: &str) -> Result<Info>;
 
+    /// The revision of snapshot `key`: a value that names its current state, as an HTTP ETag does, so berthd
+    /// can answer a repeated [`stat`](Self::stat) from the copy it kept and fetch the whole answer (every
+    /// label) only when the revision moved. `None` (the default) keeps no revisions: every stat is fetched.
+    /// Not found is [`Error::not_found`], as for `stat`.
+    ///
+    /// The promise: one value never names two different states of `key`, across every instance of the
+    /// plugin and for as long as berthd runs. A counter kept with the records and moved by every change
+    /// (update, commit, a remove and a new snapshot of the same key) keeps it; a counter per process or
+    /// per instance does not when several instances share the records. Must be cheap: it is called on
+    /// every stat.
+    fn revision(&self, key: &str) -> Result<Option<u64>> {
+        let _ = key;
+        Ok(None)
+    }
+
     /// Changes the labels of `info.name` as containerd does: no `fieldpaths` or `labels` replaces them all,
     /// `labels.KEY` sets or removes one; any other path is InvalidArgument. Returns the new info.
     fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info>;
