@@ -187,7 +187,7 @@ async fn native_monitor_raises_alerts_for_real_containers() {
     assert!(alerts_row["init_err"].is_null(), "{alerts_row:#}");
     assert_eq!(alerts_row["exports"]["berth.source"], "native");
     assert_eq!(alerts_row["exports"]["berth.sha256"], sha256_of(&monitor_library()));
-    assert_eq!(alerts_row["exports"]["berth.abi"], "1.1");
+    assert_eq!(alerts_row["exports"]["berth.abi"], "1.2");
     let table = daemon.berth_ok(&["plugins", "ls"]);
     let row = table.lines().find(|l| l.contains("alerts")).expect(&table);
     assert!(row.contains("monitor") && row.contains("native") && row.trim_end().ends_with("ok"), "{row}");

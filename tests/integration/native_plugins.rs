@@ -212,7 +212,7 @@ fn snapshot_example_runs_containers_through_ctr() {
     assert_eq!(exports["berth.path"], library.display().to_string());
     assert_eq!(exports["berth.sha256"], sha256_of(&library));
     assert_eq!(exports["berth.version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(exports["berth.abi"], "1.1");
+    assert_eq!(exports["berth.abi"], "1.2");
     assert_eq!(plugin(&plugins, "snapshot", "native")["exports"]["berth.source"], "builtin");
     let table = daemon.berth_ok(&["plugins", "ls"]);
     let row = table.lines().find(|l| l.contains("example")).expect(&table);

@@ -15,12 +15,16 @@
 //! On disk, under `root`:
 //!
 //! ```text
-//! metadata.json         every snapshot: id, kind, parent, labels, times (written whole, then renamed)
+//! metadata.json         every snapshot: id, kind, parent, labels, times, revision (written whole, then renamed)
 //! snapshots/<id>/fs/    its tree, the bind mount's source
 //! ```
 //!
 //! Calls take one lock, copies included: simple, and enough for an example (images unpack one layer after
 //! the other anyway).
+//!
+//! Revisions (what lets berthd answer a repeated stat from its copy): every change of a snapshot (made,
+//! labels updated, committed) gives its record the next value of one counter kept in `metadata.json`, so a
+//! value names one state of one key only, also after a key is removed and made again and after a restart.
 
 mod copy;
 
@@ -53,12 +57,26 @@ struct Record {
     labels: BTreeMap<String, String>,
     created: (u64, u32),
     updated: (u64, u32),
+    /// The value of `Metadata::next_revision` its last change took (0: written before revisions, see `open`).
+    #[serde(default)]
+    revision: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Metadata {
     next_id: u64,
+    /// The revision the next change takes: only ever grows, and is saved with the change that took one.
+    #[serde(default)]
+    next_revision: u64,
     snapshots: BTreeMap<String, Record>,
+}
+
+impl Metadata {
+    fn take_revision(&mut self) -> u64 {
+        let revision = self.next_revision;
+        self.next_revision += 1;
+        revision
+    }
 }
 
 /// The backend.
@@ -100,9 +118,20 @@ impl CopySnapshotter {
         let metadata = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| Error::internal(format!("reading {}: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Metadata { next_id: 1, ..Default::default() },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Metadata { next_id: 1, next_revision: 1, ..Default::default() }
+            }
             Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         };
+        let mut metadata: Metadata = metadata;
+        // A file from before revisions: its records get fresh ones past any the file holds. They are saved
+        // with the next change; a restart before it gives the same records the same values again.
+        metadata.next_revision =
+            metadata.snapshots.values().map(|r| r.revision + 1).max().unwrap_or(1).max(metadata.next_revision);
+        for record in metadata.snapshots.values_mut().filter(|r| r.revision == 0) {
+            record.revision = metadata.next_revision;
+            metadata.next_revision += 1;
+        }
         Ok(Self { root: root.to_owned(), state: Mutex::new(metadata) })
     }
 
@@ -135,7 +164,7 @@ impl CopySnapshotter {
             kind: kind_of(&r.kind) as i32,
             created_at: Some(timestamp(r.created)),
             updated_at: Some(timestamp(r.updated)),
-            labels: r.labels.clone().into_iter().collect(),
+            labels: r.labels.clone(),
         }
     }
 
@@ -188,6 +217,7 @@ impl CopySnapshotter {
             labels: labels.into_iter().collect(),
             created: t,
             updated: t,
+            revision: metadata.take_revision(),
         };
         let mounts = self.mounts_of(&record);
         metadata.snapshots.insert(key.into(), record);
@@ -216,6 +246,11 @@ impl Snapshotter for CopySnapshotter {
         Ok(Self::info(key, r))
     }
 
+    fn revision(&self, key: &str) -> Result<Option<u64>> {
+        let metadata = self.lock();
+        Ok(Some(metadata.snapshots.get(key).ok_or_else(|| Error::not_found(key))?.revision))
+    }
+
     fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
         let mut metadata = self.lock();
         let r = metadata.snapshots.get(&info.name).ok_or_else(|| Error::not_found(&info.name))?;
@@ -236,14 +271,16 @@ impl Snapshotter for CopySnapshotter {
                 return Err(Error::invalid_argument(format!("cannot update {path:?} of snapshot {}", info.name)));
             }
         }
+        let revision = metadata.take_revision();
         let r = metadata.snapshots.get_mut(&info.name).expect("checked above");
-        let before = (r.labels.clone(), r.updated);
+        let before = (r.labels.clone(), r.updated, r.revision);
         r.labels = labels;
         r.updated = now();
+        r.revision = revision;
         let updated = Self::info(&info.name, r);
         if let Err(e) = self.save(&metadata) {
             let r = metadata.snapshots.get_mut(&info.name).expect("checked above");
-            (r.labels, r.updated) = before;
+            (r.labels, r.updated, r.revision) = before;
             return Err(e);
         }
         Ok(updated)
@@ -290,6 +327,7 @@ impl Snapshotter for CopySnapshotter {
         record.labels = labels.into_iter().collect();
         record.created = now();
         record.updated = record.created;
+        record.revision = metadata.take_revision();
         metadata.snapshots.insert(name.into(), record);
         if let Err(e) = self.save(&metadata) {
             metadata.snapshots.remove(name);
@@ -359,6 +397,58 @@ mod tests {
         let view = again.view("v", "c", Labels::new()).unwrap();
         assert_eq!(fs::read(Path::new(&view[0].source).join("f")).unwrap(), b"x");
         assert_eq!(again.remove("c").unwrap_err().code, berth_plugin_sdk::abi::code::FAILED_PRECONDITION);
+    }
+
+    #[test]
+    fn revisions_move_with_every_change_and_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sn = CopySnapshotter::open(dir.path()).unwrap();
+        let mut seen = Vec::new();
+        let mut fresh = |sn: &CopySnapshotter, key: &str, what: &str| {
+            let revision = sn.revision(key).unwrap().expect("the example keeps revisions");
+            assert!(!seen.contains(&revision), "{what}: revision {revision} of {key} was used before: {seen:?}");
+            seen.push(revision);
+            revision
+        };
+        sn.prepare("a", "", [("l".to_string(), "1".to_string())].into()).unwrap();
+        let made = fresh(&sn, "a", "prepare");
+        assert_eq!(sn.revision("a").unwrap(), Some(made), "no change, the same revision");
+        let mut info = sn.stat("a").unwrap();
+        info.labels.insert("l".into(), "2".into());
+        sn.update(info.clone(), &["labels.l".into()]).unwrap();
+        let updated = fresh(&sn, "a", "update");
+        assert!(sn.update(info, &["parent".into()]).is_err());
+        assert_eq!(sn.revision("a").unwrap(), Some(updated), "a refused update keeps the revision");
+        sn.commit("c", "a", Labels::new()).unwrap();
+        fresh(&sn, "c", "commit");
+        assert_eq!(sn.revision("a").unwrap_err().code, berth_plugin_sdk::abi::code::NOT_FOUND);
+        sn.remove("c").unwrap();
+        sn.prepare("c", "", Labels::new()).unwrap();
+        let remade = fresh(&sn, "c", "remove and prepare again");
+
+        // The counter is kept with the records: a restart neither changes a revision nor hands one out again.
+        drop(sn);
+        let again = CopySnapshotter::open(dir.path()).unwrap();
+        assert_eq!(again.revision("c").unwrap(), Some(remade));
+        again.remove("c").unwrap();
+        again.view("c", "", Labels::new()).unwrap();
+        fresh(&again, "c", "a view of the key after a restart");
+    }
+
+    #[test]
+    fn records_from_before_revisions_get_distinct_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |id: u64| {
+            format!(r#"{{"id": {id}, "kind": "active", "parent": "", "labels": {{}}, "created": [1, 0], "updated": [1, 0]}}"#)
+        };
+        let old = format!(r#"{{"next_id": 3, "snapshots": {{"a": {}, "b": {}}}}}"#, record(1), record(2));
+        fs::create_dir_all(dir.path().join("snapshots")).unwrap();
+        fs::write(dir.path().join("metadata.json"), old).unwrap();
+        let sn = CopySnapshotter::open(dir.path()).unwrap();
+        let (a, b) = (sn.revision("a").unwrap().unwrap(), sn.revision("b").unwrap().unwrap());
+        assert!(a != b && a > 0 && b > 0, "{a} {b}");
+        sn.prepare("c", "", Labels::new()).unwrap();
+        assert!(sn.revision("c").unwrap().unwrap() > a.max(b));
     }
 
     #[test]

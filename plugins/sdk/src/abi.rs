@@ -13,11 +13,14 @@
 //! Within one major version everything is append-only: fields are added at the end of [`Header`],
 //! [`FunctionTable`] and [`HostApi`], and methods at the end of a kind's method list (their indices in
 //! [`snapshot_methods`], [`runtime_methods`] and [`monitor_methods`] never change). ABI 1.1 appended the
-//! `monitor` kind and [`HostApi::publish`]. Each side says how much it has
-//! ([`Header::header_size`], [`FunctionTable::method_count`], [`HostApi::size`]), so a host and a plugin of
-//! different minor versions work together in both directions: the host calls only the methods the plugin has
-//! (a missing one answers [`code::UNIMPLEMENTED`]), and the SDK uses only the host functions the host has.
-//! A different major version is refused.
+//! `monitor` kind and [`HostApi::publish`]. ABI 1.2 appended [`snapshot_methods::REVISION`]: berthd asks a
+//! snapshot plugin for its revision of a snapshot (a few bytes) before each stat and answers from the copy it
+//! kept while the revision stays, so a snapshot with many labels is not copied across on every stat; a
+//! plugin of an older SDK has no such method and every stat is fetched whole, as before. Each side says how
+//! much it has ([`Header::header_size`], [`FunctionTable::method_count`], [`HostApi::size`]), so a host and a
+//! plugin of different minor versions work together in both directions: the host calls only the methods the
+//! plugin has (a missing one answers [`code::UNIMPLEMENTED`]), and the SDK uses only the host functions the
+//! host has. A different major version is refused.
 //!
 //! # Calls
 //!
@@ -45,7 +48,8 @@ pub const ABI_MAJOR: u16 = 1;
 
 /// The ABI minor version: what was appended within the major version. Any minor works with any other.
 /// 1: the `monitor` kind ([`monitor_methods`]) and the host's [`HostApi::publish`].
-pub const ABI_MINOR: u16 = 1;
+/// 2: the snapshot kind's [`snapshot_methods::REVISION`].
+pub const ABI_MINOR: u16 = 2;
 
 /// The name of the one symbol a plugin library exports.
 pub const ENTRY_SYMBOL: &str = "berth_plugin_entry";
@@ -395,8 +399,12 @@ pub mod snapshot_methods {
     pub const LIST: usize = 8;
     /// `CleanupRequest` → empty.
     pub const CLEANUP: usize = 9;
-    /// How many methods ABI 1.0 defines.
-    pub const COUNT: usize = 10;
+    /// `RevisionRequest` → `RevisionResponse` (ABI 1.2; berth's own messages,
+    /// [`crate::proto::snapshots::RevisionRequest`]): the plugin's revision of a snapshot, read before each
+    /// stat so berthd answers from the copy it kept while the revision stays.
+    pub const REVISION: usize = 10;
+    /// How many methods ABI 1.2 defines (ABI 1.0 and 1.1: 10, without `REVISION`).
+    pub const COUNT: usize = 11;
 }
 
 /// Method indices of the `runtime` kind; messages are `berth.plugin.runtime.v1`'s

@@ -52,7 +52,7 @@
 //! let header = unsafe { &*berth_plugin_entry() };
 //! assert_eq!(unsafe { header.kind.as_str() }, Some("monitor"));
 //! assert_eq!(unsafe { header.name.as_str() }, Some("failures"));
-//! assert_eq!((header.abi_major, header.abi_minor), (1, 1));
+//! assert_eq!((header.abi_major, header.abi_minor), (1, 2));
 //!
 //! // Called directly, as a plugin's own tests do.
 //! let dir = std::env::temp_dir();

@@ -3,8 +3,9 @@
 //! numbers and types), which berth's tests check:
 //!
 //! * [`InitRequest`] and [`PluginError`] as in `proto/berth/plugin/v1/plugin.proto`;
-//! * [`snapshots`] as containerd's `proto/containerd/services/snapshots/v1/snapshots.proto`, and [`Mount`] as
-//!   `proto/containerd/types/mount.proto`;
+//! * [`snapshots`] as containerd's `proto/containerd/services/snapshots/v1/snapshots.proto` (but for
+//!   [`snapshots::RevisionRequest`] and [`snapshots::RevisionResponse`], berth's own, as
+//!   `proto/berth/plugin/snapshot/v1/snapshot.proto`), and [`Mount`] as `proto/containerd/types/mount.proto`;
 //! * [`runtime`] as `proto/berth/plugin/runtime/v1/runtime.proto`;
 //! * [`monitor`] as `proto/berth/plugin/monitor/v1/monitor.proto`, and [`PublishRequest`] as
 //!   `proto/berth/plugin/v1/plugin.proto`.
@@ -314,6 +315,23 @@ pub mod snapshots {
         /// The plugin's name.
         #[prost(string, tag = "1")]
         pub snapshotter: String,
+    }
+
+    /// The plugin's revision of a snapshot (ABI 1.2, `berth.plugin.snapshot.v1.RevisionRequest`): no
+    /// `snapshotter` field, as in containerd's requests, to keep the call that precedes every stat small.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RevisionRequest {
+        /// The key.
+        #[prost(string, tag = "1")]
+        pub key: String,
+    }
+
+    /// The revision, absent when the plugin keeps none (every stat is then fetched whole).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RevisionResponse {
+        /// A value that names the snapshot's current state (see `Snapshotter::revision`).
+        #[prost(uint64, optional, tag = "1")]
+        pub revision: Option<u64>,
     }
 
     /// The snapshot messages that carry labels, in the form they are decoded in: wire-identical to the

@@ -121,6 +121,7 @@ method!(commit, wire::CommitSnapshotRequest, |t, r| t.commit(&r.name, &r.key, wi
 method!(remove, RemoveSnapshotRequest, |t, r| t.remove(&r.key));
 method!(list, ListSnapshotsRequest, |t, _r| Ok(ListSnapshotsResponse { info: t.list()? }));
 method!(cleanup, CleanupRequest, |t, _r| t.cleanup());
+method!(revision, RevisionRequest, |t, r| Ok(RevisionResponse { revision: t.revision(&r.key)? }));
 
 /// The method table of `T`, by [`crate::abi::snapshot_methods`] index.
 #[doc(hidden)]
@@ -136,6 +137,7 @@ pub const fn __methods<T: Snapshotter>() -> [Option<MethodFn>; m::COUNT] {
     table[m::REMOVE] = Some(remove::<T>);
     table[m::LIST] = Some(list::<T>);
     table[m::CLEANUP] = Some(cleanup::<T>);
+    table[m::REVISION] = Some(revision::<T>);
     table
 }
 

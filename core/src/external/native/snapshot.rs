@@ -1,7 +1,11 @@
 //! A native snapshot plugin as a [`Snapshotter`]: each call is containerd's snapshots service message
 //! (`containerd.services.snapshots.v1`) across the ABI.
+//!
+//! A plugin with the `revision` method (ABI 1.2) has its stat answers kept in a [`StatCache`]: a stat asks
+//! for the snapshot's revision (a few bytes each way) and crosses for the whole answer only when it moved.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use berth_plugin_sdk::abi::{code, snapshot_methods as m};
@@ -10,20 +14,47 @@ use berth_plugin_sdk::proto::{self as sdk, FieldMask, Timestamp};
 
 use super::{CallError, NativePlugin};
 use crate::mount::Mount;
+use crate::snapshot::stat_cache::StatCache;
 use crate::snapshot::{Info, Kind, Labels, Result, SnapshotError, Snapshotter, Usage, WalkFilter};
 
 /// Method names by index, for messages.
 pub(crate) const METHOD_NAMES: &[&str] =
-    &["stat", "update", "usage", "mounts", "prepare", "view", "commit", "remove", "list", "cleanup"];
+    &["stat", "update", "usage", "mounts", "prepare", "view", "commit", "remove", "list", "cleanup", "revision"];
 
 /// The adapter.
 pub(crate) struct NativeSnapshotter {
     plugin: Arc<NativePlugin>,
+    stats: StatCache,
+    /// Whether stats go through `stats`: the plugin has the revision method and has not said it keeps none.
+    revisions: AtomicBool,
 }
 
 impl NativeSnapshotter {
     pub(crate) fn new(plugin: Arc<NativePlugin>) -> Self {
-        Self { plugin }
+        let revisions = AtomicBool::new(plugin.has(m::REVISION));
+        Self { plugin, stats: StatCache::default(), revisions }
+    }
+
+    /// The whole answer, across the ABI.
+    async fn fetch_stat(&self, key: &str) -> Result<Info> {
+        let request = pb::StatSnapshotRequest { snapshotter: self.name_owned(), key: key.into() };
+        let response: wire::InfoResponse = self.plugin.call(m::STAT, request).await.map_err(|e| self.error(e))?;
+        info_from(response.info)
+    }
+
+    /// The plugin's revision of `key`. A plugin that answers none (the SDK's default) or unimplemented keeps
+    /// no revisions: it is not asked again, so such a plugin pays this call once, not on every stat.
+    async fn revision(&self, key: &str) -> Result<Option<u64>> {
+        let request = pb::RevisionRequest { key: key.into() };
+        let revision = match self.plugin.call::<_, pb::RevisionResponse>(m::REVISION, request).await {
+            Ok(response) => response.revision,
+            Err(e) if e.code == code::UNIMPLEMENTED => None,
+            Err(e) => return Err(self.error(e)),
+        };
+        if revision.is_none() && self.revisions.swap(false, Ordering::Relaxed) {
+            self.stats.clear();
+        }
+        Ok(revision)
     }
 
     fn name_owned(&self) -> String {
@@ -108,19 +139,24 @@ impl Snapshotter for NativeSnapshotter {
     }
 
     async fn stat(&self, key: &str) -> Result<Info> {
-        let request = pb::StatSnapshotRequest { snapshotter: self.name_owned(), key: key.into() };
-        let response: wire::InfoResponse = self.plugin.call(m::STAT, request).await.map_err(|e| self.error(e))?;
-        info_from(response.info)
+        if !self.revisions.load(Ordering::Relaxed) {
+            return self.fetch_stat(key).await;
+        }
+        self.stats.stat(key, self.revision(key), || self.fetch_stat(key)).await
     }
 
     async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
+        let name = info.name.clone();
         let request = pb::UpdateSnapshotRequest {
             snapshotter: self.name_owned(),
             info: Some(info_to(info)),
             update_mask: (!fieldpaths.is_empty()).then(|| FieldMask { paths: fieldpaths.to_vec() }),
         };
-        let response: wire::InfoResponse = self.plugin.call(m::UPDATE, request).await.map_err(|e| self.error(e))?;
-        info_from(response.info)
+        let response = self.plugin.call::<_, wire::InfoResponse>(m::UPDATE, request).await;
+        // Forgotten whatever the outcome: the plugin moves the revision too, this keeps nothing stale even
+        // when it does not.
+        self.stats.forget(&name);
+        info_from(response.map_err(|e| self.error(e))?.info)
     }
 
     async fn usage(&self, key: &str) -> Result<Usage> {
@@ -161,12 +197,17 @@ impl Snapshotter for NativeSnapshotter {
     async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
         let request =
             pb::CommitSnapshotRequest { snapshotter: self.name_owned(), name: name.into(), key: key.into(), labels };
-        self.plugin.call::<_, ()>(m::COMMIT, request).await.map_err(|e| self.error(e))
+        let result = self.plugin.call::<_, ()>(m::COMMIT, request).await;
+        self.stats.forget(key);
+        self.stats.forget(name);
+        result.map_err(|e| self.error(e))
     }
 
     async fn remove(&self, key: &str) -> Result<()> {
         let request = pb::RemoveSnapshotRequest { snapshotter: self.name_owned(), key: key.into() };
-        self.plugin.call::<_, ()>(m::REMOVE, request).await.map_err(|e| self.error(e))
+        let result = self.plugin.call::<_, ()>(m::REMOVE, request).await;
+        self.stats.forget(key);
+        result.map_err(|e| self.error(e))
     }
 
     async fn walk(&self, filter: WalkFilter<'_>) -> Result<Vec<Info>> {
@@ -237,5 +278,22 @@ mod tests {
         let usage = super::pb::UsageResponse { size: 4096, inodes: 3 };
         let decoded = generated::UsageResponse::decode(usage.encode_to_vec().as_slice()).unwrap();
         assert_eq!((decoded.size, decoded.inodes), (4096, 3));
+    }
+
+    /// The revision messages, berth's own, are wire-identical to berth-proto's; a revision of 0 is still
+    /// there (proto3 `optional`), not taken for none.
+    #[test]
+    fn sdk_revision_messages_match_berths() {
+        use berth_proto::berth::plugin::snapshot::v1 as generated;
+        let request = super::pb::RevisionRequest { key: "ns/1/k".into() };
+        let decoded = generated::RevisionRequest::decode(request.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(decoded.key, "ns/1/k");
+        for revision in [None, Some(0), Some(7), Some(u64::MAX)] {
+            let theirs = generated::RevisionResponse { revision };
+            let ours = super::pb::RevisionResponse::decode(theirs.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(ours.revision, revision);
+            let back = generated::RevisionResponse::decode(ours.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(back.revision, revision);
+        }
     }
 }
