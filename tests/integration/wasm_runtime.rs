@@ -1,7 +1,8 @@
 //! Runtime plugins as wasm components: the function runtime example (examples/wasm/function) loaded through
 //! config, through the runtime conformance suite (all of it but pause, which a function runtime does not do),
 //! and under the real `ctr run --runtime`: output, exit codes, stdin, the environment and working directory,
-//! a granted directory, exec, kills of a looping and of a sleeping invocation, and a trapping and an
+//! a granted directory, the task's root filesystem as `/` (a directory, and an image's snapshot mounted for
+//! the task and unmounted after it, also after a killed berthd), exec, kills of a looping and of a sleeping invocation, and a trapping and an
 //! over-allocating function (137 and an OOM event), after which berthd and the other tasks carry on.
 //!
 //! The component is built apart from this workspace, for wasm32-wasip2 (see [`BUILD`]); .ci/test builds it
@@ -50,8 +51,7 @@ async fn load_alone(dir: &Path, tables: &str) -> berth_core::registry::Started {
 
 fn spec_of(args: &[&str]) -> prost_types::Any {
     spec_any(
-        &serde_json::json!({ "process": { "args": args, "env": ["PATH=/bin"], "cwd": "/" }, "root": { "path": "/" } })
-            .to_string(),
+        &serde_json::json!({ "process": { "args": args, "env": ["PATH=/bin"], "cwd": "/" } }).to_string(),
     )
 }
 
@@ -163,7 +163,7 @@ async fn wasm_function_runtime_passes_the_runtime_suite() {
     };
     let e = error("runtime.layers");
     assert!(
-        e.contains("the component is a snapshot plugin (it exports berth:snapshot/snapshotter@1.0.0), but its table [plugins.\"runtime.layers\"] makes it a runtime plugin"),
+        e.contains("the component is a snapshot plugin (it exports berth:snapshot/snapshotter@1.1.0), but its table [plugins.\"runtime.layers\"] makes it a runtime plugin"),
         "{e}"
     );
     let e = error("snapshot.function");
@@ -254,7 +254,7 @@ fn wasm_function_tasks_run_through_ctr() {
         function_table(&files, "memory_limit = \"32MiB\"")
     );
     std::fs::write(files.join("hello.txt"), "a granted file\n").unwrap();
-    let daemon = Daemon::start_with(&tables);
+    let mut daemon = Daemon::start_with(&tables);
     let plugins: Vec<serde_json::Value> =
         serde_json::from_str(&daemon.berth_ok(&["--format", "json", "plugins", "ls"])).unwrap();
     let row = plugins.iter().find(|p| p["id"] == "function" && p["exports"]["berth.kind"] == "runtime").expect("row");
@@ -384,23 +384,26 @@ fn wasm_function_tasks_run_through_ctr() {
     daemon.ctr_ok(&["tasks", "rm", "fn-bystander"]);
     daemon.ctr_ok(&["containers", "rm", "fn-bystander"]);
 
-    // From an image too: the function does not use its root filesystem.
+    // The task's root filesystem is the function's `/`: `--rootfs DIR` as it is, beside the granted /files.
+    std::fs::write(Path::new(rootfs).join("marker.txt"), "in the rootfs\n").unwrap();
+    let out = run(&[], "fn-root", &["cat", "/marker.txt", "hello.txt"]);
+    assert_eq!(text(&out.stdout), "in the rootfs\na granted file\n", "{}", text(&out.stderr));
+
+    // An image's snapshot, mounted by berthd for the task and unmounted when it is deleted.
     daemon.ctr_ok(&["images", "import", crate::images_fixture::busybox_archive().to_str().unwrap()]);
-    let out = daemon.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--fifo-dir",
-        fifo,
-        crate::images_fixture::BUSYBOX,
-        "fn-image",
-        "echo",
-        "from",
-        "an",
-        "image",
-    ]);
-    assert_eq!(text(&out.stdout), "from an image\n", "{}", text(&out.stderr));
+    let image_run = |id: &str, args: &[&str]| {
+        let mut command = Command::new(ctr_path());
+        command.arg("-a").arg(&daemon.socket).args(["run", "--rm", "--runtime", RUNTIME, "--fifo-dir", fifo]);
+        command.args([crate::images_fixture::BUSYBOX, id]).args(args).output().unwrap()
+    };
+    let out = image_run("fn-image", &["cat", "/etc/passwd"]);
+    assert_eq!(text(&out.stdout), "root:x:0:0:root:/root:/bin/sh\n", "{}", text(&out.stderr));
+    let mount_dir = daemon.dir.path().join("state/runtime.function/rootfs");
+    assert_eq!(function_mounts(&mount_dir), Vec::<String>::new(), "the image's rootfs is unmounted at delete");
+    assert_eq!(std::fs::read_dir(&mount_dir).unwrap().count(), 0, "and its mount point removed");
+    let out = image_run("fn-image-missing", &["cat", "/no/such/file"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cat: /no/such/file"), "{}", text(&out.stderr));
 
     // The built-in runtime keeps working beside it.
     let busybox = daemon.busybox_rootfs();
@@ -416,4 +419,20 @@ fn wasm_function_tasks_run_through_ctr() {
         "built-in",
     ]);
     assert_eq!(text(&out.stdout), "built-in\n", "{}", text(&out.stderr));
+
+    // Function tasks end with berthd: a killed berthd's rootfs mounts are unmounted when it starts again.
+    let image = crate::images_fixture::BUSYBOX;
+    daemon.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--fifo-dir", fifo, image, "fn-left", "spin"]);
+    assert_eq!(function_mounts(&mount_dir).len(), 1, "a running image task has its rootfs mounted");
+    daemon.kill9();
+    daemon.spawn();
+    assert_eq!(function_mounts(&mount_dir), Vec::<String>::new(), "the leftover mount is gone after a restart");
+    assert_eq!(std::fs::read_dir(&mount_dir).unwrap().count(), 0, "and its mount point");
+}
+
+/// The mount points under `mount_dir`, from the mount table.
+fn function_mounts(mount_dir: &Path) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = format!("{}/", mount_dir.display());
+    table.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&prefix)).map(str::to_owned).collect()
 }

@@ -81,7 +81,8 @@ async fn load(ctx: LoadContext) -> Result<Instance, InitError> {
         // A function runtime: berthd keeps its tasks, the component runs each process ([`runtime`]).
         PluginKind::Runtime => {
             let plugin = load_kind::<runtime::FunctionWorld>(&ctx, None).await?;
-            let backend: SharedRuntime = Arc::new(runtime::WasmRuntime::new(plugin));
+            let mount_dir = ctx.init.daemon_config().state.join(ctx.plugin.id.to_string()).join("rootfs");
+            let backend: SharedRuntime = Arc::new(runtime::WasmRuntime::new(plugin, mount_dir));
             Ok(Instance::new(backend))
         }
         kind => Err(InitError::Failed(format!(

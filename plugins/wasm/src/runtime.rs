@@ -4,8 +4,11 @@
 //! fresh instance of its own ([`task`]).
 //!
 //! - create: the OCI spec's `process` (`args`, `env`, `cwd`) is read and checked; nothing runs, the task is
-//!   Created with pid 0 (a task has no host process: pids stay 0). The rootfs is not used: a function sees
-//!   only the directories its table grants. A terminal or a checkpoint is refused.
+//!   Created with pid 0 (a task has no host process: pids stay 0). The task's root filesystem is the
+//!   function's `/` (read-only if the spec's `root.readonly`), beside the directories its table grants: the
+//!   rootfs mounts of an image's snapshot, mounted by berthd under `<state>/runtime.NAME/rootfs/` and
+//!   unmounted at delete, or an absolute `root.path` (`ctr run --rootfs DIR`) as it is; a table that grants
+//!   `/` itself keeps it. A terminal or a checkpoint is refused.
 //! - start: a fresh instance is made and initialised (within `call_timeout`; a failure fails start and the
 //!   process exits 127), then `invoke` runs on a thread of its own, under the table's memory limit and with no
 //!   time limit: a task runs until it returns or is killed, as a container does.
@@ -25,6 +28,7 @@ mod stdio;
 mod task;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use berth_core::runtime::{
@@ -84,16 +88,21 @@ pub struct WasmRuntime {
     shared: Arc<Shared>,
     receiver: Mutex<Option<RuntimeEvents>>,
     tasks: Mutex<BTreeMap<(String, String), Arc<task::WasmTask>>>,
+    /// Where the tasks' rootfs mounts go.
+    mount_dir: PathBuf,
 }
 
 impl WasmRuntime {
-    /// Wraps a loaded plugin.
-    pub fn new(plugin: Arc<WasmPlugin<FunctionWorld>>) -> Self {
+    /// Wraps a loaded plugin whose tasks' rootfs mounts go under `mount_dir`. Tasks end with berthd, so what
+    /// a berthd that stopped without deleting them left there is unmounted first.
+    pub fn new(plugin: Arc<WasmPlugin<FunctionWorld>>, mount_dir: PathBuf) -> Self {
+        task::clean_mount_dir(&mount_dir);
         let (events, receiver) = mpsc::unbounded_channel();
         Self {
             shared: Arc::new(Shared { plugin, events }),
             receiver: Mutex::new(Some(receiver)),
             tasks: Mutex::new(BTreeMap::new()),
+            mount_dir,
         }
     }
 
@@ -120,14 +129,17 @@ impl Runtime for WasmRuntime {
             ))
             .into());
         }
-        let spec = task::spec_json(options.spec.as_ref(), &format!("task {id:?}"))?;
-        let process = task::ProcessSpec::of(&spec["process"], &format!("task {id:?}"), &options.io, plugin)?;
+        let what = format!("task {id:?}");
+        let spec = task::spec_json(options.spec.as_ref(), &what)?;
+        let process = task::ProcessSpec::of(&spec["process"], &what, &options.io, plugin)?;
         let mut tasks = self.tasks();
         let key = (ns.to_string(), id.to_string());
         if tasks.contains_key(&key) {
-            return Err(RuntimeError::AlreadyExists(format!("task {id:?}")));
+            return Err(RuntimeError::AlreadyExists(what));
         }
-        let task = Arc::new(task::WasmTask::new(Arc::clone(&self.shared), ns, id, process, options.io));
+        // Mounted under the lock, so a second create of the id cannot mount too; a failure unmounts it.
+        let root = task::TaskRoot::of(&spec, &options.rootfs, &self.mount_dir, &what)?;
+        let task = Arc::new(task::WasmTask::new(Arc::clone(&self.shared), ns, id, process, root, options.io));
         tasks.insert(key, Arc::clone(&task));
         Ok(task)
     }
@@ -155,6 +167,7 @@ impl Runtime for WasmRuntime {
         let exit = task.deletable()?;
         if let Some(task) = tasks.remove(&key) {
             task.end_execs();
+            task.release_root();
         }
         Ok(exit)
     }

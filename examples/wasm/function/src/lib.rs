@@ -7,7 +7,7 @@
 //! | `echo WORDS...` | prints the words | 0 |
 //! | `wc` | counts stdin: `LINES WORDS BYTES` | 0 |
 //! | `sha256` | the sha256 of stdin, in hex | 0 |
-//! | `cat PATH...` | prints files (relative paths are inside `dir` of the config), or stdin without a path | 0, 1 when one cannot be read |
+//! | `cat PATH...` | prints files (relative paths are inside `dir` of the config; `/` is the task's root filesystem), or stdin without a path | 0, 1 when one cannot be read |
 //! | `env` | prints the environment, sorted, and the working directory as `PWD=` | 0 |
 //! | `exit CODE` | nothing | CODE |
 //! | `spin` | loops until killed | - |

@@ -2,10 +2,13 @@
 //! instance on a thread of its own.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
+use berth_core::diff::mounts::{Mounted, mount_all};
+use berth_core::mount::Mount;
 use berth_core::plugin::PluginId;
 use berth_core::runtime::{
     ConsoleSize, ExecOptions, Exit, Io, Process, ProcessInfo, Result, RuntimeError, RuntimeEvent, State, Status, Task,
@@ -18,6 +21,7 @@ use super::Shared;
 use super::bindings::berth::runtime::types as wit;
 use super::stdio::{Input, Output, open_output};
 use crate::ctx::Ctx;
+use crate::options::WasmOptions;
 
 /// The exit status of a trapped invocation: 128 + SIGABRT, as a process that aborts.
 pub const TRAPPED: u32 = 128 + 6;
@@ -87,6 +91,78 @@ impl ProcessSpec {
     }
 }
 
+/// A task's root filesystem, which its processes see as `/`: the task's rootfs mounts (an image's snapshot),
+/// mounted by berthd under the plugin's state directory, or the spec's absolute `root.path` (`ctr run
+/// --rootfs DIR`) as it is. The mounts are berthd's: they go at delete, whatever still runs.
+pub struct TaskRoot {
+    host: PathBuf,
+    readonly: bool,
+    mounted: Mutex<Option<Mounted>>,
+}
+
+impl TaskRoot {
+    /// The root of task `id`: `rootfs` mounted on a new directory under `mount_dir`, or else the spec's
+    /// `root.path` when it is absolute; none for a spec without a root. A relative `root.path` without mounts is
+    /// refused: a function task has no bundle to find it in.
+    pub fn of(spec: &serde_json::Value, rootfs: &[Mount], mount_dir: &Path, what: &str) -> Result<Option<Self>> {
+        let root = &spec["root"];
+        let readonly = root["readonly"].as_bool().unwrap_or(false);
+        if !rootfs.is_empty() {
+            let mounted = mount_all(rootfs, mount_dir, readonly)
+                .map_err(|e| RuntimeError::from(berth_core::Error::Internal(format!("{what}: its rootfs: {e}"))))?;
+            return Ok(Some(Self { host: mounted.dir.clone(), readonly, mounted: Mutex::new(Some(mounted)) }));
+        }
+        let path = match &root["path"] {
+            serde_json::Value::Null => return Ok(None),
+            serde_json::Value::String(path) if path.is_empty() => return Ok(None),
+            serde_json::Value::String(path) => Path::new(path),
+            _ => return Err(invalid(format!("{what}: root.path must be a string"))),
+        };
+        if !path.is_absolute() {
+            return Err(invalid(format!(
+                "{what}: root.path {path:?} is relative and the task has no rootfs mounts: a function task has no \
+                 bundle to find it in (give an absolute path, or the rootfs mounts of a snapshot)"
+            )));
+        }
+        if !path.is_dir() {
+            return Err(invalid(format!("{what}: root.path {path:?} is not a directory")));
+        }
+        Ok(Some(Self { host: path.to_owned(), readonly, mounted: Mutex::new(None) }))
+    }
+
+    /// Unmounts what berthd mounted (detached: an invocation still inside keeps its view until it ends).
+    pub fn release(&self) {
+        drop(self.mounted.lock().unwrap_or_else(PoisonError::into_inner).take());
+    }
+
+    /// Grants the root as `/` unless the plugin's table grants `/` itself, which then wins.
+    fn grant(&self, wasi: &mut wasmtime_wasi::WasiCtxBuilder, options: &WasmOptions) -> std::result::Result<(), String> {
+        if options.preopens.iter().any(|p| p.guest == "/") {
+            return Ok(());
+        }
+        let perms = if self.readonly { wasmtime_wasi::FsPerms::ReadOnly } else { wasmtime_wasi::FsPerms::ReadWrite };
+        wasi.preopened_dir(&self.host, "/", perms)
+            .map(|_| ())
+            .map_err(|e| format!("granting the root filesystem {} as /: {e:#}", self.host.display()))
+    }
+}
+
+/// Unmounts and removes what a berthd that ended without deleting its tasks left under `mount_dir`.
+pub fn clean_mount_dir(mount_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(mount_dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+            // A detached unmount takes the mounts below it too; loop for mounts stacked on the same point.
+            while unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {}
+        }
+        match std::fs::remove_dir(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "removed a function task's leftover rootfs mount"),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "removing a leftover rootfs mount point"),
+        }
+    }
+}
+
 /// Where a process stands.
 struct ProcState {
     status: Status,
@@ -123,6 +199,8 @@ pub struct Proc {
     task_id: String,
     exec_id: Option<String>,
     spec: ProcessSpec,
+    /// The task's root filesystem, shared by its processes.
+    root: Option<Arc<TaskRoot>>,
     io: Io,
     state: Mutex<ProcState>,
     exited: watch::Sender<Option<Exit>>,
@@ -135,6 +213,7 @@ impl Proc {
         task_id: &str,
         exec_id: Option<&str>,
         spec: ProcessSpec,
+        root: Option<Arc<TaskRoot>>,
         io: Io,
     ) -> Self {
         Self {
@@ -143,6 +222,7 @@ impl Proc {
             task_id: task_id.into(),
             exec_id: exec_id.map(str::to_owned),
             spec,
+            root,
             io,
             state: Mutex::new(ProcState { status: Status::Created, exit: None, running: None }),
             exited: watch::channel(None).0,
@@ -284,7 +364,11 @@ impl Proc {
         // The table's variables first: a spec variable of the same name does not replace a granted one.
         let env: Vec<(String, String)> =
             self.spec.env.iter().filter(|(k, _)| !options.env.contains_key(k)).cloned().collect();
+        let mut granting = Ok(());
         let ctx = Ctx::with(Arc::from(plugin.id.to_string()), options, |wasi| {
+            if let Some(root) = &self.root {
+                granting = root.grant(wasi, options);
+            }
             wasi.args(&self.spec.args).envs(&env).initial_cwd(&self.spec.cwd).stdin(stdin.clone());
             if let Some(out) = &stdout {
                 wasi.stdout(out.clone());
@@ -294,6 +378,8 @@ impl Proc {
             }
         });
         let made = ctx
+            .map_err(|e| e.to_string())
+            .and_then(|ctx| granting.map(|()| ctx))
             .map_err(|e| format!("plugin {}: starting {}: {e}", plugin.id, self.what()))
             .and_then(|ctx| plugin.dedicated(ctx, "invoke").map_err(|e| e.to_string()));
         let (mut store, bindings) = match made {
@@ -438,8 +524,23 @@ pub struct WasmTask {
 
 impl WasmTask {
     /// A created task.
-    pub fn new(shared: Arc<Shared>, namespace: &str, id: &str, spec: ProcessSpec, io: Io) -> Self {
-        Self { init: Arc::new(Proc::new(shared, namespace, id, None, spec, io)), execs: Default::default() }
+    pub fn new(
+        shared: Arc<Shared>,
+        namespace: &str,
+        id: &str,
+        spec: ProcessSpec,
+        root: Option<TaskRoot>,
+        io: Io,
+    ) -> Self {
+        let root = root.map(Arc::new);
+        Self { init: Arc::new(Proc::new(shared, namespace, id, None, spec, root, io)), execs: Default::default() }
+    }
+
+    /// Unmounts the task's rootfs, if berthd mounted one: the task is being deleted.
+    pub fn release_root(&self) {
+        if let Some(root) = &self.init.root {
+            root.release();
+        }
     }
 
     fn execs(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Proc>>> {
@@ -539,8 +640,16 @@ impl Task for WasmTask {
             return Err(RuntimeError::AlreadyExists(format!("process {id:?}")));
         }
         let init = &self.init;
-        let proc =
-            Arc::new(Proc::new(Arc::clone(&init.shared), &init.namespace, &init.task_id, Some(id), spec, options.io));
+        let root = init.root.clone();
+        let proc = Arc::new(Proc::new(
+            Arc::clone(&init.shared),
+            &init.namespace,
+            &init.task_id,
+            Some(id),
+            spec,
+            root,
+            options.io,
+        ));
         execs.insert(id.to_string(), Arc::clone(&proc));
         Ok(Arc::new(ExecHandle(proc)))
     }
@@ -618,5 +727,24 @@ mod tests {
         assert!(spec(serde_json::json!({ "args": ["echo"] }), &tty).is_err());
         let e = spec_json(None, "exec \"e\"").unwrap_err().to_string();
         assert_eq!(e, "exec \"e\" has no spec");
+    }
+
+    #[test]
+    fn a_task_root_is_its_absolute_root_path_or_none_and_a_relative_one_is_refused() {
+        let mounts = Path::new("/nonexistent-never-mounted");
+        let root = |spec: serde_json::Value| TaskRoot::of(&spec, &[], mounts, "task \"t\"");
+        assert!(root(serde_json::json!({})).unwrap().is_none());
+        assert!(root(serde_json::json!({ "root": { "path": "" } })).unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let given = root(serde_json::json!({ "root": { "path": dir.path(), "readonly": true } })).unwrap().unwrap();
+        assert_eq!((given.host.as_path(), given.readonly), (dir.path(), true));
+        assert!(given.mounted.lock().unwrap().is_none(), "a directory as it is: nothing mounted");
+        let e = root(serde_json::json!({ "root": { "path": "rootfs" } })).err().unwrap().to_string();
+        assert!(e.contains("root.path \"rootfs\" is relative and the task has no rootfs mounts"), "{e}");
+        let missing = dir.path().join("missing");
+        let e = root(serde_json::json!({ "root": { "path": missing } })).err().unwrap().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        let e = root(serde_json::json!({ "root": { "path": 7 } })).err().unwrap().to_string();
+        assert!(e.contains("root.path must be a string"), "{e}");
     }
 }
