@@ -82,6 +82,17 @@ fn assert_run_left_nothing(daemon: &Daemon, id: &str) {
     assert!(!containers.lines().any(|l| l == id), "container {id} left behind:\n{containers}");
     let snaps = snapshots(daemon);
     assert!(snaps.iter().all(|(key, _, kind)| key != id && kind == "Committed"), "snapshots left: {snaps:?}");
+    // The backend's snapshot goes after the answer, from the removal queue: give it a moment too.
+    let backend = daemon.root().join("snapshot.overlayfs/metadata");
+    let records = || {
+        let entries = std::fs::read_dir(&backend).unwrap().flatten();
+        entries.filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while records() != snaps.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(records(), snaps.len(), "backend snapshots left in {} beside {snaps:?}", backend.display());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let prefix = daemon.dir.path().display().to_string();
     let left: Vec<_> = mounts.lines().filter(|l| l.contains(&prefix)).collect();

@@ -6,13 +6,21 @@
 //! maps one to the other and keeps the names, parents and labels as the client sees them: a
 //! namespace sees only the snapshots it made.
 //!
-//! Every call goes to the backend first and records the result after, so a failure in the middle
-//! leaves at worst a backend snapshot no record names (which the garbage collector, `crate::gc`,
-//! removes), never a record without its snapshot. Calls that make a backend snapshot hold
-//! [`MetadataStore::guard_against_sweep`] until its record is committed, so the collector never
-//! takes a snapshot half-way through for such a leftover.
+//! Every call that makes or changes a snapshot goes to the backend first and records the result
+//! after, so a failure in the middle leaves at worst a backend snapshot no record names (which the
+//! garbage collector, `crate::gc`, removes), never a record without its snapshot. Calls that make a
+//! backend snapshot hold [`MetadataStore::guard_against_sweep`] until its record is committed, so
+//! the collector never takes a snapshot half-way through for such a leftover.
+//!
+//! A remove is the other way round: the record goes (which is what the client sees), then the
+//! backend's snapshot, after the answer, on a queue of removals per backend, as containerd's
+//! metadata snapshotter leaves a removed snapshot's files to its collector. The queue keeps the
+//! order of the removes, so a child's files go before its parent's; a removal that fails, or that a
+//! berthd stopping leaves queued, is a backend snapshot no record names, which the collector
+//! removes (the start-up collection at the latest).
 
 use std::io::Read;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use prost_types::Timestamp;
@@ -27,6 +35,37 @@ use crate::store::{KIND_ACTIVE, KIND_COMMITTED, KIND_VIEW, MetadataStore, Snapsh
 pub struct Namespaced {
     store: MetadataStore,
     backend: SharedSnapshotter,
+    /// The backend's removal queue, started by the first remove.
+    removals: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<Removal>>>,
+}
+
+/// What the removal queue is asked.
+enum Removal {
+    /// Remove this backend key.
+    Key(String),
+    /// Answer once every removal queued before is done.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Works through one backend's removal queue, in order, until the last [`Namespaced`] of it is gone.
+async fn remove_queued(backend: SharedSnapshotter, mut queue: tokio::sync::mpsc::UnboundedReceiver<Removal>) {
+    while let Some(removal) = queue.recv().await {
+        match removal {
+            Removal::Key(key) => match backend.remove(&key).await {
+                // The collector may have been first.
+                Ok(()) | Err(super::SnapshotError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(
+                    snapshotter = backend.name(),
+                    %key,
+                    error = %e,
+                    "removing a removed snapshot's files failed: the garbage collector will retry"
+                ),
+            },
+            Removal::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 fn kind_of(record: &Snapshot) -> Kind {
@@ -66,7 +105,7 @@ fn backend_key(ns: &str, key: &str) -> Result<String> {
 impl Namespaced {
     /// `backend` seen through the records of `store`.
     pub fn new(store: MetadataStore, backend: SharedSnapshotter) -> Self {
-        Namespaced { store, backend }
+        Namespaced { store, backend, removals: Arc::new(OnceLock::new()) }
     }
 
     /// The backend's name (`overlayfs`, `native`).
@@ -193,11 +232,27 @@ impl Namespaced {
 
     /// Removes snapshot `key`; FailedPrecondition while others have it as parent.
     pub async fn remove(&self, ns: &str, key: &str) -> Result<()> {
-        let record = self.record(ns, key)?;
-        self.store.check_no_children(ns, self.name(), key)?;
-        self.backend.remove(&record.backend_key).await?;
-        self.store.delete_snapshot(ns, self.name(), key).await?;
+        // The record's delete checks for children in the same transaction.
+        let record = self.store.delete_snapshot(ns, self.name(), key).await?;
+        self.queue(Removal::Key(record.backend_key));
         Ok(())
+    }
+
+    fn queue(&self, removal: Removal) {
+        let queue = self.removals.get_or_init(|| {
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(remove_queued(self.backend.clone(), receiver));
+            sender
+        });
+        // The worker ends only when every sender is gone, and this is one.
+        let _ = queue.send(removal);
+    }
+
+    /// Waits until the backend removals of every remove that returned before this call are done.
+    pub async fn removals_done(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.queue(Removal::Flush(done));
+        let _ = wait.await;
     }
 
     /// Snapshot `key` as the client sees it.
@@ -339,8 +394,10 @@ mod tests {
         assert_ne!(view.mounts("b", "k1").await.unwrap()[0].source, *backend);
         assert!(matches!(view.stat("c", "k1").await, Err(Error::NotFound(_))));
         view.remove("a", "k1").await.unwrap();
+        assert!(matches!(view.stat("a", "k1").await, Err(Error::NotFound(_))), "the record goes with the answer");
         assert!(view.stat("b", "k1").await.is_ok());
-        assert_eq!(fake.keys().len(), 1);
+        view.removals_done().await;
+        assert_eq!(fake.keys().len(), 1, "the backend's snapshot goes after it");
         // Duplicate keys are refused before the backend is asked.
         let err = view.prepare("b", "k1", None, Labels::new(), None).await.unwrap_err();
         assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
@@ -379,7 +436,9 @@ mod tests {
         assert_eq!(fake.keys().len(), 3);
         view.remove("ns", "k2").await.unwrap();
         view.remove("ns", "v").await.unwrap();
+        // Queued in order: the parent's backend removal comes after its children's, so it does not fail.
         view.remove("ns", "c1").await.unwrap();
+        view.removals_done().await;
         assert!(fake.keys().is_empty());
 
         let usage = view.prepare("ns", "u", None, Labels::new(), None).await.map(drop);
