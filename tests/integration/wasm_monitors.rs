@@ -176,7 +176,7 @@ async fn wasm_monitor_tables_are_checked() {
     };
     let e = failed("monitor.layers");
     assert!(
-        e.contains("the component is a snapshot plugin (it exports berth:snapshot/snapshotter@1.0.0), but its table [plugins.\"monitor.layers\"] makes it a monitor plugin"),
+        e.contains("the component is a snapshot plugin (it exports berth:snapshot/snapshotter@1.1.0), but its table [plugins.\"monitor.layers\"] makes it a monitor plugin"),
         "{e}"
     );
     let e = failed("snapshot.watch");

@@ -2,7 +2,9 @@
 //! the snapshot conformance suite and under real containers run by ctr; broken components (truncated, not a
 //! component, another world, misnamed, a bad config) refused and misbehaving ones (a call that loops, one
 //! that allocates past its cap, one that traps: examples/wasm/faulty) contained, while berthd and its other
-//! plugins carry on; a replaced file swapped in under load without losing a call.
+//! plugins carry on; a replaced file swapped in under load without losing a call; stats answered from berthd's
+//! copy while the component's revision (WIT 1.1.0) stays, fresh once it moves or the instances are replaced,
+//! and a 1.0.0 component without revisions (examples/wasm/legacy) still served.
 //!
 //! The components are built apart from this workspace, for wasm32-wasip2 (see [`BUILD`]); .ci/test builds
 //! them before the tests.
@@ -38,6 +40,10 @@ fn layers_component() -> PathBuf {
 
 fn faulty_component() -> PathBuf {
     component("berth_test_wasm_faulty")
+}
+
+fn legacy_component() -> PathBuf {
+    component("berth_test_wasm_legacy")
 }
 
 fn sha256_of(path: &Path) -> String {
@@ -175,7 +181,7 @@ fn wasm_snapshot_example_runs_containers_through_ctr() {
     assert_eq!(exports["berth.path"], wasm.display().to_string());
     assert_eq!(exports["berth.sha256"], sha256_of(&wasm));
     assert_eq!(exports["berth.version"], "1.0.0");
-    assert_eq!(exports["berth.world"], "berth:snapshot/snapshot-plugin@1.0.0");
+    assert_eq!(exports["berth.world"], "berth:snapshot/snapshot-plugin@1.1.0");
     assert!(exports["berth.wasmtime"].as_str().unwrap_or_default().starts_with("48."), "{exports:#}");
     let table = daemon.berth_ok(&["plugins", "ls"]);
     let line = table.lines().find(|l| l.contains("layers")).expect(&table);
@@ -264,7 +270,7 @@ fn wasm_broken_plugins_are_refused_or_contained_and_berthd_carries_on() {
     expect("truncated", "is not a valid wasm component");
     expect("script", "is not a wasm component: it is not a wasm file");
     expect("module", "is not a wasm component: it is a core wasm module, not a component");
-    expect("empty", "the component does not export berth:snapshot/snapshotter@1.0.0 (its exports: none)");
+    expect("empty", "the component does not export berth:snapshot/snapshotter@1.1.0 (its exports: none)");
     expect("missing", "cannot read");
     expect("misnamed", "plugin is named \"faulty\", but its table is [plugins.\"snapshot.misnamed\"]");
     // Refused components still show where they came from.
@@ -431,7 +437,7 @@ fn wasm_plugins_reload_on_request() {
     std::fs::write(&path, b"\0asm\x0d\0\x01\0").unwrap();
     let e =
         fails(daemon.berth(&["plugins", "reload", "snapshot.faulty"]), "reloading a component that exports nothing");
-    assert!(e.contains("the component does not export berth:snapshot/snapshotter@1.0.0"), "{e}");
+    assert!(e.contains("the component does not export berth:snapshot/snapshotter@1.1.0"), "{e}");
     assert!(e.contains("the previous version keeps serving"), "{e}");
     assert_eq!(sha(&daemon), serving);
     let e = fails(daemon.ctr(&["snapshots", "--snapshotter", "faulty", "prepare", "fine"]), "a plain prepare");
@@ -442,4 +448,144 @@ fn wasm_plugins_reload_on_request() {
     assert!(e.contains("plugin snapshot.native cannot be reloaded"), "{e}");
     let e = fails(daemon.berth(&["plugins", "reload", "snapshot.nowhere"]), "reloading an unknown plugin");
     assert!(e.contains("plugin snapshot.nowhere") && e.contains("not found"), "{e}");
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test]
+async fn wasm_stats_through_revisions_follow_every_change_across_instances() {
+    // Two registries on one directory of the example: two adapters, each with its own cache, and the
+    // component's instances in each; what one changes the other must see at once.
+    let dir = tempfile::Builder::new().prefix("berth-wasm-revisions").tempdir_in("/tmp").unwrap();
+    let layers = dir.path().join("layers");
+    let (one_dir, other_dir) = (dir.path().join("one"), dir.path().join("other"));
+    let table = layers_table("snapshot.layers", &layers_component(), &layers, "instances = 2");
+    let one = load_alone(&one_dir, &table).await;
+    let other = load_alone(&other_dir, &table).await;
+    let (a, b) = (snapshotter(&one, "snapshot.layers"), snapshotter(&other, "snapshot.layers"));
+    let labels_of = |sn: &SharedSnapshotter, key: &'static str| {
+        let sn = sn.clone();
+        async move { sn.stat(key).await.map(|i| i.labels) }
+    };
+
+    a.prepare("work", None, labels(&[("v", "1")])).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(labels_of(&b, "work").await.unwrap(), labels(&[("v", "1")]));
+        assert_eq!(labels_of(&a, "work").await.unwrap(), labels(&[("v", "1")]));
+    }
+    // An update through one is seen by both, whose copies were kept under the old revision.
+    b.update(berth_core::snapshot::Info { labels: labels(&[("v", "2")]), ..b.stat("work").await.unwrap() }, &[])
+        .await
+        .unwrap();
+    assert_eq!(labels_of(&a, "work").await.unwrap(), labels(&[("v", "2")]));
+    assert_eq!(labels_of(&b, "work").await.unwrap(), labels(&[("v", "2")]));
+
+    // A commit: the key is gone and the name is new, in both.
+    a.commit("done", "work", labels(&[("c", "1")])).await.unwrap();
+    assert!(matches!(b.stat("work").await, Err(SnapshotError::NotFound(_))));
+    assert_eq!(labels_of(&b, "done").await.unwrap(), labels(&[("c", "1")]));
+    assert_eq!(labels_of(&a, "done").await.unwrap(), labels(&[("c", "1")]));
+
+    // Removed and made again under the same name, with other labels: no copy of the old one answers.
+    b.remove("done").await.unwrap();
+    assert!(matches!(a.stat("done").await, Err(SnapshotError::NotFound(_))));
+    b.prepare("work", None, Labels::new()).await.unwrap();
+    b.commit("done", "work", labels(&[("c", "2")])).await.unwrap();
+    assert_eq!(labels_of(&a, "done").await.unwrap(), labels(&[("c", "2")]));
+    assert_eq!(labels_of(&b, "done").await.unwrap(), labels(&[("c", "2")]));
+    // The kind moved too (active "work" was committed): the whole answer, not just the labels.
+    assert_eq!(a.stat("done").await.unwrap().kind, berth_core::snapshot::Kind::Committed);
+
+    a.remove("done").await.unwrap();
+    drop((a, b));
+    one.shutdown();
+    other.shutdown();
+}
+
+#[tokio::test]
+async fn wasm_repeated_stats_come_from_the_cache_until_the_instances_change() {
+    let dir = tempfile::Builder::new().prefix("berth-wasm-stat-cache").tempdir_in("/tmp").unwrap();
+    let path = dir.path().join("faulty.wasm");
+    let original = std::fs::read(faulty_component()).unwrap();
+    std::fs::write(&path, &original).unwrap();
+    // Every instance starts its revisions at 7, as a guest that keeps them per instance would: only berthd
+    // forgetting its copies when an instance is replaced keeps the answers right.
+    let started = load_alone(dir.path(), &wasm_table("snapshot.faulty", &path, "", "revision_base = 7")).await;
+    let sn = snapshotter(&started, "snapshot.faulty");
+    let calls = || {
+        let sn = sn.clone();
+        async move { sn.stat("calls").await.expect("stat calls").labels["calls"].parse::<u32>().unwrap() }
+    };
+    let instance = || {
+        let sn = sn.clone();
+        async move { sn.stat("big").await.expect("stat big").labels["faulty.instance"].clone() }
+    };
+
+    // The guest counts its stat calls: three stats of big reach it once.
+    assert_eq!(calls().await, 1);
+    let first = instance().await;
+    let big = sn.stat("big").await.unwrap();
+    assert_eq!(big.labels.len(), 65);
+    assert_eq!(instance().await, first);
+    assert_eq!(calls().await, 3, "the second and third stats of big were answered from berthd's copy");
+
+    // A trap replaces the instance: the new one has big as it starts, at revision 7 again, but it is
+    // another instance's big.
+    assert!(sn.stat("trap").await.is_err());
+    let after_trap = instance().await;
+    assert_ne!(after_trap, first, "a fresh instance answered, not the copy kept from the one that trapped");
+    assert_eq!(instance().await, after_trap);
+
+    // A reload (a new file, watched) makes new instances too.
+    let tmp = dir.path().join("faulty.wasm.tmp");
+    std::fs::write(&tmp, with_custom_section(&original, "next")).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    // The row shows the new file as soon as it is read, before the swap: the new instances answer once
+    // berthd forgot the copy kept under revision 7, or never.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let after_reload = loop {
+        let answer = instance().await;
+        if answer != after_trap {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "the reloaded plugin's instances never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(after_reload, first);
+    let berth_core::external::Origin::External(origin) = row(&started, "snapshot.faulty").origin else {
+        panic!("a wasm plugin has an external origin")
+    };
+    assert_eq!(origin.sha256.as_deref(), Some(&*sha256_of(&path)));
+    assert_eq!(instance().await, after_reload);
+    assert_eq!(calls().await, 2, "the reloaded instance served big once, then this");
+
+    // An update moves the revision: the next stat is fetched, and kept again.
+    let update = berth_core::snapshot::Info { labels: labels(&[("only", "this")]), ..big };
+    assert_eq!(sn.update(update, &[]).await.unwrap().labels, labels(&[("only", "this")]));
+    assert_eq!(sn.stat("big").await.unwrap().labels, labels(&[("only", "this")]));
+    assert_eq!(sn.stat("big").await.unwrap().labels, labels(&[("only", "this")]));
+    assert_eq!(calls().await, 4, "one fetch after the update");
+    drop(sn);
+    started.shutdown();
+}
+
+#[tokio::test]
+async fn wasm_component_of_the_world_before_revisions_is_still_served() {
+    let dir = tempfile::Builder::new().prefix("berth-wasm-legacy").tempdir_in("/tmp").unwrap();
+    let legacy = legacy_component();
+    let started = load_alone(dir.path(), &wasm_table("snapshot.legacy", &legacy, "", "")).await;
+    let status = row(&started, "snapshot.legacy");
+    assert_eq!(status.state, berth_core::registry::PluginState::Loaded, "{status:?}");
+    let sn = snapshotter(&started, "snapshot.legacy");
+    // Without revisions every stat is fetched whole: the guest sees each one.
+    for n in 1..=3 {
+        assert_eq!(sn.stat("calls").await.unwrap().labels["calls"], n.to_string());
+    }
+    assert!(matches!(sn.stat("nothing").await, Err(SnapshotError::NotFound(k)) if k == "nothing"));
+    let e = sn.prepare("p", None, Labels::new()).await.unwrap_err().to_string();
+    assert!(e.contains("legacy makes no snapshots"), "{e}");
+    drop(sn);
+    started.shutdown();
 }

@@ -9,6 +9,7 @@
 //! the generation they started on, and finish there.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -45,7 +46,8 @@ pub trait Kind: Send + Sync + 'static {
     type Bindings: Send + 'static;
     /// The kind's WIT package, unversioned (`berth:snapshot`).
     const PACKAGE: &'static str;
-    /// The interface the component must export, versioned (`berth:snapshot/snapshotter@1.0.0`).
+    /// The interface the component must export, versioned (`berth:snapshot/snapshotter@1.1.0`); any minor
+    /// version of its major matches.
     const EXPORT: &'static str;
     /// The world, as the status row shows it.
     const WORLD: &'static str;
@@ -162,6 +164,23 @@ pub struct Generation<K: Kind> {
     pub cached: Cached,
     idle: Mutex<Vec<Live<K>>>,
     permits: Arc<tokio::sync::Semaphore>,
+    /// Its number (the first is 1).
+    number: u64,
+    /// How many instances were made after the first (after a trap, or to serve more calls at once).
+    fresh: AtomicU64,
+}
+
+impl<K: Kind> Generation<K> {
+    /// Its checked component.
+    pub fn pre(&self) -> &K::Pre {
+        &self.pre
+    }
+
+    /// Which instances may have answered so far: it grows with every reload and every fresh instance, so an
+    /// adapter keeping answers under a guest's own values (revisions) can tell it may no longer trust them.
+    fn lineage(&self) -> u64 {
+        (self.number << 32) | self.fresh.load(Ordering::Acquire)
+    }
 }
 
 /// The identity of a file on disk, to notice it was replaced.
@@ -368,12 +387,25 @@ impl<K: Kind> WasmPlugin<K> {
             cached,
             idle: Mutex::new(vec![Live { store, bindings }]),
             permits: Arc::new(tokio::sync::Semaphore::new(options.instances.get())),
+            number,
+            fresh: AtomicU64::new(0),
         })
     }
 
     /// Runs `f` on an instance of the serving generation, where it may block: in place on a multi-threaded
     /// runtime, on the blocking pool otherwise.
     pub async fn call<R, F>(self: &Arc<Self>, method: &'static str, f: F) -> Result<R, CallError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&K::Bindings, &mut Store<Ctx>) -> wasmtime::Result<R> + Send + 'static,
+    {
+        Ok(self.call_in_lineage(method, f).await?.0)
+    }
+
+    /// [`WasmPlugin::call`], with the lineage of the answer: a number that grows whenever a reload or a fresh
+    /// instance may have restarted what the guest keeps in memory. Read after the call, so an answer is
+    /// never tagged older than the instance that gave it.
+    pub async fn call_in_lineage<R, F>(self: &Arc<Self>, method: &'static str, f: F) -> Result<(R, u64), CallError>
     where
         R: Send + 'static,
         F: FnOnce(&K::Bindings, &mut Store<Ctx>) -> wasmtime::Result<R> + Send + 'static,
@@ -397,7 +429,7 @@ impl<K: Kind> WasmPlugin<K> {
         .unwrap_or_else(|e| Err(lost(e.to_string())))
     }
 
-    fn call_blocking<R, F>(&self, generation: &Generation<K>, method: &'static str, f: F) -> Result<R, CallError>
+    fn call_blocking<R, F>(&self, generation: &Generation<K>, method: &'static str, f: F) -> Result<(R, u64), CallError>
     where
         F: FnOnce(&K::Bindings, &mut Store<Ctx>) -> wasmtime::Result<R>,
     {
@@ -411,7 +443,7 @@ impl<K: Kind> WasmPlugin<K> {
         match f(&live.bindings, &mut live.store) {
             Ok(answer) => {
                 generation.idle.lock().unwrap_or_else(PoisonError::into_inner).push(live);
-                Ok(answer)
+                Ok((answer, generation.lineage()))
             }
             Err(e) => {
                 // The instance is dropped: whatever state the trap left it in goes with it.
@@ -425,6 +457,8 @@ impl<K: Kind> WasmPlugin<K> {
     /// A new instance of `generation`, initialised with the plugin's config.
     fn fresh(&self, generation: &Generation<K>, method: &'static str) -> Result<Live<K>, CallError> {
         let fail = |message: String| CallError::Instance { plugin: self.id.to_string(), method, message };
+        // Counted before the instance answers anything, so no answer of it carries an older lineage.
+        generation.fresh.fetch_add(1, Ordering::AcqRel);
         let mut store = new_store(&self.name, &self.options, &self.host).map_err(|e| fail(e.to_string()))?;
         store.set_epoch_deadline(engine::ticks(self.options.call_timeout.0));
         let bindings = K::instantiate(&generation.pre, &mut store)
@@ -515,12 +549,25 @@ fn classify(
 fn check_world<K: Kind>(component: &Component, id: &PluginId) -> Result<(), String> {
     let engine = engine::engine();
     let exports: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
-    if exports.iter().any(|e| e == K::EXPORT) {
+    let (interface, wanted) = K::EXPORT.split_once('@').expect("exports are versioned");
+    let major = |v: &str| v.split('.').next().map(str::to_owned);
+    // Minor versions add interfaces and functions beside the old ones: a 1.0.0 component is a 1.1.0 one
+    // without them (the bindings find its exports by semver-compatible name).
+    if exports.iter().any(|e| e.split_once('@').is_some_and(|(i, v)| i == interface && major(v) == major(wanted))) {
         return Ok(());
     }
-    let (_, wanted) = K::EXPORT.split_once('@').expect("exports are versioned");
-    let major = |v: &str| v.split('.').next().map(str::to_owned);
-    for export in &exports {
+    // A kind's own interface (the one with `describe`) first, so a wrong kind is named by it rather than by
+    // an interface a minor version added beside it.
+    let component_type = component.component_type();
+    let describes = |name: &str| match component_type.get_export(engine, name).map(|e| e.ty) {
+        Some(wasmtime::component::types::ComponentItem::ComponentInstance(i)) => {
+            i.get_export(engine, "describe").is_some()
+        }
+        _ => false,
+    };
+    let mut ordered: Vec<&String> = exports.iter().collect();
+    ordered.sort_by_key(|e| !describes(e));
+    for export in ordered {
         let Some(rest) = export.strip_prefix("berth:") else { continue };
         let package = rest.split('/').next().unwrap_or_default();
         let version = export.split_once('@').map(|(_, v)| v).unwrap_or("unversioned");
@@ -585,8 +632,12 @@ mod tests {
         let e = check_world::<SnapshotWorld>(&exporting("example:other/thing"), &id).unwrap_err();
         assert_eq!(
             e,
-            "the component does not export berth:snapshot/snapshotter@1.0.0 (its exports: example:other/thing)"
+            "the component does not export berth:snapshot/snapshotter@1.1.0 (its exports: example:other/thing)"
         );
-        assert!(check_world::<SnapshotWorld>(&exporting("berth:snapshot/snapshotter@1.0.0"), &id).is_ok());
+        // Any 1.x matches: a 1.0.0 component lacks only what 1.1.0 added.
+        for version in ["1.0.0", "1.1.0", "1.2.0"] {
+            let export = format!("berth:snapshot/snapshotter@{version}");
+            assert!(check_world::<SnapshotWorld>(&exporting(&export), &id).is_ok(), "{export}");
+        }
     }
 }

@@ -1,25 +1,93 @@
-//! A wasm snapshot plugin as a core [`Snapshotter`]: each call one call of `berth:snapshot/snapshotter`.
+//! A wasm snapshot plugin as a core [`Snapshotter`]: each call one call of `berth:snapshot/snapshotter`, and a
+//! `stat` first asks `berth:snapshot/revisions` (1.1.0) if the component exports it, answering from the copy
+//! kept under an unchanged revision ([`StatCache`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use berth_core::mount::Mount;
+use berth_core::snapshot::stat_cache::StatCache;
 use berth_core::snapshot::{Info, Kind as SnapshotKind, Labels, Result, SnapshotError, Snapshotter, Usage, WalkFilter};
-use wasmtime::Store;
+use wasmtime::component::InstancePre;
+use wasmtime::{AsContextMut, Store};
 
 use crate::ctx::Ctx;
 use crate::plugin::WasmPlugin;
 
 mod bindings {
+    // The world with revisions, for its interfaces' bindings; a component need only match the base world
+    // (`SnapshotInstancePre` looks the revisions up optionally).
     wasmtime::component::bindgen!({
         path: "../../proto/wit/snapshot",
-        world: "berth:snapshot/snapshot-plugin",
+        world: "berth:snapshot/snapshot-plugin-revisions",
     });
 }
 
 use bindings::berth::snapshot::host;
 use bindings::berth::snapshot::types as wit;
-use bindings::{SnapshotPlugin, SnapshotPluginPre};
+use bindings::exports::berth::snapshot::{revisions, snapshotter};
+
+/// The exported name of the revisions interface, as 1.1.0 added it.
+const REVISIONS: &str = "berth:snapshot/revisions@1.1.0";
+
+/// One instance of a snapshot component: its snapshotter, and its revisions if it exports them.
+pub struct SnapshotInstance {
+    snapshotter: snapshotter::Guest,
+    revisions: Option<revisions::Guest>,
+}
+
+impl SnapshotInstance {
+    /// Adds the host imports (those of the base world: the revisions world imports nothing more).
+    pub fn add_to_linker<T, D>(
+        linker: &mut wasmtime::component::Linker<T>,
+        host_getter: fn(&mut T) -> D::Data<'_>,
+    ) -> wasmtime::Result<()>
+    where
+        D: wasmtime::component::HasData,
+        for<'a> D::Data<'a>: host::Host + wit::Host,
+        T: 'static,
+    {
+        bindings::SnapshotPluginRevisions::add_to_linker::<T, D>(linker, host_getter)
+    }
+
+    fn berth_snapshot_snapshotter(&self) -> &snapshotter::Guest {
+        &self.snapshotter
+    }
+}
+
+/// A checked snapshot component, ready to instantiate.
+pub struct SnapshotInstancePre<T: 'static> {
+    instance_pre: InstancePre<T>,
+    snapshotter: snapshotter::GuestIndices,
+    revisions: Option<revisions::GuestIndices>,
+}
+
+impl<T: 'static> SnapshotInstancePre<T> {
+    /// Finds the exports: the snapshotter must be there; the revisions are absent from a 1.0.0 component,
+    /// whose every stat is then fetched whole, but must match if present.
+    pub fn new(instance_pre: InstancePre<T>) -> wasmtime::Result<Self> {
+        let snapshotter = snapshotter::GuestIndices::new(&instance_pre)?;
+        let revisions = match instance_pre.component().get_export_index(None, REVISIONS) {
+            Some(_) => Some(revisions::GuestIndices::new(&instance_pre)?),
+            None => None,
+        };
+        Ok(Self { instance_pre, snapshotter, revisions })
+    }
+
+    /// Whether the component exports revisions.
+    pub fn has_revisions(&self) -> bool {
+        self.revisions.is_some()
+    }
+
+    /// Instantiates, type-checking the exports.
+    pub fn instantiate(&self, mut store: impl AsContextMut<Data = T>) -> wasmtime::Result<SnapshotInstance> {
+        let mut store = store.as_context_mut();
+        let instance = self.instance_pre.instantiate(&mut store)?;
+        let snapshotter = self.snapshotter.load(&mut store, &instance)?;
+        let revisions = self.revisions.as_ref().map(|r| r.load(&mut store, &instance)).transpose()?;
+        Ok(SnapshotInstance { snapshotter, revisions })
+    }
+}
 
 impl host::Host for Ctx {
     fn log(&mut self, level: host::Level, message: String) {
@@ -39,17 +107,46 @@ impl wit::Host for Ctx {}
 /// The snapshot kind's world.
 pub struct SnapshotWorld;
 
-crate::plugin::wasm_kind!(SnapshotWorld, SnapshotPlugin, SnapshotPluginPre, berth_snapshot_snapshotter, package: "berth:snapshot", export: "berth:snapshot/snapshotter@1.0.0", world: "berth:snapshot/snapshot-plugin@1.0.0");
+crate::plugin::wasm_kind!(SnapshotWorld, SnapshotInstance, SnapshotInstancePre, berth_snapshot_snapshotter, package: "berth:snapshot", export: "berth:snapshot/snapshotter@1.1.0", world: "berth:snapshot/snapshot-plugin@1.1.0");
 
 /// The adapter.
 pub struct WasmSnapshotter {
     plugin: Arc<WasmPlugin<SnapshotWorld>>,
+    /// The stat answers kept under the guest's revisions, and the lineage of instances that gave them
+    /// ([`WasmPlugin::call_in_lineage`]): a reload or a fresh instance starts an empty cache, as what a guest
+    /// keeps in memory (a counter) may have started again.
+    stats: Mutex<(u64, Arc<StatCache>)>,
 }
 
 impl WasmSnapshotter {
     /// Wraps a loaded plugin.
     pub fn new(plugin: Arc<WasmPlugin<SnapshotWorld>>) -> Self {
-        Self { plugin }
+        Self { plugin, stats: Mutex::new((0, Arc::new(StatCache::default()))) }
+    }
+
+    /// The cache of answers of `lineage`; none for an answer of instances older than the kept ones.
+    fn stats_of(&self, lineage: u64) -> Option<Arc<StatCache>> {
+        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        if lineage > stats.0 {
+            *stats = (lineage, Arc::new(StatCache::default()));
+        }
+        (lineage == stats.0).then(|| Arc::clone(&stats.1))
+    }
+
+    /// Forgets what is kept of `keys` (berthd changed them).
+    fn forget(&self, keys: &[&str]) {
+        let stats = Arc::clone(&self.stats.lock().unwrap_or_else(PoisonError::into_inner).1);
+        for key in keys {
+            stats.forget(key);
+        }
+    }
+
+    /// The whole `stat` answer, with its lineage.
+    async fn fetch(&self, key: &str) -> Result<(Info, u64)> {
+        let key = key.to_owned();
+        let (info, lineage) =
+            self.call_in_lineage("stat", move |b, s| b.berth_snapshot_snapshotter().call_stat(s, &key)).await?;
+        Ok((info_from(info), lineage))
     }
 
     /// Calls `method`, turning the guest's typed errors into snapshot errors and the host's into internal
@@ -57,13 +154,24 @@ impl WasmSnapshotter {
     async fn call<R, F>(&self, method: &'static str, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&SnapshotPlugin, &mut Store<Ctx>) -> wasmtime::Result<std::result::Result<R, wit::Error>>
+        F: FnOnce(&SnapshotInstance, &mut Store<Ctx>) -> wasmtime::Result<std::result::Result<R, wit::Error>>
             + Send
             + 'static,
     {
-        match self.plugin.call(method, f).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(self.error(method, e)),
+        Ok(self.call_in_lineage(method, f).await?.0)
+    }
+
+    /// [`Self::call`], with the lineage of the answer.
+    async fn call_in_lineage<R, F>(&self, method: &'static str, f: F) -> Result<(R, u64)>
+    where
+        R: Send + 'static,
+        F: FnOnce(&SnapshotInstance, &mut Store<Ctx>) -> wasmtime::Result<std::result::Result<R, wit::Error>>
+            + Send
+            + 'static,
+    {
+        match self.plugin.call_in_lineage(method, f).await {
+            Ok((Ok(answer), lineage)) => Ok((answer, lineage)),
+            Ok((Err(e), _)) => Err(self.error(method, e)),
             Err(e) => Err(SnapshotError::Other(e.into())),
         }
     }
@@ -189,16 +297,42 @@ impl Snapshotter for WasmSnapshotter {
     }
 
     async fn stat(&self, key: &str) -> Result<Info> {
-        let key = key.to_owned();
-        let info = self.call("stat", move |b, s| b.berth_snapshot_snapshotter().call_stat(s, &key)).await?;
-        Ok(info_from(info))
+        if !self.plugin.current().pre().has_revisions() {
+            return Ok(self.fetch(key).await?.0);
+        }
+        let owned = key.to_owned();
+        let (revision, lineage) = self
+            .call_in_lineage("revision", move |b, s| match &b.revisions {
+                Some(revisions) => revisions.call_revision(s, &owned),
+                // A reload to a component without them since the check above.
+                None => Ok(Ok(None)),
+            })
+            .await?;
+        let (Some(revision), Some(stats)) = (revision, self.stats_of(lineage)) else {
+            return Ok(self.fetch(key).await?.0);
+        };
+        let fetched_in = std::sync::atomic::AtomicU64::new(lineage);
+        let info = stats
+            .stat(key, std::future::ready(Ok(Some(revision))), || async {
+                let (info, lineage) = self.fetch(key).await?;
+                fetched_in.store(lineage, std::sync::atomic::Ordering::Relaxed);
+                Ok(info)
+            })
+            .await?;
+        // Fetched from other instances than the revision came from: kept under a revision they may not share.
+        if fetched_in.into_inner() != lineage {
+            stats.forget(key);
+        }
+        Ok(info)
     }
 
     async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
+        let name = info.name.clone();
         let (info, paths) = (info_to(info), fieldpaths.to_vec());
-        let info =
-            self.call("update", move |b, s| b.berth_snapshot_snapshotter().call_update(s, &info, &paths)).await?;
-        Ok(info_from(info))
+        let answer =
+            self.call("update", move |b, s| b.berth_snapshot_snapshotter().call_update(s, &info, &paths)).await;
+        self.forget(&[&name]);
+        Ok(info_from(answer?))
     }
 
     async fn usage(&self, key: &str) -> Result<Usage> {
@@ -229,13 +363,19 @@ impl Snapshotter for WasmSnapshotter {
     }
 
     async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
+        let forgotten = [name, key];
         let (name, key, labels) = (name.to_owned(), key.to_owned(), labels_to(labels));
-        self.call("commit", move |b, s| b.berth_snapshot_snapshotter().call_commit(s, &name, &key, &labels)).await
+        let answer =
+            self.call("commit", move |b, s| b.berth_snapshot_snapshotter().call_commit(s, &name, &key, &labels)).await;
+        self.forget(&forgotten);
+        answer
     }
 
     async fn remove(&self, key: &str) -> Result<()> {
-        let key = key.to_owned();
-        self.call("remove", move |b, s| b.berth_snapshot_snapshotter().call_remove(s, &key)).await
+        let owned = key.to_owned();
+        let answer = self.call("remove", move |b, s| b.berth_snapshot_snapshotter().call_remove(s, &owned)).await;
+        self.forget(&[key]);
+        answer
     }
 
     async fn walk(&self, filter: WalkFilter<'_>) -> Result<Vec<Info>> {

@@ -17,13 +17,15 @@
 //! In that directory:
 //!
 //! ```text
-//! metadata.json          every snapshot: id, kind, parent, labels, times (written whole, then renamed)
+//! metadata.json          every snapshot: id, kind, parent, labels, times, revision (written whole, then renamed)
 //! snapshots/<id>/fs/     its own files: the overlay's upper directory, or the bind mount's source
 //! snapshots/<id>/work/   the overlay's work directory
 //! ```
 //!
 //! Several instances may serve calls (`instances` of the table) and an instance may be replaced at any time,
 //! so the metadata file is the truth: each call re-reads it when it changed since this instance last saw it.
+//! The revisions berthd's stat cache goes by are kept there too: one counter in the file, moved by every
+//! change and recorded in the snapshot changed, so every instance gives the same value for the same state.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -62,12 +64,31 @@ struct Record {
     labels: BTreeMap<String, String>,
     created: (u64, u32),
     updated: (u64, u32),
+    /// The file's revision counter when this snapshot last changed (0: before the file kept revisions).
+    #[serde(default)]
+    revision: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Metadata {
     next_id: u64,
     snapshots: BTreeMap<String, Record>,
+    /// The last revision handed out. A file without one (new, or older than revisions) starts at the clock's
+    /// nanoseconds, above any value a file made before it in this directory handed out one per change.
+    #[serde(default = "clock_revision")]
+    revision: u64,
+}
+
+fn clock_revision() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default()
+}
+
+impl Metadata {
+    /// A new revision for a change.
+    fn next_revision(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
 }
 
 /// The metadata as this instance last read or wrote it, with the file's identity then.
@@ -135,7 +156,10 @@ impl Layers {
         let this = Self {
             dir: dir.to_owned(),
             host_root: host_root.to_owned(),
-            state: Mutex::new(Loaded { metadata: Metadata { next_id: 1, ..Default::default() }, seen: None }),
+            state: Mutex::new(Loaded {
+                metadata: Metadata { next_id: 1, revision: clock_revision(), ..Default::default() },
+                seen: None,
+            }),
         };
         drop(this.lock()?); // reads the metadata now: a broken file fails init, not the first call
         Ok(this)
@@ -273,6 +297,7 @@ impl Layers {
             labels: labels.into_iter().collect(),
             created: t,
             updated: t,
+            revision: metadata.next_revision(),
         };
         let mounts = self.mounts_of(metadata, &record);
         metadata.snapshots.insert(key.into(), record);
@@ -308,6 +333,12 @@ impl Snapshotter for Layers {
         Ok(Self::info(key, r))
     }
 
+    fn revision(&self, key: &str) -> Result<Option<u64>> {
+        let loaded = self.lock()?;
+        let r = loaded.metadata.snapshots.get(key).ok_or_else(|| Error::not_found(key))?;
+        Ok(Some(r.revision))
+    }
+
     fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
         let mut loaded = self.lock()?;
         let r = loaded.metadata.snapshots.get(&info.name).ok_or_else(|| Error::not_found(&info.name))?;
@@ -328,14 +359,16 @@ impl Snapshotter for Layers {
                 return Err(Error::invalid_argument(format!("cannot update {path:?} of snapshot {}", info.name)));
             }
         }
+        let revision = loaded.metadata.next_revision();
         let r = loaded.metadata.snapshots.get_mut(&info.name).expect("checked above");
-        let before = (r.labels.clone(), r.updated);
+        let before = (r.labels.clone(), r.updated, r.revision);
         r.labels = labels;
         r.updated = now();
+        r.revision = revision;
         let updated = Self::info(&info.name, r);
         if let Err(e) = self.save(&mut loaded) {
             let r = loaded.metadata.snapshots.get_mut(&info.name).expect("checked above");
-            (r.labels, r.updated) = before;
+            (r.labels, r.updated, r.revision) = before;
             return Err(e);
         }
         Ok(updated)
@@ -383,6 +416,7 @@ impl Snapshotter for Layers {
         record.labels = labels.into_iter().collect();
         record.created = now();
         record.updated = record.created;
+        record.revision = metadata.next_revision();
         metadata.snapshots.insert(name.into(), record);
         if let Err(e) = self.save(&mut loaded) {
             loaded.metadata.snapshots.remove(name);

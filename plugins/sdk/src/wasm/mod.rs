@@ -1,8 +1,8 @@
 //! The SDK on `wasm32-wasip2`: the same traits, exported as wasm components by the same macros.
 //!
 //! Compiled for a wasm target, [`crate::export_snapshot!`] expands to the bindings of berth's WIT package of
-//! the kind (`proto/wit/snapshot`: `berth:snapshot@1.0.0`, world `snapshot-plugin`) instead of the native
-//! ABI, so one plugin crate builds either way:
+//! the kind (`proto/wit/snapshot`: `berth:snapshot@1.1.0`, world `snapshot-plugin-revisions`) instead of the
+//! native ABI, so one plugin crate builds either way:
 //!
 //! ```text
 //! cargo build --release                                # a .so for source = "native"

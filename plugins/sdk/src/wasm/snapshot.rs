@@ -1,5 +1,5 @@
-//! The snapshot kind as a wasm component: [`crate::snapshot::Snapshotter`] behind the WIT interface
-//! `berth:snapshot/snapshotter@1.0.0`.
+//! The snapshot kind as a wasm component: [`crate::snapshot::Snapshotter`] behind the WIT interfaces
+//! `berth:snapshot/snapshotter@1.1.0` and `berth:snapshot/revisions@1.1.0` ([`Snapshotter::revision`]).
 
 use std::sync::OnceLock;
 
@@ -12,7 +12,7 @@ use crate::snapshot::{Labels, Snapshotter};
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../proto/wit/snapshot",
-        world: "berth:snapshot/snapshot-plugin",
+        world: "berth:snapshot/snapshot-plugin-revisions",
         pub_export_macro: true,
         export_macro_name: "__export_snapshot_world",
         default_bindings_module: "berth_plugin_sdk::wasm::snapshot::bindings",
@@ -21,6 +21,7 @@ pub mod bindings {
 
 use bindings::berth::snapshot::host;
 use bindings::berth::snapshot::types as wit;
+use bindings::exports::berth::snapshot::revisions::Guest as RevisionsGuest;
 use bindings::exports::berth::snapshot::snapshotter::Guest;
 
 pub use crate::host::Level;
@@ -189,8 +190,14 @@ impl<E: Export> Guest for E {
     }
 }
 
+impl<E: Export> RevisionsGuest for E {
+    fn revision(key: String) -> Result<Option<u64>, wit::Error> {
+        backend::<E::Backend>()?.revision(&key).map_err(error)
+    }
+}
+
 /// Exports a [`Snapshotter`] from a `wasm32-wasip2` `cdylib` as a component of world
-/// `berth:snapshot/snapshot-plugin` (the kind, its [`Snapshotter::NAME`], the crate's version). Use it once,
+/// `berth:snapshot/snapshot-plugin-revisions` (the kind, its revisions, its [`Snapshotter::NAME`], the crate's version). Use it once,
 /// at the crate root; the same line makes a native plugin when built for the host.
 #[macro_export]
 macro_rules! export_snapshot {
