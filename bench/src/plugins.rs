@@ -2,7 +2,9 @@
 //!
 //! Per call, in this process, on a tokio runtime like berthd's, through the trait object the daemon uses
 //! (`SharedSnapshotter`): `stat` of a snapshot with one label (small), `stat` of one with 64 KiB of labels,
-//! and `mounts`, each against
+//! the same after one of its labels changed (`stat-64k-changed`: an update, not timed, before each call, so a
+//! source that keeps stat answers under the plugin's revision fetches every one whole), and `mounts`, each
+//! against
 //!
 //! * `builtin`: `snapshot.native`, berth's built-in copying snapshotter;
 //! * `native`: examples/native-snapshot (`snapshot.example`, the same kind of backend) loaded from its `.so`
@@ -13,6 +15,7 @@
 //! (encode, call through the function table, decode, free) on the calling thread, against `direct`, the
 //! example's own Rust method called in-process; `hop` is one empty `spawn_blocking` round trip, the thread
 //! change every native call makes so a plugin may block (and, for comparison, one empty `block_in_place`).
+//! The `abi` rows include `revision`, the small call a native stat makes first (ABI 1.2).
 //!
 //! Start-up (`--berthd`): berthd started on a fresh root until its socket answers, then stopped, alternately
 //! with the built-in plugins only and with the native examples loaded (snapshot, runtime, monitor).
@@ -206,11 +209,43 @@ async fn measure_source(source: &Source, scratch: &Path, calls: usize, rounds: u
         }
         figures.push(figure(source.label, phase, medians, calls));
     }
+    figures.push(measure_changed_stat(source, &snapshotter, calls, rounds).await?);
     snapshotter.remove("small").await?;
     snapshotter.remove("big").await?;
     drop(snapshotter);
     started.shutdown();
     Ok(figures)
+}
+
+/// `stat` of the big snapshot right after one of its labels changed: every call meets a new revision. The
+/// untimed update writes the backend's records, so a tenth of the calls are made.
+async fn measure_changed_stat(
+    source: &Source,
+    snapshotter: &SharedSnapshotter,
+    calls: usize,
+    rounds: usize,
+) -> Result<Figure> {
+    let calls = (calls / 10).max(1);
+    let mut medians = Vec::new();
+    for round in 0..rounds {
+        let s = Arc::clone(snapshotter);
+        let median = tokio::spawn(async move {
+            let mut info = s.stat("big").await?;
+            let mut samples = Vec::with_capacity(calls);
+            for i in 0..calls {
+                info.labels.insert("bench.berth.dev/changed".into(), format!("{round}-{i}"));
+                info = s.update(info, &["labels.bench.berth.dev/changed".into()]).await?;
+                let started = Instant::now();
+                let stat = s.stat("big").await?;
+                samples.push(started.elapsed());
+                anyhow::ensure!(stat.labels == info.labels, "a stat after an update must show the update");
+            }
+            Ok::<_, anyhow::Error>(median_ns(samples))
+        })
+        .await??;
+        medians.push(median);
+    }
+    Ok(figure(source.label, "stat-64k-changed", medians, calls))
 }
 
 /// One empty `spawn_blocking` round trip from a runtime worker, and one empty `block_in_place`.
@@ -322,6 +357,20 @@ fn measure_abi(libs: &Path, scratch: &Path, calls: usize, rounds: usize) -> Resu
         direct.prepare(key, "", labels).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let mut figures = Vec::new();
+    let (mut through, mut plain) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let request = pb::RevisionRequest { key: "big".into() };
+        through.push(time_sync(calls, || {
+            std::hint::black_box(raw.call::<pb::RevisionResponse>(m::REVISION, &request)?.revision);
+            Ok(())
+        })?);
+        plain.push(time_sync(calls, || {
+            std::hint::black_box(direct.revision("big").map_err(|e| anyhow::anyhow!("{e}"))?);
+            Ok(())
+        })?);
+    }
+    figures.push(figure("abi", "revision", through, calls));
+    figures.push(figure("direct", "revision", plain, calls));
     for (phase, key) in [("stat", "small"), ("stat-64k", "big"), ("mounts", "small")] {
         let (mut through, mut plain) = (Vec::new(), Vec::new());
         for _ in 0..rounds {

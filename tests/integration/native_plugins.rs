@@ -76,6 +76,62 @@ async fn native_snapshot_example_passes_the_snapshot_suite() {
     started.shutdown();
 }
 
+/// The adapter keeps a plugin's stat answers while the plugin's revision stays (ABI 1.2), and a plugin built
+/// for ABI 1.1 (no revision method) has every stat fetched. The faulty plugin with `count_stats` shows which:
+/// its answers count its stats without moving the revision, so an answer from berthd's copy repeats a count.
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_are_kept_while_the_revision_stays_and_abi_1_1_plugins_are_asked_every_time() {
+    let dir = tempfile::Builder::new().prefix("berth-revisions").tempdir_in("/tmp").unwrap();
+    let copies = faulty_copies(dir.path(), &["counted", "abi-1.1"]);
+    let tables = native_table("snapshot.counted", &copies[0], "count_stats = true")
+        + &native_table("snapshot.abi-1.1", &copies[1], "count_stats = true");
+    let started = load_alone(dir.path(), &tables).await;
+    let snapshotter = |name: &str| -> SharedSnapshotter {
+        let id = format!("snapshot.{name}").parse().unwrap();
+        (*started.get::<SharedSnapshotter>(&id).unwrap_or_else(|| panic!("snapshot.{name} did not load"))).clone()
+    };
+    let calls = |info: &berth_core::snapshot::Info| -> u64 { info.labels["faulty.stat-calls"].parse().unwrap() };
+    let big: berth_core::snapshot::Labels = (0..512).map(|i| (format!("label-{i:03}"), "x".repeat(120))).collect();
+
+    let counted = snapshotter("counted");
+    counted.prepare("k", None, big.clone()).await.unwrap();
+    let first = counted.stat("k").await.unwrap();
+    for _ in 0..3 {
+        let again = counted.stat("k").await.unwrap();
+        assert_eq!(again, first, "an unchanged snapshot's stat is berthd's copy of the first answer");
+    }
+    assert_eq!(calls(&first), 1);
+    let mut info = first.clone();
+    info.labels.insert("label-000".into(), "changed".into());
+    counted.update(info, &["labels.label-000".into()]).await.unwrap();
+    let updated = counted.stat("k").await.unwrap();
+    assert_eq!((updated.labels["label-000"].as_str(), calls(&updated)), ("changed", 2), "an update is fetched anew");
+    assert_eq!(calls(&counted.stat("k").await.unwrap()), 2, "and kept again");
+    counted.remove("k").await.unwrap();
+    assert!(counted.stat("k").await.is_err(), "a removed snapshot is not answered from the copy");
+    counted.prepare("k", None, [("other".to_string(), "labels".to_string())].into()).await.unwrap();
+    let remade = counted.stat("k").await.unwrap();
+    assert_eq!((remade.labels.get("other").map(String::as_str), calls(&remade)), (Some("labels"), 3));
+    counted.commit("c", "k", Default::default()).await.unwrap();
+    let committed = counted.stat("c").await.unwrap();
+    assert_eq!((committed.kind, calls(&committed)), (berth_core::snapshot::Kind::Committed, 4));
+
+    let old = snapshotter("abi-1.1");
+    assert_eq!(
+        plugin_state(&started, "snapshot.abi-1.1"),
+        berth_core::registry::PluginState::Loaded,
+        "a plugin of ABI 1.1 loads"
+    );
+    old.prepare("k", None, big).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(calls(&old.stat("k").await.unwrap()));
+    }
+    assert_eq!(seen, [1, 2, 3], "without a revision method every stat is fetched");
+    drop((counted, old));
+    started.shutdown();
+}
+
 /// ctr 1.6's spec for `ctr run --rootfs`, on a busybox rootfs, as the built-in runtime's suite uses it.
 struct Busybox {
     rootfs: PathBuf,

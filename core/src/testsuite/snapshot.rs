@@ -55,6 +55,7 @@ pub async fn run_all(snapshotter: &dyn Snapshotter, scratch: &Path) {
     unknown_keys(snapshotter).await;
     kinds_and_parents(snapshotter).await;
     update_labels(snapshotter).await;
+    stat_follows_every_change(snapshotter).await;
     duplicates(snapshotter).await;
     refused_commits_and_parents(snapshotter).await;
     remove_rules(snapshotter).await;
@@ -212,6 +213,92 @@ async fn update_labels(sn: &dyn Snapshotter) {
         assert_eq!(sn.stat(&name).await.expect("stat").parent, parent, "update: a refused update changed {name}");
     }
     remove_base_set(sn, p).await;
+}
+
+/// Stats `key` three times: the answers agree (a backend that keeps stat answers gives its copy from the
+/// second on).
+async fn stat_repeated(sn: &dyn Snapshotter, key: &str, what: &str) -> Info {
+    let first = sn.stat(key).await.unwrap_or_else(|e| panic!("fresh: stat {key} {what}: {e}"));
+    for _ in 0..2 {
+        let again = sn.stat(key).await.unwrap_or_else(|e| panic!("fresh: stat {key} again {what}: {e}"));
+        assert_eq!(again, first, "fresh: a repeated stat of {key} {what} answered differently");
+    }
+    first
+}
+
+/// Stat shows every change of a snapshot stat'ed just before it, so a backend that keeps stat answers (the
+/// plugin sources keep them under the plugin's revision of the snapshot) never answers from a stale copy:
+/// each way of updating labels, a remove and a new snapshot of the same key (active, view, committed), a
+/// commit.
+async fn stat_follows_every_change(sn: &dyn Snapshotter) {
+    let k = |n: &str| format!("suite-fresh-{n}");
+    let (a, c) = (k("a"), k("c"));
+    // Many labels: what keeping a stat answer is for.
+    let many: Labels = (0..64).map(|i| (format!("suite.label-{i:02}"), format!("{i}-{}", "x".repeat(100)))).collect();
+    sn.prepare(&a, None, many.clone()).await.expect("prepare a");
+    assert_eq!(stat_repeated(sn, &a, "after prepare").await.labels, many, "fresh: labels of a new snapshot");
+
+    let mut info = stat_repeated(sn, &a, "before updates").await;
+    info.labels.insert("suite.label-00".into(), "changed".into());
+    info.labels.remove("suite.label-01");
+    sn.update(info.clone(), &["labels.suite.label-00".into(), "labels.suite.label-01".into()]).await.expect("update");
+    let mut want = many.clone();
+    want.insert("suite.label-00".into(), "changed".into());
+    want.remove("suite.label-01");
+    assert_eq!(
+        stat_repeated(sn, &a, "after labels.KEY updates").await.labels,
+        want,
+        "fresh: labels.KEY set and removed"
+    );
+    let request = Info { labels: labels(&[("one", "1")]), ..info.clone() };
+    sn.update(request, &[]).await.expect("update all");
+    assert_eq!(
+        stat_repeated(sn, &a, "after replacing the labels").await.labels,
+        labels(&[("one", "1")]),
+        "fresh: no paths"
+    );
+    let request = Info { labels: labels(&[("two", "2")]), ..info.clone() };
+    sn.update(request, &["labels".into()]).await.expect("update labels");
+    assert_eq!(
+        stat_repeated(sn, &a, "after the labels path").await.labels,
+        labels(&[("two", "2")]),
+        "fresh: labels path"
+    );
+    let request = Info { labels: labels(&[("three", "3")]), ..info };
+    assert_err!(sn.update(request, &["kind".into()]).await, InvalidArgument, "fresh: an update of the kind");
+    assert_eq!(stat_repeated(sn, &a, "after a refused update").await.labels, labels(&[("two", "2")]), "fresh: refused");
+
+    // The same key again, with other labels and of each kind.
+    sn.remove(&a).await.expect("remove a");
+    assert_err!(sn.stat(&a).await, NotFound, "fresh: stat of a removed snapshot");
+    sn.prepare(&a, None, labels(&[("again", "active")])).await.expect("prepare a again");
+    let again = stat_repeated(sn, &a, "made again").await;
+    assert_eq!((again.kind, again.labels), (Kind::Active, labels(&[("again", "active")])), "fresh: a made again");
+    sn.remove(&a).await.expect("remove a");
+    sn.view(&a, None, labels(&[("again", "view")])).await.expect("view a");
+    let again = stat_repeated(sn, &a, "made again as a view").await;
+    assert_eq!((again.kind, again.labels), (Kind::View, labels(&[("again", "view")])), "fresh: a as a view");
+    sn.remove(&a).await.expect("remove the view a");
+
+    // Commit: the active key is gone, the name is the committed snapshot; a name committed again is the new one.
+    for round in ["first", "second"] {
+        sn.prepare(&a, None, many.clone()).await.expect("prepare a to commit");
+        stat_repeated(sn, &a, "before commit").await;
+        sn.commit(&c, &a, labels(&[("committed", round)])).await.expect("commit");
+        assert_err!(sn.stat(&a).await, NotFound, "fresh: the active key after commit ({round})");
+        let committed = stat_repeated(sn, &c, "after commit").await;
+        assert_eq!(
+            (committed.kind, committed.labels),
+            (Kind::Committed, labels(&[("committed", round)])),
+            "fresh: the committed snapshot ({round})"
+        );
+        sn.remove(&c).await.expect("remove c");
+    }
+    // A committed name made again as an active snapshot.
+    sn.prepare(&c, None, labels(&[("was", "committed")])).await.expect("prepare c");
+    let active = stat_repeated(sn, &c, "active after being committed").await;
+    assert_eq!((active.kind, active.labels), (Kind::Active, labels(&[("was", "committed")])), "fresh: c active again");
+    sn.remove(&c).await.expect("remove c");
 }
 
 /// A key is unique across kinds: prepare, view and commit onto a taken key are AlreadyExists.

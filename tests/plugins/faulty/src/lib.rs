@@ -9,16 +9,21 @@
 //! * `wrong-name`: names itself `someone-else`;
 //! * `wrong-target`: built for another target triple;
 //! * `short-table`: only the first three methods (stat, update, usage), as an older ABI minor would have;
+//! * `abi-1.1`: a snapshotter of ABI 1.1, whose table ends before `revision` (ABI 1.2);
 //! * `monitor-panics`: a monitor (ABI 1.1) whose every `event` call panics;
 //! * `monitor-blocks`: a monitor whose `event` calls block until the file named by config `gate` exists
 //!   (at most a minute), then publish `/faulty/released`;
 //! * `monitor-old`: a monitor header of ABI 1.0, which had no monitor kind;
 //! * anything else: a working in-memory snapshotter whose `prepare` panics for keys ending in `boom`, and
-//!   whose creation panics with config `{"panic_on_init": true}`.
+//!   whose creation panics with config `{"panic_on_init": true}`. It keeps revisions (a counter of the
+//!   instance, which holds every record: nothing outlives it). With config `{"count_stats": true}` its stat
+//!   answers carry the label `faulty.stat-calls`, how many stats it answered so far, without moving the
+//!   revision: a stat berthd answers from its copy shows the count of the stat it copied.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use berth_plugin_sdk::abi::{
@@ -35,27 +40,44 @@ use berth_plugin_sdk::{Error, Init, Result};
 struct Config {
     panic_on_init: bool,
     gate: String,
+    count_stats: bool,
+}
+
+/// The records: each snapshot with its revision.
+#[derive(Default)]
+struct Records {
+    snapshots: HashMap<String, (Info, u64)>,
+    last_revision: u64,
+}
+
+impl Records {
+    fn insert(&mut self, info: Info) {
+        self.last_revision += 1;
+        self.snapshots.insert(info.name.clone(), (info, self.last_revision));
+    }
 }
 
 /// Snapshots in memory, with tmpfs mounts.
 pub struct Faulty {
-    snapshots: Mutex<HashMap<String, Info>>,
+    records: Mutex<Records>,
+    /// Stats answered, when the config asks for them to be counted.
+    stat_calls: Option<AtomicU64>,
 }
 
 impl Faulty {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Info>> {
-        self.snapshots.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn add(&self, kind: Kind, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
         if key.ends_with("boom") {
             panic!("asked to prepare {key}");
         }
-        let mut snapshots = self.lock();
-        if snapshots.contains_key(key) {
+        let mut records = self.lock();
+        if records.snapshots.contains_key(key) {
             return Err(Error::already_exists(key));
         }
-        if !parent.is_empty() && !snapshots.contains_key(parent) {
+        if !parent.is_empty() && !records.snapshots.contains_key(parent) {
             return Err(Error::not_found(parent));
         }
         let now = std::time::SystemTime::now().into();
@@ -67,7 +89,7 @@ impl Faulty {
             updated_at: Some(now),
             labels,
         };
-        snapshots.insert(key.into(), info);
+        records.insert(info);
         Ok(vec![Mount { r#type: "tmpfs".into(), source: "tmpfs".into(), target: String::new(), options: vec![] }])
     }
 }
@@ -80,16 +102,27 @@ impl Snapshotter for Faulty {
         if config.panic_on_init {
             panic!("told to panic on init");
         }
-        Ok(Self { snapshots: Mutex::new(HashMap::new()) })
+        let stat_calls = config.count_stats.then(|| AtomicU64::new(0));
+        Ok(Self { records: Mutex::new(Records::default()), stat_calls })
     }
     fn stat(&self, key: &str) -> Result<Info> {
-        self.lock().get(key).cloned().ok_or_else(|| Error::not_found(key))
+        let mut info =
+            self.lock().snapshots.get(key).map(|(info, _)| info.clone()).ok_or_else(|| Error::not_found(key))?;
+        if let Some(calls) = &self.stat_calls {
+            let calls = calls.fetch_add(1, Ordering::Relaxed) + 1;
+            info.labels.insert("faulty.stat-calls".into(), calls.to_string());
+        }
+        Ok(info)
+    }
+    fn revision(&self, key: &str) -> Result<Option<u64>> {
+        Ok(Some(self.lock().snapshots.get(key).ok_or_else(|| Error::not_found(key))?.1))
     }
     fn update(&self, info: Info, _: &[String]) -> Result<Info> {
-        let mut snapshots = self.lock();
-        let current = snapshots.get_mut(&info.name).ok_or_else(|| Error::not_found(&info.name))?;
-        current.labels = info.labels;
-        Ok(current.clone())
+        let mut records = self.lock();
+        let (current, _) = records.snapshots.get(&info.name).ok_or_else(|| Error::not_found(&info.name))?;
+        let updated = Info { labels: info.labels, ..current.clone() };
+        records.insert(updated.clone());
+        Ok(updated)
     }
     fn usage(&self, key: &str) -> Result<UsageResponse> {
         self.stat(key).map(|_| UsageResponse { size: 0, inodes: 1 })
@@ -104,19 +137,19 @@ impl Snapshotter for Faulty {
         self.add(Kind::View, key, parent, labels)
     }
     fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
-        let mut snapshots = self.lock();
-        let mut info = snapshots.remove(key).ok_or_else(|| Error::not_found(key))?;
+        let mut records = self.lock();
+        let (mut info, _) = records.snapshots.remove(key).ok_or_else(|| Error::not_found(key))?;
         info.name = name.into();
         info.kind = Kind::Committed as i32;
         info.labels = labels;
-        snapshots.insert(name.into(), info);
+        records.insert(info);
         Ok(())
     }
     fn remove(&self, key: &str) -> Result<()> {
-        self.lock().remove(key).map(|_| ()).ok_or_else(|| Error::not_found(key))
+        self.lock().snapshots.remove(key).map(|_| ()).ok_or_else(|| Error::not_found(key))
     }
     fn list(&self) -> Result<Vec<Info>> {
-        Ok(self.lock().values().cloned().collect())
+        Ok(self.lock().snapshots.values().map(|(info, _)| info.clone()).collect())
     }
 }
 
@@ -197,7 +230,11 @@ pub extern "C" fn berth_plugin_entry() -> *const Header {
         let table = Box::leak(Box::new(FunctionTable {
             create: berth_plugin_sdk::snapshot::__create::<Faulty>,
             destroy: berth_plugin_sdk::__private::destroy::<Faulty>,
-            method_count: if variant == "short-table" { 3 } else { m::COUNT as u32 },
+            method_count: match variant.as_str() {
+                "short-table" => 3,
+                "abi-1.1" => m::REVISION as u32,
+                _ => m::COUNT as u32,
+            },
             methods: METHODS.as_ptr(),
         }));
         let mut header = Header::new("snapshot", "faulty", env!("CARGO_PKG_VERSION"), table);
@@ -206,6 +243,7 @@ pub extern "C" fn berth_plugin_entry() -> *const Header {
             "bad-magic" => header.magic = *b"NOTBERTH",
             "wrong-major" => (header.abi_major, header.abi_minor) = (99, 0),
             "newer-minor" => header.abi_minor = abi::ABI_MINOR + 5,
+            "abi-1.1" => header.abi_minor = 1,
             "wrong-kind" => header.kind = StaticStr::new("runtime"),
             "wrong-name" => header.name = StaticStr::new("someone-else"),
             "wrong-target" => header.target = StaticStr::new("riscv64gc-unknown-none-elf"),
