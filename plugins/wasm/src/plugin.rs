@@ -171,11 +171,6 @@ pub struct Generation<K: Kind> {
 }
 
 impl<K: Kind> Generation<K> {
-    /// Its checked component.
-    pub fn pre(&self) -> &K::Pre {
-        &self.pre
-    }
-
     /// Which instances may have answered so far: it grows with every reload and every fresh instance, so an
     /// adapter keeping answers under a guest's own values (revisions) can tell it may no longer trust them.
     fn lineage(&self) -> u64 {

@@ -74,11 +74,6 @@ impl<T: 'static> SnapshotInstancePre<T> {
         Ok(Self { instance_pre, snapshotter, revisions })
     }
 
-    /// Whether the component exports revisions.
-    pub fn has_revisions(&self) -> bool {
-        self.revisions.is_some()
-    }
-
     /// Instantiates, type-checking the exports.
     pub fn instantiate(&self, mut store: impl AsContextMut<Data = T>) -> wasmtime::Result<SnapshotInstance> {
         let mut store = store.as_context_mut();
@@ -108,6 +103,14 @@ impl wit::Host for Ctx {}
 pub struct SnapshotWorld;
 
 crate::plugin::wasm_kind!(SnapshotWorld, SnapshotInstance, SnapshotInstancePre, berth_snapshot_snapshotter, package: "berth:snapshot", export: "berth:snapshot/snapshotter@1.1.0", world: "berth:snapshot/snapshot-plugin@1.1.0");
+
+/// What the first call of a stat found.
+enum Revised {
+    /// The snapshot's revision: the answer is the kept copy, or fetched.
+    Revision(u64),
+    /// No revision: the whole answer.
+    Whole(wit::Info),
+}
 
 /// The adapter.
 pub struct WasmSnapshotter {
@@ -297,18 +300,29 @@ impl Snapshotter for WasmSnapshotter {
     }
 
     async fn stat(&self, key: &str) -> Result<Info> {
-        if !self.plugin.current().pre().has_revisions() {
-            return Ok(self.fetch(key).await?.0);
-        }
         let owned = key.to_owned();
-        let (revision, lineage) = self
-            .call_in_lineage("revision", move |b, s| match &b.revisions {
-                Some(revisions) => revisions.call_revision(s, &owned),
-                // A reload to a component without them since the check above.
-                None => Ok(Ok(None)),
+        // One call into the instance: the revision, and the whole answer at once when there is none (a 1.0.0
+        // component, or a snapshot the guest keeps no revision for).
+        let (answer, lineage) = self
+            .call_in_lineage("stat", move |b, s| {
+                let revision = match &b.revisions {
+                    Some(revisions) => match revisions.call_revision(&mut *s, &owned)? {
+                        Ok(revision) => revision,
+                        Err(e) => return Ok(Err(e)),
+                    },
+                    None => None,
+                };
+                Ok(match revision {
+                    Some(revision) => Ok(Revised::Revision(revision)),
+                    None => b.berth_snapshot_snapshotter().call_stat(s, &owned)?.map(Revised::Whole),
+                })
             })
             .await?;
-        let (Some(revision), Some(stats)) = (revision, self.stats_of(lineage)) else {
+        let revision = match answer {
+            Revised::Whole(info) => return Ok(info_from(info)),
+            Revised::Revision(revision) => revision,
+        };
+        let Some(stats) = self.stats_of(lineage) else {
             return Ok(self.fetch(key).await?.0);
         };
         let fetched_in = std::sync::atomic::AtomicU64::new(lineage);
