@@ -439,7 +439,9 @@ mod tests {
     fn records_from_before_revisions_get_distinct_ones() {
         let dir = tempfile::tempdir().unwrap();
         let record = |id: u64| {
-            format!(r#"{{"id": {id}, "kind": "active", "parent": "", "labels": {{}}, "created": [1, 0], "updated": [1, 0]}}"#)
+            format!(
+                r#"{{"id": {id}, "kind": "active", "parent": "", "labels": {{}}, "created": [1, 0], "updated": [1, 0]}}"#
+            )
         };
         let old = format!(r#"{{"next_id": 3, "snapshots": {{"a": {}, "b": {}}}}}"#, record(1), record(2));
         fs::create_dir_all(dir.path().join("snapshots")).unwrap();
