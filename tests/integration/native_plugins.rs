@@ -77,14 +77,15 @@ async fn native_snapshot_example_passes_the_snapshot_suite() {
 }
 
 /// The adapter keeps a plugin's stat answers while the plugin's revision stays (ABI 1.2), and a plugin built
-/// for ABI 1.1 (no revision method) has every stat fetched. The faulty plugin with `count_stats` shows which:
+/// for ABI 1.1 (no revision method) or keeping no revisions (the SDK's default) has every stat fetched. The faulty plugin with `count_stats` shows which:
 /// its answers count its stats without moving the revision, so an answer from berthd's copy repeats a count.
 #[tokio::test(flavor = "multi_thread")]
 async fn stats_are_kept_while_the_revision_stays_and_abi_1_1_plugins_are_asked_every_time() {
     let dir = tempfile::Builder::new().prefix("berth-revisions").tempdir_in("/tmp").unwrap();
-    let copies = faulty_copies(dir.path(), &["counted", "abi-1.1"]);
+    let copies = faulty_copies(dir.path(), &["counted", "abi-1.1", "no-revisions"]);
     let tables = native_table("snapshot.counted", &copies[0], "count_stats = true")
-        + &native_table("snapshot.abi-1.1", &copies[1], "count_stats = true");
+        + &native_table("snapshot.abi-1.1", &copies[1], "count_stats = true")
+        + &native_table("snapshot.no-revisions", &copies[2], "count_stats = true\nno_revisions = true");
     let started = load_alone(dir.path(), &tables).await;
     let snapshotter = |name: &str| -> SharedSnapshotter {
         let id = format!("snapshot.{name}").parse().unwrap();
@@ -122,13 +123,20 @@ async fn stats_are_kept_while_the_revision_stays_and_abi_1_1_plugins_are_asked_e
         berth_core::registry::PluginState::Loaded,
         "a plugin of ABI 1.1 loads"
     );
-    old.prepare("k", None, big).await.unwrap();
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        seen.push(calls(&old.stat("k").await.unwrap()));
+    let none = snapshotter("no-revisions");
+    for (sn, what) in [(&old, "without a revision method"), (&none, "without revisions")] {
+        sn.prepare("k", None, big.clone()).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(calls(&sn.stat("k").await.unwrap()));
+        }
+        assert_eq!(seen, [1, 2, 3], "{what} every stat is fetched");
+        let mut info = sn.stat("k").await.unwrap();
+        info.labels.insert("label-000".into(), "changed".into());
+        sn.update(info, &["labels.label-000".into()]).await.unwrap();
+        assert_eq!(sn.stat("k").await.unwrap().labels["label-000"], "changed", "{what}: the update shows");
     }
-    assert_eq!(seen, [1, 2, 3], "without a revision method every stat is fetched");
-    drop((counted, old));
+    drop((counted, old, none));
     started.shutdown();
 }
 

@@ -16,7 +16,8 @@
 //! * `monitor-old`: a monitor header of ABI 1.0, which had no monitor kind;
 //! * anything else: a working in-memory snapshotter whose `prepare` panics for keys ending in `boom`, and
 //!   whose creation panics with config `{"panic_on_init": true}`. It keeps revisions (a counter of the
-//!   instance, which holds every record: nothing outlives it). With config `{"count_stats": true}` its stat
+//!   instance, which holds every record: nothing outlives it), or none, as the SDK's default, with config
+//!   `{"no_revisions": true}`. With config `{"count_stats": true}` its stat
 //!   answers carry the label `faulty.stat-calls`, how many stats it answered so far, without moving the
 //!   revision: a stat berthd answers from its copy shows the count of the stat it copied.
 
@@ -41,6 +42,7 @@ struct Config {
     panic_on_init: bool,
     gate: String,
     count_stats: bool,
+    no_revisions: bool,
 }
 
 /// The records: each snapshot with its revision.
@@ -62,6 +64,7 @@ pub struct Faulty {
     records: Mutex<Records>,
     /// Stats answered, when the config asks for them to be counted.
     stat_calls: Option<AtomicU64>,
+    no_revisions: bool,
 }
 
 impl Faulty {
@@ -103,7 +106,7 @@ impl Snapshotter for Faulty {
             panic!("told to panic on init");
         }
         let stat_calls = config.count_stats.then(|| AtomicU64::new(0));
-        Ok(Self { records: Mutex::new(Records::default()), stat_calls })
+        Ok(Self { records: Mutex::new(Records::default()), stat_calls, no_revisions: config.no_revisions })
     }
     fn stat(&self, key: &str) -> Result<Info> {
         let mut info =
@@ -115,7 +118,8 @@ impl Snapshotter for Faulty {
         Ok(info)
     }
     fn revision(&self, key: &str) -> Result<Option<u64>> {
-        Ok(Some(self.lock().snapshots.get(key).ok_or_else(|| Error::not_found(key))?.1))
+        let revision = self.lock().snapshots.get(key).ok_or_else(|| Error::not_found(key))?.1;
+        Ok((!self.no_revisions).then_some(revision))
     }
     fn update(&self, info: Info, _: &[String]) -> Result<Info> {
         let mut records = self.lock();
