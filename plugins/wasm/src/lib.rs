@@ -1,5 +1,6 @@
 //! The `wasm` plugin source of berthd: plugins as wasm components, run by wasmtime with WASI p2, each kind
-//! a versioned WIT package of `proto/wit` (`berth:snapshot@1.0.0`, world `snapshot-plugin`;
+//! a versioned WIT package of `proto/wit` (`berth:snapshot@1.1.0`, world `snapshot-plugin`, its `revisions`
+//! optional: [`snapshot`];
 //! `berth:monitor@1.0.0`, world `monitor-plugin`, whose `publish` reaches berthd's event exchange;
 //! `berth:runtime@1.0.0`, world `function-runtime`, a function runtime whose tasks berthd keeps: [`runtime`]).
 //!

@@ -612,6 +612,27 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_kind_is_named_by_its_own_interface_not_one_added_beside_it() {
+        // Exported in this order, `revisions` (no `describe`) would be named first.
+        let text = r#"(component
+            (core module $m (func (export "f")))
+            (core instance $i (instantiate $m))
+            (type $t (func))
+            (func $f (type $t) (canon lift (core func $i "f")))
+            (instance $extra (export "revision" (func $f)))
+            (instance $main (export "describe" (func $f)))
+            (export "berth:snapshot/revisions@1.1.0" (instance $extra))
+            (export "berth:snapshot/snapshotter@1.1.0" (instance $main)))"#;
+        let component = Component::new(engine::engine(), wat::parse_str(text).unwrap()).unwrap();
+        let id: PluginId = "monitor.x".parse().unwrap();
+        let e = check_world::<crate::monitor::MonitorWorld>(&component, &id).unwrap_err();
+        assert!(
+            e.starts_with("the component is a snapshot plugin (it exports berth:snapshot/snapshotter@1.1.0)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn worlds_are_told_apart() {
         let id: PluginId = "snapshot.x".parse().unwrap();
         let e = check_world::<SnapshotWorld>(&exporting("berth:snapshot/snapshotter@2.0.0"), &id).unwrap_err();
