@@ -70,10 +70,11 @@ impl StatCache {
         }
         let info = Arc::new(info.clone());
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.capacity && !entries.contains_key(key) {
-            if let Some(victim) = entries.keys().next().cloned() {
-                entries.remove(&victim);
-            }
+        if entries.len() >= self.capacity
+            && !entries.contains_key(key)
+            && let Some(victim) = entries.keys().next().cloned()
+        {
+            entries.remove(&victim);
         }
         entries.insert(key.to_owned(), (revision, info));
     }
