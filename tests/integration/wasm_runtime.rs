@@ -50,9 +50,7 @@ async fn load_alone(dir: &Path, tables: &str) -> berth_core::registry::Started {
 }
 
 fn spec_of(args: &[&str]) -> prost_types::Any {
-    spec_any(
-        &serde_json::json!({ "process": { "args": args, "env": ["PATH=/bin"], "cwd": "/" } }).to_string(),
-    )
+    spec_any(&serde_json::json!({ "process": { "args": args, "env": ["PATH=/bin"], "cwd": "/" } }).to_string())
 }
 
 fn process_of(args: &[&str]) -> prost_types::Any {

@@ -165,13 +165,11 @@ mod tests {
         assert_eq!(fetches.get(), 3);
 
         // A failed revision read or fetch is the caller's error, and keeps nothing new.
-        let missing = cache.stat("gone", async { Err(SnapshotError::NotFound("gone".into())) }, || async {
-            Ok(info("x"))
-        });
+        let missing =
+            cache.stat("gone", async { Err(SnapshotError::NotFound("gone".into())) }, || async { Ok(info("x")) });
         assert!(matches!(missing.await, Err(SnapshotError::NotFound(k)) if k == "gone"));
-        let failed = cache.stat("other", async { Ok(Some(1)) }, || async {
-            Err(SnapshotError::FailedPrecondition("busy".into()))
-        });
+        let failed = cache
+            .stat("other", async { Ok(Some(1)) }, || async { Err(SnapshotError::FailedPrecondition("busy".into())) });
         assert!(matches!(failed.await, Err(SnapshotError::FailedPrecondition(_))));
         assert_eq!(cache.len(), 1);
     }

@@ -136,7 +136,11 @@ impl TaskRoot {
     }
 
     /// Grants the root as `/` unless the plugin's table grants `/` itself, which then wins.
-    fn grant(&self, wasi: &mut wasmtime_wasi::WasiCtxBuilder, options: &WasmOptions) -> std::result::Result<(), String> {
+    fn grant(
+        &self,
+        wasi: &mut wasmtime_wasi::WasiCtxBuilder,
+        options: &WasmOptions,
+    ) -> std::result::Result<(), String> {
         if options.preopens.iter().any(|p| p.guest == "/") {
             return Ok(());
         }
