@@ -91,21 +91,27 @@ fn bind_socket(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<UnixLi
     Ok(listener)
 }
 
-/// Waits for SIGTERM or SIGINT.
-async fn stop_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, and waits for either in the future it returns.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static, DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
-        _ = int.recv() => tracing::info!("SIGINT received, stopping"),
-    }
+    let mut term = signal(SignalKind::terminate()).map_err(io("installing the SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+            _ = int.recv() => tracing::info!("SIGINT received, stopping"),
+        }
+    })
 }
 
 /// Runs berthd until SIGTERM or SIGINT: starts the plugins, serves gRPC on the configured unix
 /// socket, then lets in-flight requests finish, removes the socket and shuts plugins down.
 pub async fn run(config: Config, registry: Registry) -> Result<(), DaemonError> {
-    run_until(config, registry, stop_signal()).await
+    // Installed before the socket exists, not when the server first polls the stop future: a
+    // signal sent as soon as a client could connect would otherwise kill berthd (the default
+    // action) instead of stopping it, leaving the socket and the plugins' state behind.
+    let stop = stop_signal()?;
+    run_until(config, registry, stop).await
 }
 
 /// [`run`] with the stop condition given by the caller (tests, embedding).
