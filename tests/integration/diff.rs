@@ -70,6 +70,14 @@ async fn write_blob(daemon: &Daemon, reference: &str, data: &[u8]) -> Digest {
     digest
 }
 
+/// A layer's blob as the content store keeps it on disk, and its content info.
+async fn stored_layer(daemon: &Daemon, client: &containerd_client::Client, layer: &Descriptor) -> (Vec<u8>, api::Info) {
+    let path = daemon.root().join("content/blobs/sha256").join(layer.digest.trim_start_matches("sha256:"));
+    let request = ns_request("default", api::InfoRequest { digest: layer.digest.clone() });
+    let info = client.content().info(request).await.expect("content info").into_inner().info.unwrap();
+    (std::fs::read(path).unwrap(), info)
+}
+
 fn bind(dir: &Path) -> Mount {
     Mount {
         r#type: "bind".into(),
@@ -178,19 +186,9 @@ async fn diff_two_directories_into_a_layer() {
     assert_eq!(layer.media_type, GZIP_LAYER);
 
     // The layer is in the content store, with containerd's uncompressed label.
-    let info = client
-        .content()
-        .info(ns_request("default", api::InfoRequest { digest: layer.digest.clone() }))
-        .await
-        .expect("content info")
-        .into_inner()
-        .info
-        .unwrap();
+    let (blob, info) = stored_layer(&daemon, &client, &layer).await;
     assert_eq!(info.size, layer.size);
     assert_eq!(info.labels.get("origin").map(String::as_str), Some("test"));
-    let blob =
-        std::fs::read(daemon.root().join("content/blobs/sha256").join(layer.digest.trim_start_matches("sha256:")))
-            .unwrap();
     assert_eq!(Digest::sha256_of(&blob).to_string(), layer.digest);
     let listing = work.join("layer.tar.gz");
     std::fs::write(&listing, &blob).unwrap();
@@ -225,18 +223,8 @@ async fn diff_two_directories_into_a_layer() {
     };
     let layer = client.diff().diff(ns_request("default", request)).await.expect("zstd diff").into_inner().diff.unwrap();
     assert_eq!(layer.media_type, ZSTD_LAYER);
-    let blob =
-        std::fs::read(daemon.root().join("content/blobs/sha256").join(layer.digest.trim_start_matches("sha256:")))
-            .unwrap();
+    let (blob, info) = stored_layer(&daemon, &client, &layer).await;
     assert_eq!(&blob[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
-    let info = client
-        .content()
-        .info(ns_request("default", api::InfoRequest { digest: layer.digest.clone() }))
-        .await
-        .expect("content info")
-        .into_inner()
-        .info
-        .unwrap();
     let copy = work.join("copy-zstd");
     let status = Command::new("cp").arg("-a").arg(&left).arg(&copy).status().unwrap();
     assert!(status.success());
