@@ -19,7 +19,6 @@
 //! ```
 
 pub mod protocol;
-mod rootfs;
 pub mod server;
 pub mod spawner;
 mod stdio;
