@@ -233,7 +233,7 @@ async fn measure_changed_stat(
             let mut info = s.stat("big").await?;
             let mut samples = Vec::with_capacity(calls);
             for i in 0..calls {
-                info.labels.insert("bench.berth.dev/changed".into(), format!("{round}-{i}"));
+                Arc::make_mut(&mut info.labels).insert("bench.berth.dev/changed".into(), format!("{round}-{i}"));
                 info = s.update(info, &["labels.bench.berth.dev/changed".into()]).await?;
                 let started = Instant::now();
                 let stat = s.stat("big").await?;

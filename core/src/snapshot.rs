@@ -34,6 +34,11 @@ use crate::mount::Mount;
 /// Labels of a snapshot.
 pub type Labels = BTreeMap<String, String>;
 
+/// A snapshot's labels as [`Info`] holds them: shared, so handing out an `Info` (a stat, a walk, a kept
+/// answer of [`stat_cache::StatCache`]) bumps a count instead of copying every label; a snapshot can carry
+/// 64 KiB of them. Change them copy-on-write with [`Arc::make_mut`], or replace them whole.
+pub type SharedLabels = Arc<Labels>;
+
 /// The kind of a snapshot (containerd's `snapshots.Kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,8 +77,8 @@ pub struct Info {
     pub name: String,
     /// The committed snapshot it was made on, if any.
     pub parent: Option<String>,
-    /// Labels; only these can be changed after creation.
-    pub labels: Labels,
+    /// Labels; only these can be changed after creation. Shared: cloning an `Info` does not copy them.
+    pub labels: SharedLabels,
     /// When it was made (for a committed snapshot: when it was committed).
     pub created: SystemTime,
     /// When it last changed.
@@ -211,7 +216,7 @@ mod tests {
             kind: Kind::Committed,
             name: "layer-1".into(),
             parent: Some("layer-0".into()),
-            labels: [("containerd.io/gc.root".to_string(), "x".to_string())].into(),
+            labels: Arc::new([("containerd.io/gc.root".to_string(), "x".to_string())].into()),
             created: SystemTime::UNIX_EPOCH,
             updated: SystemTime::UNIX_EPOCH,
         }

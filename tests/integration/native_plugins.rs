@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::runtime::{CreateOptions, ExecOptions, SharedRuntime};
@@ -100,10 +101,11 @@ async fn stats_are_kept_while_the_revision_stays_and_abi_1_1_plugins_are_asked_e
     for _ in 0..3 {
         let again = counted.stat("k").await.unwrap();
         assert_eq!(again, first, "an unchanged snapshot's stat is berthd's copy of the first answer");
+        assert!(Arc::ptr_eq(&again.labels, &first.labels), "a kept answer's labels are shared, not copied");
     }
     assert_eq!(calls(&first), 1);
     let mut info = first.clone();
-    info.labels.insert("label-000".into(), "changed".into());
+    Arc::make_mut(&mut info.labels).insert("label-000".into(), "changed".into());
     counted.update(info, &["labels.label-000".into()]).await.unwrap();
     let updated = counted.stat("k").await.unwrap();
     assert_eq!((updated.labels["label-000"].as_str(), calls(&updated)), ("changed", 2), "an update is fetched anew");
@@ -132,7 +134,7 @@ async fn stats_are_kept_while_the_revision_stays_and_abi_1_1_plugins_are_asked_e
         }
         assert_eq!(seen, [1, 2, 3], "{what} every stat is fetched");
         let mut info = sn.stat("k").await.unwrap();
-        info.labels.insert("label-000".into(), "changed".into());
+        Arc::make_mut(&mut info.labels).insert("label-000".into(), "changed".into());
         sn.update(info, &["labels.label-000".into()]).await.unwrap();
         assert_eq!(sn.stat("k").await.unwrap().labels["label-000"], "changed", "{what}: the update shows");
     }

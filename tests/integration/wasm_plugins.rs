@@ -467,7 +467,7 @@ async fn wasm_stats_through_revisions_follow_every_change_across_instances() {
     let (a, b) = (snapshotter(&one, "snapshot.layers"), snapshotter(&other, "snapshot.layers"));
     let labels_of = |sn: &SharedSnapshotter, key: &'static str| {
         let sn = sn.clone();
-        async move { sn.stat(key).await.map(|i| i.labels) }
+        async move { sn.stat(key).await.map(|i| Arc::unwrap_or_clone(i.labels)) }
     };
 
     a.prepare("work", None, labels(&[("v", "1")])).await.unwrap();
@@ -476,9 +476,12 @@ async fn wasm_stats_through_revisions_follow_every_change_across_instances() {
         assert_eq!(labels_of(&a, "work").await.unwrap(), labels(&[("v", "1")]));
     }
     // An update through one is seen by both, whose copies were kept under the old revision.
-    b.update(berth_core::snapshot::Info { labels: labels(&[("v", "2")]), ..b.stat("work").await.unwrap() }, &[])
-        .await
-        .unwrap();
+    b.update(
+        berth_core::snapshot::Info { labels: Arc::new(labels(&[("v", "2")])), ..b.stat("work").await.unwrap() },
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(labels_of(&a, "work").await.unwrap(), labels(&[("v", "2")]));
     assert_eq!(labels_of(&b, "work").await.unwrap(), labels(&[("v", "2")]));
 
@@ -528,6 +531,8 @@ async fn wasm_repeated_stats_come_from_the_cache_until_the_instances_change() {
     let first = instance().await;
     let big = sn.stat("big").await.unwrap();
     assert_eq!(big.labels.len(), 65);
+    let again = sn.stat("big").await.unwrap();
+    assert!(Arc::ptr_eq(&again.labels, &big.labels), "a kept answer's labels are shared, not copied");
     assert_eq!(instance().await, first);
     assert_eq!(calls().await, 3, "the second and third stats of big were answered from berthd's copy");
 
@@ -562,10 +567,10 @@ async fn wasm_repeated_stats_come_from_the_cache_until_the_instances_change() {
     assert_eq!(calls().await, 2, "the reloaded instance served big once, then this");
 
     // An update moves the revision: the next stat is fetched, and kept again.
-    let update = berth_core::snapshot::Info { labels: labels(&[("only", "this")]), ..big };
-    assert_eq!(sn.update(update, &[]).await.unwrap().labels, labels(&[("only", "this")]));
-    assert_eq!(sn.stat("big").await.unwrap().labels, labels(&[("only", "this")]));
-    assert_eq!(sn.stat("big").await.unwrap().labels, labels(&[("only", "this")]));
+    let update = berth_core::snapshot::Info { labels: Arc::new(labels(&[("only", "this")])), ..big };
+    assert_eq!(*sn.update(update, &[]).await.unwrap().labels, labels(&[("only", "this")]));
+    assert_eq!(*sn.stat("big").await.unwrap().labels, labels(&[("only", "this")]));
+    assert_eq!(*sn.stat("big").await.unwrap().labels, labels(&[("only", "this")]));
     assert_eq!(calls().await, 4, "one fetch after the update");
     drop(sn);
     started.shutdown();

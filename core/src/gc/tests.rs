@@ -53,7 +53,7 @@ impl Snapshotter for MemoryBackend {
         let map = self.snapshots.lock().unwrap();
         let (kind, parent) = map.get(key).cloned().ok_or_else(|| SnapshotError::NotFound(key.into()))?;
         let t = SystemTime::UNIX_EPOCH;
-        Ok(Info { kind, name: key.into(), parent, labels: Labels::new(), created: t, updated: t })
+        Ok(Info { kind, name: key.into(), parent, labels: Default::default(), created: t, updated: t })
     }
     async fn update(&self, info: Info, _: &[String]) -> SnapResult<Info> {
         Ok(info)
@@ -457,7 +457,7 @@ fn removal_order_keeps_named_chains_and_removes_leaves_first() {
         kind: Kind::Committed,
         name: name.into(),
         parent: parent.map(String::from),
-        labels: Labels::new(),
+        labels: Default::default(),
         created: SystemTime::UNIX_EPOCH,
         updated: SystemTime::UNIX_EPOCH,
     };

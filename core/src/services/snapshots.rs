@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use berth_proto::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use berth_proto::containerd::services::snapshots::v1::snapshots_server::{Snapshots, SnapshotsServer};
@@ -96,7 +97,7 @@ fn to_info(i: SnapInfo) -> api::Info {
         kind: kind as i32,
         created_at: Some(Timestamp::from(i.created)),
         updated_at: Some(Timestamp::from(i.updated)),
-        labels: i.labels.into_iter().collect(),
+        labels: Arc::unwrap_or_clone(i.labels).into_iter().collect(),
     }
 }
 
@@ -181,7 +182,7 @@ impl Snapshots for SnapshotsService {
             kind: SnapKind::Active,
             name: info.name,
             parent: None,
-            labels: info.labels.into_iter().collect(),
+            labels: Arc::new(info.labels.into_iter().collect()),
             created: std::time::SystemTime::UNIX_EPOCH,
             updated: std::time::SystemTime::UNIX_EPOCH,
         };

@@ -86,7 +86,7 @@ fn info(record: Snapshot) -> Info {
         kind: kind_of(&record),
         parent: (!record.parent.is_empty()).then_some(record.parent),
         name: record.name,
-        labels: record.labels,
+        labels: Arc::new(record.labels),
         created: time(record.created_at),
         updated: time(record.updated_at),
     }
@@ -262,7 +262,8 @@ impl Namespaced {
 
     /// Changes the labels of snapshot `update.name` (see [`super::Snapshotter::update`]).
     pub async fn update(&self, ns: &str, update: Info, paths: Vec<String>) -> Result<Info> {
-        let record = self.store.update_snapshot(ns, self.name(), &update.name, update.labels, paths).await?;
+        let labels = Arc::unwrap_or_clone(update.labels);
+        let record = self.store.update_snapshot(ns, self.name(), &update.name, labels, paths).await?;
         Ok(info(record))
     }
 
@@ -415,7 +416,7 @@ mod tests {
         view.prepare("ns", "k2", Some("c1"), Labels::new(), None).await.unwrap();
         view.view("ns", "v", Some("c1"), Labels::new(), None).await.unwrap();
         let c1 = view.stat("ns", "c1").await.unwrap();
-        assert_eq!((c1.kind, c1.parent, c1.labels), (Kind::Committed, None, labels));
+        assert_eq!((c1.kind, c1.parent, c1.labels), (Kind::Committed, None, Arc::new(labels)));
         let k2 = view.stat("ns", "k2").await.unwrap();
         assert_eq!((k2.kind, k2.parent.as_deref()), (Kind::Active, Some("c1")));
         assert_eq!(view.stat("ns", "v").await.unwrap().kind, Kind::View);
@@ -467,7 +468,7 @@ mod tests {
         let (_dir, _fake, view) = setup();
         view.prepare("ns", "k", None, Labels::new(), None).await.unwrap();
         let mut request = view.stat("ns", "k").await.unwrap();
-        request.labels = [("a".to_string(), "1".to_string())].into();
+        request.labels = Arc::new([("a".to_string(), "1".to_string())].into());
         let got = view.update("ns", request.clone(), vec!["labels.a".into()]).await.unwrap();
         assert_eq!(got.labels["a"], "1");
         let err = view.update("ns", request, vec!["kind".into()]).await.unwrap_err();

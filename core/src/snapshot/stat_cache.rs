@@ -2,9 +2,11 @@
 //!
 //! A stat crosses a plugin boundary (a native library's ABI, a wasm component's canonical ABI) as a whole
 //! message: a snapshot with 64 KiB of labels costs the copy, encode and decode of every label on every call,
-//! where a built-in backend clones its map once. A plugin that keeps a *revision* per snapshot (a value that
-//! names one state of it, as an HTTP ETag does) lets the adapter ask for that small value first and answer
-//! from the copy it kept when it has not moved; only a changed or unknown snapshot is fetched whole.
+//! where a built-in backend hands out its shared map (`Info::labels` is an `Arc`). A plugin that keeps a
+//! *revision* per snapshot (a value that names one state of it, as an HTTP ETag does) lets the adapter ask
+//! for that small value first and answer from the copy it kept when it has not moved; only a changed or
+//! unknown snapshot is fetched whole. A kept answer is handed out as a built-in one is: its labels are the
+//! kept copy's map, shared, not copied.
 //!
 //! The revision is read before the whole answer is fetched, so a copy is never older than the revision it
 //! is kept under: a change after the read moves the revision, and the next call fetches again. The plugin
@@ -51,6 +53,7 @@ impl StatCache {
             return fetch().await;
         };
         if let Some(info) = self.kept(key, revision) {
+            // The answer's labels are the kept copy's (a count bumped, not 1,024 strings copied).
             return Ok((*info).clone());
         }
         let info = fetch().await?;
@@ -60,7 +63,7 @@ impl StatCache {
 
     fn kept(&self, key: &str, revision: u64) -> Option<Arc<Info>> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        // The Arc is cloned under the lock and the Info after it, so a large copy holds no other caller up.
+        // The Arc is cloned under the lock and the Info (its name and parent) after it.
         entries.get(key).filter(|(kept, _)| *kept == revision).map(|(_, info)| info.clone())
     }
 
@@ -68,6 +71,7 @@ impl StatCache {
         if self.capacity == 0 {
             return;
         }
+        // Shares the labels with the answer the caller gets.
         let info = Arc::new(info.clone());
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= self.capacity
@@ -113,7 +117,7 @@ mod tests {
             kind: Kind::Committed,
             name: "k".into(),
             parent: None,
-            labels: [("l".to_string(), label.to_string())].into(),
+            labels: Arc::new([("l".to_string(), label.to_string())].into()),
             created: SystemTime::UNIX_EPOCH,
             updated: SystemTime::UNIX_EPOCH,
         }
@@ -141,6 +145,25 @@ mod tests {
         assert_eq!(fetches.get(), 2);
         assert_eq!(stat(&cache, Some(2), "c", &fetches).await.unwrap(), info("b"));
         assert_eq!(fetches.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_kept_answer_shares_its_labels_and_does_not_copy_them() {
+        let cache = StatCache::default();
+        let fetches = Cell::new(0);
+        let fetched = stat(&cache, Some(1), "a", &fetches).await.unwrap();
+        let kept = cache.kept("k", 1).unwrap();
+        assert!(Arc::ptr_eq(&fetched.labels, &kept.labels), "the fetched answer and the kept copy share one map");
+        for _ in 0..2 {
+            let hit = stat(&cache, Some(1), "b", &fetches).await.unwrap();
+            assert!(Arc::ptr_eq(&hit.labels, &kept.labels), "a hit hands out the kept map");
+        }
+        assert_eq!(fetches.get(), 1);
+        // A caller that changes its answer's labels copies them first: the kept copy stays as fetched.
+        let mut hit = stat(&cache, Some(1), "b", &fetches).await.unwrap();
+        Arc::make_mut(&mut hit.labels).insert("l".into(), "changed".into());
+        assert_eq!(stat(&cache, Some(1), "b", &fetches).await.unwrap(), info("a"));
+        assert!(Arc::ptr_eq(&cache.kept("k", 1).unwrap().labels, &kept.labels));
     }
 
     #[tokio::test]

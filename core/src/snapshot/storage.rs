@@ -38,12 +38,12 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Info, Kind, Labels, Result, SnapshotError, Usage};
+use super::{Info, Kind, Labels, Result, SharedLabels, SnapshotError, Usage};
 use crate::ident;
 
 /// The record format version this code writes and reads.
@@ -58,7 +58,8 @@ pub struct Record {
     pub info: Info,
 }
 
-/// A record as stored in `metadata/<id>.json`.
+/// A record as stored in `metadata/<id>.json`. The labels are the record's own shared map: writing a record
+/// does not copy them, nor does reading one into the [`Record`] that stats hand out.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Stored {
@@ -68,10 +69,29 @@ struct Stored {
     name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     parent: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    labels: Labels,
+    #[serde(
+        default,
+        skip_serializing_if = "no_labels",
+        serialize_with = "serialize_labels",
+        deserialize_with = "deserialize_labels"
+    )]
+    labels: SharedLabels,
     created_unix_ns: u64,
     updated_unix_ns: u64,
+}
+
+fn no_labels(labels: &SharedLabels) -> bool {
+    labels.is_empty()
+}
+
+// The map itself, as before the labels were shared: the same JSON object (serde's own `Arc` impls need
+// its `rc` feature, and would write the same).
+fn serialize_labels<S: serde::Serializer>(labels: &SharedLabels, s: S) -> std::result::Result<S::Ok, S::Error> {
+    Labels::serialize(labels, s)
+}
+
+fn deserialize_labels<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<SharedLabels, D::Error> {
+    Labels::deserialize(d).map(Arc::new)
 }
 
 fn to_ns(t: SystemTime) -> u64 {
@@ -382,7 +402,7 @@ impl MetaStore {
                 kind: Kind::Committed,
                 name: name.to_owned(),
                 parent: active.info.parent.clone(),
-                labels,
+                labels: Arc::new(labels),
                 created: now,
                 updated: now,
             },
@@ -427,9 +447,11 @@ impl MetaStore {
             if path == "labels" {
                 record.info.labels = info.labels.clone();
             } else if let Some(key) = path.strip_prefix("labels.") {
+                // Copy-on-write: the kept record shares this map until the new one is written.
+                let labels = Arc::make_mut(&mut record.info.labels);
                 match info.labels.get(key) {
-                    Some(value) => record.info.labels.insert(key.to_owned(), value.clone()),
-                    None => record.info.labels.remove(key),
+                    Some(value) => labels.insert(key.to_owned(), value.clone()),
+                    None => labels.remove(key),
                 };
             } else {
                 return Err(SnapshotError::InvalidArgument(format!(
@@ -438,7 +460,7 @@ impl MetaStore {
                 )));
             }
         }
-        ident::validate_labels(&record.info.labels)?;
+        ident::validate_labels(record.info.labels.iter())?;
         record.info.updated = SystemTime::now();
         self.write_record(&record)?;
         let updated = record.info.clone();
@@ -523,7 +545,7 @@ impl Reservation<'_> {
                 kind,
                 name: self.key.clone(),
                 parent: self.parent.clone(),
-                labels,
+                labels: Arc::new(labels),
                 created: now,
                 updated: now,
             },
@@ -712,16 +734,56 @@ mod tests {
         let store = MetaStore::open(dir.path()).unwrap();
         let record = active(&store, "a", None);
         let mut info = record.info.clone();
-        info.labels = labels(&[("a", "1"), ("b", "2")]);
+        info.labels = Arc::new(labels(&[("a", "1"), ("b", "2")]));
         let info = store.update(&info, &[]).unwrap();
-        assert_eq!(info.labels, labels(&[("a", "1"), ("b", "2")]));
-        let change = Info { labels: labels(&[("a", "x"), ("c", "3")]), ..info.clone() };
+        assert_eq!(*info.labels, labels(&[("a", "1"), ("b", "2")]));
+        let change = Info { labels: Arc::new(labels(&[("a", "x"), ("c", "3")])), ..info.clone() };
         let info = store.update(&change, &["labels.a".into(), "labels.b".into()]).unwrap();
-        assert_eq!(info.labels, labels(&[("a", "x")]), "labels.b absent from the request removes it");
+        assert_eq!(*info.labels, labels(&[("a", "x")]), "labels.b absent from the request removes it");
         let e = store.update(&info, &["parent".into()]).unwrap_err();
         assert!(matches!(e, SnapshotError::InvalidArgument(_)), "{e}");
         let e = store.update(&Info { name: "nope".into(), ..info }, &[]).unwrap_err();
         assert!(matches!(e, SnapshotError::NotFound(_)), "{e}");
+    }
+
+    #[test]
+    fn records_keep_their_json_format() {
+        let record = Record {
+            id: 7,
+            info: Info {
+                kind: Kind::Committed,
+                name: "sha256:c".into(),
+                parent: Some("sha256:p".into()),
+                labels: Arc::new(labels(&[("b", "2"), ("a", "1")])),
+                created: from_ns(1_700_000_000_123_456_789),
+                updated: from_ns(1_700_000_001_000_000_000),
+            },
+        };
+        let text = r#"{"version":1,"id":7,"kind":"committed","name":"sha256:c","parent":"sha256:p","labels":{"a":"1","b":"2"},"created_unix_ns":1700000000123456789,"updated_unix_ns":1700000001000000000}"#;
+        assert_eq!(serde_json::to_string(&Stored::from(&record)).unwrap(), text);
+        assert_eq!(Record::from(serde_json::from_str::<Stored>(text).unwrap()), record);
+        // Without a parent or labels, neither is written; a record without them reads as empty.
+        let bare = Record { id: 8, info: Info { parent: None, labels: Arc::default(), ..record.info.clone() } };
+        let text = r#"{"version":1,"id":8,"kind":"committed","name":"sha256:c","created_unix_ns":1700000000123456789,"updated_unix_ns":1700000001000000000}"#;
+        assert_eq!(serde_json::to_string(&Stored::from(&bare)).unwrap(), text);
+        assert_eq!(Record::from(serde_json::from_str::<Stored>(text).unwrap()), bare);
+        let empty = text.replace(r#""created"#, r#""labels":{},"created"#);
+        assert_eq!(Record::from(serde_json::from_str::<Stored>(&empty).unwrap()), bare);
+    }
+
+    #[test]
+    fn stats_share_the_labels_and_updates_copy_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(dir.path()).unwrap();
+        let before = store.reserve("a", None).unwrap().finish(Kind::Active, labels(&[("a", "1"), ("b", "2")])).unwrap();
+        let (one, two) = (store.get("a").unwrap(), store.get("a").unwrap());
+        assert!(Arc::ptr_eq(&one.info.labels, &before.info.labels) && Arc::ptr_eq(&one.info.labels, &two.info.labels));
+        assert!(Arc::ptr_eq(&store.walk(&|_| true)[0].labels, &before.info.labels), "a walk shares them too");
+        let change = Info { labels: Arc::new(labels(&[("a", "x")])), ..before.info.clone() };
+        let after = store.update(&change, &["labels.a".into()]).unwrap();
+        assert_eq!(*after.labels, labels(&[("a", "x"), ("b", "2")]));
+        assert_eq!(*before.info.labels, labels(&[("a", "1"), ("b", "2")]), "what was handed out stays as it was");
+        assert!(Arc::ptr_eq(&store.get("a").unwrap().info.labels, &after.labels));
     }
 
     #[test]

@@ -16,11 +16,12 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::filters::FilterSet;
 use crate::mount::Mount;
-use crate::snapshot::{Info, Kind, Labels, SnapshotError, Snapshotter};
+use crate::snapshot::{Info, Kind, Labels, SharedLabels, SnapshotError, Snapshotter};
 
 /// How many committed layers the chain check stacks: an overlay backend mounts that many lowers.
 pub const CHAIN_LENGTH: usize = 12;
@@ -38,6 +39,11 @@ macro_rules! assert_err {
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The same, as an [`Info`] holds them.
+fn shared(pairs: &[(&str, &str)]) -> SharedLabels {
+    Arc::new(labels(pairs))
 }
 
 fn is_root() -> bool {
@@ -93,7 +99,7 @@ async fn unknown_keys(sn: &dyn Snapshotter) {
         kind: Kind::Active,
         name: key.into(),
         parent: None,
-        labels: Labels::new(),
+        labels: Default::default(),
         created: SystemTime::now(),
         updated: SystemTime::now(),
     };
@@ -150,7 +156,7 @@ async fn kinds_and_parents(sn: &dyn Snapshotter) {
         assert_eq!(info.parent, parent, "kinds: parent of {name}");
         assert!(info.created >= t1 && info.created <= t2, "kinds: created time of {name} outside the calls");
         assert_eq!(info.created, info.updated, "kinds: a new snapshot's updated time is its created time");
-        assert_eq!(info.labels, labels(&[("containerd.io/gc.root", "suite")]), "kinds: labels of {name}");
+        assert_eq!(*info.labels, labels(&[("containerd.io/gc.root", "suite")]), "kinds: labels of {name}");
     }
     for gone in ["c1-a", "c2-a"] {
         assert_err!(sn.stat(&format!("{p}-{gone}")).await, NotFound, "kinds: the active key {gone} after commit");
@@ -182,7 +188,7 @@ async fn update_labels(sn: &dyn Snapshotter) {
         let created = info.created;
         let all = labels(&[("l1", "v1"), ("l2", "v2"), ("l3", "v3"), ("containerd.io/gc.root", "keep")]);
         info.parent = Some("suite-does-not-exist".into());
-        info.labels = all.clone();
+        info.labels = Arc::new(all.clone());
         let u1 = SystemTime::now();
         let info = sn.update(info, &[]).await.unwrap_or_else(|e| panic!("update: {name}: {e}"));
         let u2 = SystemTime::now();
@@ -193,20 +199,20 @@ async fn update_labels(sn: &dyn Snapshotter) {
             (kind, &name, &parent),
             "update: {name} changed more than labels"
         );
-        assert_eq!(info.labels, all, "update: labels of {name} after replacing them");
-        assert_eq!(sn.stat(&name).await.expect("stat").labels, all, "update: stat must see the new labels of {name}");
+        assert_eq!(*info.labels, all, "update: labels of {name} after replacing them");
+        assert_eq!(*sn.stat(&name).await.expect("stat").labels, all, "update: stat must see the new labels of {name}");
 
-        let request = Info { labels: labels(&[("l1", "updated"), ("l4", "v4")]), ..info };
+        let request = Info { labels: shared(&[("l1", "updated"), ("l4", "v4")]), ..info };
         let info = sn.update(request, &["labels.l1".into(), "labels.l2".into()]).await.expect("update paths");
         let want = labels(&[("l1", "updated"), ("l3", "v3"), ("containerd.io/gc.root", "keep")]);
         assert_eq!(
-            info.labels, want,
+            *info.labels, want,
             "update: labels.l1 sets, labels.l2 absent from the request removes, l4 untouched"
         );
 
-        let request = Info { labels: labels(&[("l4", "v4")]), ..info };
+        let request = Info { labels: shared(&[("l4", "v4")]), ..info };
         let info = sn.update(request, &["labels".into()]).await.expect("update labels");
-        assert_eq!(info.labels, labels(&[("l4", "v4")]), "update: the labels path replaces every label of {name}");
+        assert_eq!(*info.labels, labels(&[("l4", "v4")]), "update: the labels path replaces every label of {name}");
 
         let request = Info { parent: Some("suite-does-not-exist".into()), ..info };
         assert_err!(sn.update(request, &["parent".into()]).await, InvalidArgument, "update: parent of {name}");
@@ -236,48 +242,48 @@ async fn stat_follows_every_change(sn: &dyn Snapshotter) {
     // Many labels: what keeping a stat answer is for.
     let many: Labels = (0..64).map(|i| (format!("suite.label-{i:02}"), format!("{i}-{}", "x".repeat(100)))).collect();
     sn.prepare(&a, None, many.clone()).await.expect("prepare a");
-    assert_eq!(stat_repeated(sn, &a, "after prepare").await.labels, many, "fresh: labels of a new snapshot");
+    assert_eq!(*stat_repeated(sn, &a, "after prepare").await.labels, many, "fresh: labels of a new snapshot");
 
     let mut info = stat_repeated(sn, &a, "before updates").await;
-    info.labels.insert("suite.label-00".into(), "changed".into());
-    info.labels.remove("suite.label-01");
+    Arc::make_mut(&mut info.labels).insert("suite.label-00".into(), "changed".into());
+    Arc::make_mut(&mut info.labels).remove("suite.label-01");
     sn.update(info.clone(), &["labels.suite.label-00".into(), "labels.suite.label-01".into()]).await.expect("update");
     let mut want = many.clone();
     want.insert("suite.label-00".into(), "changed".into());
     want.remove("suite.label-01");
     assert_eq!(
-        stat_repeated(sn, &a, "after labels.KEY updates").await.labels,
+        *stat_repeated(sn, &a, "after labels.KEY updates").await.labels,
         want,
         "fresh: labels.KEY set and removed"
     );
-    let request = Info { labels: labels(&[("one", "1")]), ..info.clone() };
+    let request = Info { labels: shared(&[("one", "1")]), ..info.clone() };
     sn.update(request, &[]).await.expect("update all");
     assert_eq!(
         stat_repeated(sn, &a, "after replacing the labels").await.labels,
-        labels(&[("one", "1")]),
+        shared(&[("one", "1")]),
         "fresh: no paths"
     );
-    let request = Info { labels: labels(&[("two", "2")]), ..info.clone() };
+    let request = Info { labels: shared(&[("two", "2")]), ..info.clone() };
     sn.update(request, &["labels".into()]).await.expect("update labels");
     assert_eq!(
         stat_repeated(sn, &a, "after the labels path").await.labels,
-        labels(&[("two", "2")]),
+        shared(&[("two", "2")]),
         "fresh: labels path"
     );
-    let request = Info { labels: labels(&[("three", "3")]), ..info };
+    let request = Info { labels: shared(&[("three", "3")]), ..info };
     assert_err!(sn.update(request, &["kind".into()]).await, InvalidArgument, "fresh: an update of the kind");
-    assert_eq!(stat_repeated(sn, &a, "after a refused update").await.labels, labels(&[("two", "2")]), "fresh: refused");
+    assert_eq!(stat_repeated(sn, &a, "after a refused update").await.labels, shared(&[("two", "2")]), "fresh: refused");
 
     // The same key again, with other labels and of each kind.
     sn.remove(&a).await.expect("remove a");
     assert_err!(sn.stat(&a).await, NotFound, "fresh: stat of a removed snapshot");
     sn.prepare(&a, None, labels(&[("again", "active")])).await.expect("prepare a again");
     let again = stat_repeated(sn, &a, "made again").await;
-    assert_eq!((again.kind, again.labels), (Kind::Active, labels(&[("again", "active")])), "fresh: a made again");
+    assert_eq!((again.kind, again.labels), (Kind::Active, shared(&[("again", "active")])), "fresh: a made again");
     sn.remove(&a).await.expect("remove a");
     sn.view(&a, None, labels(&[("again", "view")])).await.expect("view a");
     let again = stat_repeated(sn, &a, "made again as a view").await;
-    assert_eq!((again.kind, again.labels), (Kind::View, labels(&[("again", "view")])), "fresh: a as a view");
+    assert_eq!((again.kind, again.labels), (Kind::View, shared(&[("again", "view")])), "fresh: a as a view");
     sn.remove(&a).await.expect("remove the view a");
 
     // Commit: the active key is gone, the name is the committed snapshot; a name committed again is the new one.
@@ -289,7 +295,7 @@ async fn stat_follows_every_change(sn: &dyn Snapshotter) {
         let committed = stat_repeated(sn, &c, "after commit").await;
         assert_eq!(
             (committed.kind, committed.labels),
-            (Kind::Committed, labels(&[("committed", round)])),
+            (Kind::Committed, shared(&[("committed", round)])),
             "fresh: the committed snapshot ({round})"
         );
         sn.remove(&c).await.expect("remove c");
@@ -297,7 +303,7 @@ async fn stat_follows_every_change(sn: &dyn Snapshotter) {
     // A committed name made again as an active snapshot.
     sn.prepare(&c, None, labels(&[("was", "committed")])).await.expect("prepare c");
     let active = stat_repeated(sn, &c, "active after being committed").await;
-    assert_eq!((active.kind, active.labels), (Kind::Active, labels(&[("was", "committed")])), "fresh: c active again");
+    assert_eq!((active.kind, active.labels), (Kind::Active, shared(&[("was", "committed")])), "fresh: c active again");
     sn.remove(&c).await.expect("remove c");
 }
 
@@ -376,7 +382,7 @@ async fn walk_and_filters(sn: &dyn Snapshotter) {
     let p = "suite-walk";
     base_set(sn, p).await;
     let mut info = sn.stat(&format!("{p}-c2")).await.expect("stat");
-    info.labels.insert("suite.role".into(), "tagged".into());
+    Arc::make_mut(&mut info.labels).insert("suite.role".into(), "tagged".into());
     sn.update(info, &["labels.suite.role".into()]).await.expect("update");
     let walked: BTreeMap<String, Info> =
         sn.walk(&|_| true).await.expect("walk").into_iter().map(|i| (i.name.clone(), i)).collect();

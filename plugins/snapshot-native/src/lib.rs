@@ -233,6 +233,18 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join("snapshots")).unwrap().count(), 0, "removal removes the files");
     }
 
+    /// A stat hands out the labels the metadata holds, shared: no copy of a large map per call.
+    #[tokio::test]
+    async fn stats_share_the_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let native = NativeSnapshotter::open(dir.path()).unwrap();
+        let many: Labels = (0..1024).map(|i| (format!("label-{i:04}"), "x".repeat(48))).collect();
+        native.prepare("a", None, many).await.unwrap();
+        let (one, two) = (native.stat("a").await.unwrap(), native.stat("a").await.unwrap());
+        assert!(std::sync::Arc::ptr_eq(&one.labels, &two.labels));
+        native.remove("a").await.unwrap();
+    }
+
     #[test]
     fn config_table_refuses_unknown_keys() {
         let mut registry = berth_core::registry::Registry::new();

@@ -422,6 +422,21 @@ mod tests {
         }
     }
 
+    /// A stat hands out the labels the metadata holds, shared: no copy of a large map per call.
+    #[tokio::test]
+    async fn stats_share_the_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let overlay = match OverlaySnapshotter::open(dir.path()) {
+            Ok(o) => o,
+            Err(e) => return eprintln!("skipping: {e}"),
+        };
+        let many: Labels = (0..1024).map(|i| (format!("label-{i:04}"), "x".repeat(48))).collect();
+        overlay.prepare("a", None, many).await.unwrap();
+        let (one, two) = (overlay.stat("a").await.unwrap(), overlay.stat("a").await.unwrap());
+        assert!(std::sync::Arc::ptr_eq(&one.labels, &two.labels));
+        overlay.remove("a").await.unwrap();
+    }
+
     /// An overlay mounted for the test, unmounted on drop.
     struct Unmount(PathBuf);
 

@@ -66,7 +66,7 @@ async fn time(sn: &SharedSnapshotter, key: &str, calls: usize, changed: bool) ->
     for i in 0..calls + calls / 20 {
         if changed {
             let info = Info {
-                labels: [("bench.changed".to_string(), i.to_string())].into(),
+                labels: Arc::new([("bench.changed".to_string(), i.to_string())].into()),
                 ..sn.stat(key).await.expect("stat")
             };
             sn.update(info, &["labels.bench.changed".to_string()]).await.expect("update");

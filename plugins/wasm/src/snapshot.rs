@@ -261,7 +261,7 @@ fn info_from(info: wit::Info) -> Info {
         },
         name: info.name,
         parent: (!info.parent.is_empty()).then_some(info.parent),
-        labels: info.labels.into_iter().collect(),
+        labels: Arc::new(info.labels.into_iter().collect()),
         created: time_from(info.created),
         updated: time_from(info.updated),
     }
@@ -276,7 +276,8 @@ fn info_to(info: Info) -> wit::Info {
         },
         name: info.name,
         parent: info.parent.unwrap_or_default(),
-        labels: info.labels.into_iter().collect(),
+        // Moved out when the caller holds the only reference (an update's request), copied otherwise.
+        labels: Arc::unwrap_or_clone(info.labels).into_iter().collect(),
         created: time_to(info.created),
         updated: time_to(info.updated),
     }

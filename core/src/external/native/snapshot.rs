@@ -96,7 +96,7 @@ fn info_from(info: Option<wire::Info>) -> Result<Info> {
         kind,
         name: info.name,
         parent: (!info.parent.is_empty()).then_some(info.parent),
-        labels: wire::labels(info.labels),
+        labels: Arc::new(wire::labels(info.labels)),
         created: time_from(info.created_at),
         updated: time_from(info.updated_at),
     })
@@ -114,8 +114,8 @@ fn info_to(info: Info) -> pb::Info {
         kind: kind as i32,
         created_at: Some(info.created.into()),
         updated_at: Some(info.updated.into()),
-        // The SDK's labels are the core's type: moved, not rebuilt.
-        labels: info.labels,
+        // The SDK's labels are the core's type: moved, not rebuilt (copied only if the caller still shares them).
+        labels: Arc::unwrap_or_clone(info.labels),
     }
 }
 
