@@ -10,7 +10,6 @@ pub mod cgroups;
 pub mod container;
 pub mod monitor;
 pub mod reaper;
-pub mod rootfs_mounts;
 pub mod runtime;
 pub mod seccomp;
 

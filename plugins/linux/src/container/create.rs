@@ -17,7 +17,6 @@ use super::process::{self, console, fork, sys};
 use super::state::{self, Record, State, StateDir, Status};
 use super::{CreateOptions, Error, Result, Runtime, config, hooks};
 use crate::cgroups;
-use crate::rootfs_mounts;
 
 /// Undoes a half-done create when dropped without [`Undo::disarm`].
 struct Undo<'a> {
@@ -29,8 +28,6 @@ struct Undo<'a> {
     /// lifecycle wants after a failing prestart, createRuntime or createContainer hook (runc runs them on any
     /// failed create too).
     poststop: Option<(&'a Spec, String)>,
-    /// The root filesystem, when its mounts were made on the host (not inside init's namespace).
-    host_rootfs: Option<&'a Path>,
     armed: bool,
 }
 
@@ -56,11 +53,6 @@ impl Drop for Undo<'_> {
         }
         if let Err(e) = self.state_dir.remove() {
             tracing::warn!("cleanup: {e}");
-        }
-        if let Some(root) = self.host_rootfs
-            && let Err(e) = rootfs_mounts::unmount(root)
-        {
-            tracing::warn!("cleanup: unmounting {}: {e}", root.display());
         }
         if let Some((spec, state)) = &self.poststop
             && let Err(e) = hooks::run(spec, hooks::Kind::Poststop, state)
@@ -107,14 +99,7 @@ impl Runtime {
         };
 
         let sd = StateDir::create(&self.root, &opts.id)?;
-        let mut undo =
-            Undo { state_dir: &sd, cgroup: None, pids: Vec::new(), poststop: None, host_rootfs: None, armed: true };
-        let ns = linux.namespaces().clone().unwrap_or_default();
-        let mounts_inside = opts.rootfs_mounts.is_empty() || rootfs_mounts_inside(spec, &ns);
-        if !mounts_inside {
-            rootfs_mounts::mount_all(&opts.rootfs_mounts, &cfg.rootfs).map_err(Error::Rootfs)?;
-            undo.host_rootfs = Some(&cfg.rootfs);
-        }
+        let mut undo = Undo { state_dir: &sd, cgroup: None, pids: Vec::new(), poststop: None, armed: true };
 
         // exec.fifo: init blocks opening it for writing until `start` opens it for reading. 0622 so that init
         // can open it after switching to the container's user.
@@ -128,6 +113,7 @@ impl Runtime {
         let console = opts.console_socket.as_deref().map(console::connect).transpose().step(|| "console socket")?;
         let console_fd = console.as_ref().map(|c| c.as_raw_fd()).or(opts.console_fd);
         let state_dirfd = sys::open(&sd.dir, libc::O_PATH | libc::O_DIRECTORY, 0).step(|| "opening state directory")?;
+        let ns = linux.namespaces().clone().unwrap_or_default();
         let joins = Joins::from_spec(&ns).step(|| "namespaces")?;
         let (parent_ch, child_ch) = channel::pair().step(|| "creating sync socketpair")?;
 
@@ -157,7 +143,6 @@ impl Runtime {
             stdio: opts.stdio,
             state_dir_fd: state_dirfd.as_raw_fd(),
             hook_state: st.hook_json(),
-            rootfs_mounts: if mounts_inside { &opts.rootfs_mounts } else { &[] },
         };
         // FORK: the intermediate joins and creates namespaces; it gets child_ch (moved: closed here when the
         // closure is dropped in the parent) and closes its copy of parent_ch.
@@ -202,7 +187,6 @@ impl Runtime {
                 }
                 Some(Msg::Ready) => break,
                 Some(Msg::Error(e)) => return Err(Error::Child(format!("container init: {e}"))),
-                Some(Msg::RootfsError(e)) => return Err(Error::Rootfs(e)),
                 Some(Msg::Go) => return Err(Error::Other("unexpected message from the container process".into())),
                 None => {
                     let status = undo
@@ -219,13 +203,7 @@ impl Runtime {
 
         let init_start_time = state::proc_stat(init_pid).map(|s| s.1).unwrap_or(0);
         st.status = Status::Created;
-        let rec = Record {
-            state: st,
-            init_start_time,
-            cgroup_path,
-            config: spec.clone(),
-            host_rootfs_mounts: !mounts_inside,
-        };
+        let rec = Record { state: st, init_start_time, cgroup_path, config: spec.clone() };
         sd.save(&rec)?;
         if let Some(pid_file) = &opts.pid_file {
             state::write_pid_file(pid_file, init_pid)?;
@@ -233,18 +211,6 @@ impl Runtime {
         undo.disarm();
         Ok(Created { pid: init_pid })
     }
-}
-
-/// Whether init can mount the root filesystem inside its new mount namespace. Not in a user namespace, whose
-/// root may not reach the snapshot's directories on the host; not with prestart or createRuntime hooks, which
-/// run on the host and may look at the bundle's rootfs there (as they could with runc, whose caller mounts it).
-fn rootfs_mounts_inside(spec: &Spec, ns: &[oci_spec::runtime::LinuxNamespace]) -> bool {
-    let new_mount_ns = ns.iter().any(|n| n.typ() == LinuxNamespaceType::Mount && n.path().is_none());
-    let host_hooks = spec.hooks().as_ref().is_some_and(|h| {
-        h.prestart().as_ref().is_some_and(|v| !v.is_empty())
-            || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
-    });
-    new_mount_ns && !init::in_userns(ns) && !host_hooks
 }
 
 /// The spec's resources plus, like runc, device rules allowing the default devices (created by init in /dev,
@@ -310,7 +276,6 @@ struct Child<'a> {
     stdio: Option<[RawFd; 3]>,
     state_dir_fd: RawFd,
     hook_state: String,
-    rootfs_mounts: &'a [rootfs_mounts::RootfsMount],
 }
 
 impl Child<'_> {
@@ -398,7 +363,6 @@ impl Child<'_> {
                 in_userns,
                 new_cgroupns,
                 hook_state: self.hook_state.clone(),
-                rootfs_mounts: self.rootfs_mounts,
             })
         })
         .map_err(|e| format!("cloning init: {e}"))?;

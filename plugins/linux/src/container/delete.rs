@@ -37,10 +37,6 @@ impl Runtime {
         }
         // Processes left behind by a stopped init (it may have died alone) go too: delete kills them.
         cg.delete()?;
-        if rec.host_rootfs_mounts {
-            crate::rootfs_mounts::unmount(&rec.state.rootfs)
-                .map_err(|e| Error::io(format!("unmounting {}", rec.state.rootfs.display()), e))?;
-        }
         sd.remove()?;
         let mut st = rec.state.clone();
         st.status = Status::Stopped;

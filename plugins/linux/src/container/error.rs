@@ -26,9 +26,6 @@ pub enum Error {
     /// A step failed: the step's name, then the cause.
     #[error("{step}: {source}")]
     Io { step: String, source: io::Error },
-    /// A mount of the given root filesystem failed (its source, type or options); the message names the mount.
-    #[error("{0}")]
-    Rootfs(String),
     /// A step failed inside the container init or the exec'd process (reported over the sync channel).
     #[error("{0}")]
     Child(String),

@@ -73,10 +73,6 @@ pub struct CreateOptions {
     /// The container's stdin, stdout and stderr; None: inherit the caller's 0, 1 and 2 (as runc does).
     /// Borrowed: the caller closes its copies after create.
     pub stdio: Option<[std::os::fd::RawFd; 3]>,
-    /// The mounts that make up `root.path` (a snapshot's), mounted by create: inside init's new mount namespace
-    /// where it can, else on the host (see [`crate::rootfs_mounts`]). Empty: `root.path` is used as it is, as
-    /// runc does.
-    pub rootfs_mounts: Vec<crate::rootfs_mounts::RootfsMount>,
 }
 
 /// The runtime: every verb works on containers under one state root (`--root`).

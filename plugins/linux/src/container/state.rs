@@ -98,10 +98,6 @@ pub struct Record {
     pub cgroup_path: String,
     /// The config the container was created with (hooks, process defaults for exec).
     pub config: Spec,
-    /// create mounted the caller's root filesystem mounts on the host (see `rootfs_mounts`): delete unmounts
-    /// them. Never set for a root filesystem the caller mounted itself.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub host_rootfs_mounts: bool,
 }
 
 pub struct StateDir {

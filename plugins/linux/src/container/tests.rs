@@ -118,8 +118,6 @@ struct Bundle {
     dir: tempfile::TempDir,
     id: String,
     pids: Vec<i32>,
-    /// Given to create as `rootfs_mounts` (JSON of `[RootfsMount]`; null: none).
-    rootfs_mounts: Value,
 }
 
 impl Bundle {
@@ -129,7 +127,7 @@ impl Bundle {
         assert!(status.success());
         fs::write(dir.path().join("config.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
         let id = format!("{name}-{}", std::process::id());
-        Bundle { dir, id, pids: Vec::new(), rootfs_mounts: Value::Null }
+        Bundle { dir, id, pids: Vec::new() }
     }
 
     fn path(&self) -> &Path {
@@ -163,11 +161,7 @@ impl Bundle {
     fn helper_cmd(&self, args: &[&str], out_file: &Path) -> Command {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args(["--exact", "container::tests::helper", "--nocapture", "--test-threads=1", "-q"])
-            .env(
-                "BERTH_OCI_HELPER",
-                serde_json::to_string(&json!({"root": self.root(), "args": args, "rootfs_mounts": self.rootfs_mounts}))
-                    .unwrap(),
-            )
+            .env("BERTH_OCI_HELPER", serde_json::to_string(&json!({"root": self.root(), "args": args})).unwrap())
             .env("BERTH_OCI_HELPER_OUT", out_file);
         cmd
     }
@@ -307,15 +301,12 @@ fn helper() {
     let rt = Runtime::new(req["root"].as_str().unwrap());
     let args: Vec<String> = req["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let rootfs_mounts: Vec<crate::rootfs_mounts::RootfsMount> =
-        serde_json::from_value(req["rootfs_mounts"].clone()).unwrap_or_default();
     let result: Result<i32> = (|| {
         let create = |id: &str, bundle: &str, console: Option<&str>| CreateOptions {
             id: id.into(),
             bundle: bundle.into(),
             pid_file: None,
             console_socket: console.map(PathBuf::from),
-            rootfs_mounts: rootfs_mounts.clone(),
             ..Default::default()
         };
         match a.as_slice() {
@@ -632,95 +623,6 @@ impl Bundle {
         self.ok(&["kill", "--all", &self.id, "KILL"]);
         self.wait_status("stopped");
         self.ok(&["delete", &self.id]);
-    }
-}
-
-impl Bundle {
-    /// Makes the bundle's root filesystem an overlay given to create, as the reaper gives a snapshot's: the
-    /// busybox files become its lower directory and `rootfs` an empty mount point. Returns the upper directory.
-    fn overlay_rootfs(&mut self, lower: &str) -> PathBuf {
-        let p = self.path().to_path_buf();
-        fs::rename(p.join("rootfs"), p.join("lower")).unwrap();
-        for d in ["rootfs", "upper", "work"] {
-            fs::create_dir(p.join(d)).unwrap();
-        }
-        let lower = if lower.is_empty() { p.join("lower") } else { PathBuf::from(lower) };
-        let options = [
-            format!("lowerdir={}", lower.display()),
-            format!("upperdir={}", p.join("upper").display()),
-            format!("workdir={}", p.join("work").display()),
-        ];
-        self.rootfs_mounts = json!([{"type": "overlay", "source": "overlay", "options": options}]);
-        p.join("upper")
-    }
-}
-
-fn userns_spec(args: &[&str]) -> Value {
-    with(default_spec(args), |s| {
-        s["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
-        s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-        s["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-        s["root"]["readonly"] = json!(false);
-    })
-}
-
-/// The root filesystem's mounts are made inside the container's mount namespace: the host never sees them,
-/// and they go with the namespace (drop checks that no mount is left).
-#[test]
-fn rootfs_mounts_are_made_inside_the_container() {
-    if !requires_root() {
-        return;
-    }
-    let spec = with(default_spec(&["sleep", "100"]), |s| s["root"]["readonly"] = json!(false));
-    let mut b = Bundle::new("rootfs-inside", spec);
-    let upper = b.overlay_rootfs("");
-    b.start();
-    let host = host_mountpoints();
-    assert!(!host.iter().any(|p| p.starts_with(&b.path().display().to_string())), "on the host: {host:?}");
-    let root = b.sh("grep ' / / ' /proc/self/mountinfo");
-    assert!(root.contains(" - overlay "), "the container's / is not the overlay: {root}");
-    assert_eq!(b.sh("echo written > /written; cat /written; test -x /bin/sh && echo sh"), "written\nsh\n");
-    assert_eq!(fs::read_to_string(upper.join("written")).unwrap(), "written\n");
-    b.stop();
-}
-
-/// In a user namespace init could not reach the snapshot's directories: create mounts on the host instead,
-/// and delete unmounts.
-#[test]
-fn rootfs_mounts_of_a_user_namespace_are_made_on_the_host() {
-    if !requires_root() {
-        return;
-    }
-    let mut b = Bundle::new("rootfs-userns", userns_spec(&["sleep", "100"]));
-    chmod(b.path(), 0o755);
-    let upper = b.overlay_rootfs("");
-    for d in ["lower", "upper", "work"] {
-        let status = Command::new("chown").args(["-R", "100000:100000"]).arg(b.path().join(d)).status().unwrap();
-        assert!(status.success());
-    }
-    b.start();
-    let rootfs = b.path().join("rootfs").display().to_string();
-    assert!(host_mountpoints().contains(&rootfs), "{rootfs} is not mounted on the host");
-    assert_eq!(b.sh("touch /created && id -u"), "0\n");
-    use std::os::unix::fs::MetadataExt;
-    assert_eq!(fs::metadata(upper.join("created")).unwrap().uid(), 100000);
-    b.stop();
-    assert!(!host_mountpoints().contains(&rootfs), "{rootfs} still mounted after delete");
-}
-
-/// A root filesystem mount the kernel refuses fails create with the mount named, and leaves nothing (drop
-/// checks state, cgroups, mounts and processes), whether it was made inside or on the host.
-#[test]
-fn a_refused_rootfs_mount_fails_create_and_leaves_nothing() {
-    if !requires_root() {
-        return;
-    }
-    for (name, spec) in [("inside", default_spec(&["true"])), ("host", userns_spec(&["true"]))] {
-        let mut b = Bundle::new(&format!("rootfs-bad-{name}"), spec);
-        b.overlay_rootfs("/nonexistent/lower");
-        let out = b.oci(&["create", &b.id, &b.path().display().to_string()]);
-        assert_ne!(out.code, 0, "{name}: create succeeded");
-        assert!(out.stderr.contains("rootfs mount 0 (overlay overlay)"), "{name}: {}", out.stderr);
     }
 }
 

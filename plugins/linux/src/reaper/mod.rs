@@ -19,6 +19,7 @@
 //! ```
 
 pub mod protocol;
+mod rootfs;
 pub mod server;
 pub mod spawner;
 mod stdio;

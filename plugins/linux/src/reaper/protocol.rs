@@ -27,7 +27,17 @@ pub struct Stdio {
     pub terminal: bool,
 }
 
-pub use crate::rootfs_mounts::RootfsMount;
+/// A mount making up the root filesystem (containerd's types.Mount).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootfsMount {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub source: String,
+    #[serde(default)]
+    pub target: String,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
 
 /// `task.json`: what berthd asks the reaper to create. The bundle (with config.json) is the task directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,8 +47,7 @@ pub struct TaskConfig {
     /// The OCI runtime's state root for this namespace (shared by the namespace's reapers).
     pub oci_root: PathBuf,
     pub stdio: Stdio,
-    /// Mounted onto `<task dir>/rootfs` by create (see `rootfs_mounts`) when not empty; config.json's root then
-    /// points there.
+    /// Mounted onto `<task dir>/rootfs` before create when not empty; config.json's root then points there.
     #[serde(default)]
     pub rootfs: Vec<RootfsMount>,
 }

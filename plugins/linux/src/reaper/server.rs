@@ -16,10 +16,10 @@ use std::time::Duration;
 use oci_spec::runtime::{LinuxResources, Process};
 
 use super::protocol::*;
+use super::rootfs;
 use super::stdio::{self, Opened, Pump};
 use crate::cgroups::{self, OomWatcher};
 use crate::container::{self, CreateOptions, ExecOptions, Runtime};
-use crate::rootfs_mounts as rootfs;
 
 type Outcome = std::result::Result<serde_json::Value, ReaperError>;
 
@@ -31,7 +31,7 @@ fn lib_err(e: container::Error) -> ReaperError {
     let kind = match &e {
         container::Error::NotExist => ErrorKind::NotFound,
         container::Error::Status(_) => ErrorKind::FailedPrecondition,
-        container::Error::Config(_) | container::Error::Rootfs(_) => ErrorKind::InvalidArgument,
+        container::Error::Config(_) => ErrorKind::InvalidArgument,
         _ => ErrorKind::Internal,
     };
     err(kind, e.to_string())
@@ -325,15 +325,14 @@ impl Reaper {
         let signals = block_sigchld().map_err(internal("signalfd"))?;
         let rootfs_dir = dir.join(ROOTFS_DIR);
         if !cfg.rootfs.is_empty() {
-            // The mount point; create mounts the task's root filesystem on it (see rootfs_mounts).
-            fs::create_dir_all(&rootfs_dir).map_err(internal("creating the rootfs mount point"))?;
+            rootfs::mount_all(&cfg.rootfs, &rootfs_dir).map_err(|e| err(ErrorKind::InvalidArgument, e))?;
         }
-        // What create mounted on the host is unmounted by it on failure; after a successful create, by delete.
         let undo_mounts = |e: ReaperError| {
             let _ = rootfs::unmount(&rootfs_dir);
             e
         };
-        let opened = stdio::open_all(&cfg.stdio).map_err(|e| err(ErrorKind::InvalidArgument, e.to_string()))?;
+        let opened =
+            stdio::open_all(&cfg.stdio).map_err(|e| undo_mounts(err(ErrorKind::InvalidArgument, e.to_string())))?;
         let runtime = Runtime::new(&cfg.oci_root);
         let opts = CreateOptions {
             id: cfg.id.clone(),
@@ -342,9 +341,8 @@ impl Reaper {
             console_socket: None,
             console_fd: opened.console.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
             stdio: Some(opened.child_fds()),
-            rootfs_mounts: cfg.rootfs.clone(),
         };
-        let pid = runtime.create(&opts).map_err(lib_err)?;
+        let pid = runtime.create(&opts).map_err(|e| undo_mounts(lib_err(e)))?;
         let cgroup_path =
             container::state::StateDir::new(&cfg.oci_root, &cfg.id).load().map(|r| r.cgroup_path).unwrap_or_default();
         let mut init = Proc {

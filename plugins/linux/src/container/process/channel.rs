@@ -25,8 +25,6 @@ pub enum Msg {
     Ready,
     /// Child → parent: a step failed; the message names it.
     Error(String),
-    /// Init → parent: a mount of the root filesystem the caller gave was refused (bad source or options).
-    RootfsError(String),
 }
 
 pub struct Channel(OwnedFd);

@@ -28,37 +28,16 @@ pub struct InitArgs<'a> {
     pub new_cgroupns: bool,
     /// The state JSON for createContainer and startContainer hooks.
     pub hook_state: String,
-    /// Mounted onto `rootfs` first thing in our mount namespace (see `rootfs_mounts`); empty: it is used as is.
-    pub rootfs_mounts: &'a [crate::rootfs_mounts::RootfsMount],
-}
-
-/// Why init failed: a step (its name and cause), or a mount of the caller's root filesystem.
-enum Failure {
-    Step(String),
-    Rootfs(String),
-}
-
-impl From<String> for Failure {
-    fn from(e: String) -> Self {
-        Failure::Step(e)
-    }
-}
-
-impl From<&str> for Failure {
-    fn from(e: &str) -> Self {
-        Failure::Step(e.to_string())
-    }
 }
 
 /// Runs init; returns only on failure (the exit code), having reported the error if the runtime still listens.
 pub fn run(mut a: InitArgs) -> i32 {
     super::reset_signals();
-    let (err, msg) = match init(&mut a) {
+    let err = match init(&mut a) {
         Ok(never) => match never {},
-        Err(Failure::Step(e)) => (e.clone(), Msg::Error(e)),
-        Err(Failure::Rootfs(e)) => (e.clone(), Msg::RootfsError(e)),
+        Err(e) => e,
     };
-    if a.channel.as_ref().is_none_or(|c| c.send(&msg).is_err()) {
+    if a.channel.as_ref().is_none_or(|c| c.send(&Msg::Error(err.clone())).is_err()) {
         // After Ready nobody listens: stderr is all there is (it is the container's stderr).
         let _ = writeln!(io::stderr(), "berth init: {err}");
     }
@@ -69,7 +48,7 @@ fn step<T>(name: &str, r: io::Result<T>) -> Result<T, String> {
     r.map_err(|e| format!("{name}: {e}"))
 }
 
-fn init(a: &mut InitArgs) -> Result<std::convert::Infallible, Failure> {
+fn init(a: &mut InitArgs) -> Result<std::convert::Infallible, String> {
     let spec = a.spec;
     let process = spec.process().as_ref().ok_or("process: missing")?;
     let linux = spec.linux().as_ref().ok_or("linux: missing")?;
@@ -91,10 +70,7 @@ fn init(a: &mut InitArgs) -> Result<std::convert::Infallible, Failure> {
     step("setting oom_score_adj", super::set_oom_score_adj(process))?;
 
     // Mounts happen in our own mount namespace (validation requires a new one), so nothing reaches the host.
-    let propagation = linux.rootfs_propagation();
-    step("preparing rootfs", rootfs::isolate(a.rootfs, propagation.as_deref()))?;
-    crate::rootfs_mounts::mount_all(a.rootfs_mounts, a.rootfs).map_err(Failure::Rootfs)?;
-    step("preparing rootfs", rootfs::bind_root(a.rootfs))?;
+    step("preparing rootfs", rootfs::prepare(a.rootfs, linux.rootfs_propagation().as_deref()))?;
     let mounts = spec.mounts().clone().unwrap_or_default();
     for m in &mounts {
         step("mounts", rootfs::mount_one(a.rootfs, a.bundle, m, a.in_userns, a.new_cgroupns))?;
@@ -193,7 +169,7 @@ fn init(a: &mut InitArgs) -> Result<std::convert::Infallible, Failure> {
     // Nothing of the runtime may leak into the container (CVE-2024-21626): every fd above stdio closes on exec.
     step("close_range", sys::cloexec_from(3))?;
     let err = super::execve(&exe, &args, &env);
-    Err(format!("exec {}: {err}", exe.display()).into())
+    Err(format!("exec {}: {err}", exe.display()))
 }
 
 /// The state for hooks that run in the container (createContainer, startContainer): the spec wants the pid as

@@ -148,12 +148,11 @@ fn ctx(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-/// Sets the propagation of / (rootfsPropagation, private by default) and makes the mount holding rootfs private,
-/// so what init mounts there next (the root filesystem's own mounts, then [`bind_root`]) stays in this mount
-/// namespace. Like runc, the propagation is applied to all of / and not just to rootfs: making / private
+/// Sets the propagation of / (rootfsPropagation, private by default), then bind-mounts rootfs onto itself so that
+/// it is a mount point. Like runc, the propagation is applied to all of / and not just to rootfs: making / private
 /// first would cut every mount from its host peer, and `rslave` (host mounts show up in the container's binds,
 /// CRI's HostToContainer) or `rshared` (Bidirectional) could never work.
-pub fn isolate(rootfs: &Path, propagation: Option<&str>) -> io::Result<()> {
+pub fn prepare(rootfs: &Path, propagation: Option<&str>) -> io::Result<()> {
     let flag = match propagation {
         Some(p) => propagation_flag(p)
             .ok_or_else(|| io::Error::other(format!("linux.rootfsPropagation: unknown value {p:?}")))?,
@@ -161,20 +160,14 @@ pub fn isolate(rootfs: &Path, propagation: Option<&str>) -> io::Result<()> {
     };
     sys::mount(None, Path::new("/"), None, flag, None).map_err(ctx("setting the propagation of /"))?;
     // pivot_root refuses a shared parent of the new root, and a shared parent would propagate the rootfs bind
-    // (and every mount under it, the root filesystem's own mounts first) to the host: make that one mount
-    // private, as runc does.
+    // (and every mount under it) to the host: make that one mount private, as runc does.
     if let Some((parent, true)) = parent_mount(rootfs) {
         sys::mount(None, &parent, None, libc::MS_PRIVATE, None)
             .map_err(ctx(format!("making {} private", parent.display())))?;
     }
-    Ok(())
-}
-
-/// Binds the root filesystem onto itself (with what is mounted under it), so it is a mount point pivot_root
-/// takes even when it is a plain directory.
-pub fn bind_root(rootfs: &Path) -> io::Result<()> {
     sys::mount(Some(rootfs), rootfs, None, libc::MS_BIND | libc::MS_REC, None)
-        .map_err(ctx(format!("bind-mounting rootfs {}", rootfs.display())))
+        .map_err(ctx(format!("bind-mounting rootfs {}", rootfs.display())))?;
+    Ok(())
 }
 
 /// After pivot_root: the new / gets rootfsPropagation too (the rootfs bind was private until then), as in runc.

@@ -1,29 +1,13 @@
-//! A task's root filesystem from the mounts the client sent (a snapshot's bind or overlay mounts).
-//!
-//! The container's init mounts them onto `root.path` inside its own new mount namespace (see
-//! `container::process::rootfs::prepare`), so the host never sees them and they go with the namespace: no
-//! host-side unmount, whose wait for an RCU grace period was most of a task delete. Where init cannot (a user
-//! namespace, or prestart/createRuntime hooks that look at the bundle from the host), the runtime mounts them
-//! on the host before forking, and the task's delete unmounts them.
+//! The task's root filesystem from the mounts the client sent (a snapshot's bind or overlay mounts), mounted on
+//! `<task dir>/rootfs` before the container is created and unmounted when the task is deleted.
 
 use std::io;
 use std::path::Path;
 
 use berth_core::mount::{COMPACT_MARGIN, compact_lowerdir, page_size};
 use nix::mount::{MntFlags, MsFlags};
-use serde::{Deserialize, Serialize};
 
-/// A mount making up the root filesystem (containerd's types.Mount).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RootfsMount {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub source: String,
-    #[serde(default)]
-    pub target: String,
-    #[serde(default)]
-    pub options: Vec<String>,
-}
+use super::protocol::RootfsMount;
 
 /// Mount flags by option name, as mount(8) spells them; anything else goes to the filesystem as data.
 fn flag(option: &str) -> Option<(MsFlags, bool)> {
@@ -143,11 +127,6 @@ impl Drop for WorkingDir {
 
 /// Unmounts everything mounted at or under `root` (deepest first); a root with nothing mounted is fine.
 pub fn unmount(root: &Path) -> io::Result<()> {
-    // `mount_all` mounts the first entry at `root` itself: a root that is no mount point has nothing on
-    // or under it, and the common case (mounted inside the container's namespace) skips reading mountinfo.
-    if is_mount_root(root) == Some(false) {
-        return Ok(());
-    }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     let root_s = root.to_string_lossy();
     let mut targets: Vec<String> = mounts
@@ -164,20 +143,6 @@ pub fn unmount(root: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether `path` is the root of a mount as this process sees it (None: unknown, e.g. it does not exist or
-/// the kernel predates STATX_ATTR_MOUNT_ROOT).
-pub fn is_mount_root(path: &Path) -> Option<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statx into a zeroed buffer we own, on a NUL-terminated path.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, 0, &mut stx) };
-    if r != 0 || stx.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 == 0 {
-        return None;
-    }
-    Some(stx.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0)
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
