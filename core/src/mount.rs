@@ -16,6 +16,56 @@ pub struct Mount {
     pub options: Vec<String>,
 }
 
+/// The mount(2) flags and filesystem data of a mount: its `options` as mount(8) reads them (`ro` and
+/// `rw`, `nosuid` and `suid`, `bind`, `rbind`, ... set or clear a flag, in order; anything else goes to
+/// the filesystem, comma-joined), and MS_BIND for a `bind` or `rbind` type. Where a bind mount is also
+/// read-only, the caller must remount it so: mount(2) ignores MS_RDONLY on the bind itself.
+///
+/// ```
+/// use berth_core::mount::flags_and_data;
+///
+/// let options = ["ro", "nosuid", "lowerdir=/l", "upperdir=/u"].map(String::from);
+/// let (flags, data) = flags_and_data("overlay", &options);
+/// assert_eq!((flags, data.as_str()), (libc::MS_RDONLY | libc::MS_NOSUID, "lowerdir=/l,upperdir=/u"));
+/// assert_eq!(flags_and_data("rbind", &[]).0, libc::MS_BIND | libc::MS_REC);
+/// ```
+pub fn flags_and_data(kind: &str, options: &[String]) -> (libc::c_ulong, String) {
+    let mut flags = match kind {
+        "bind" => libc::MS_BIND,
+        "rbind" => libc::MS_BIND | libc::MS_REC,
+        _ => 0,
+    };
+    let mut data = Vec::new();
+    for option in options {
+        let (flag, set) = match option.as_str() {
+            "ro" => (libc::MS_RDONLY, true),
+            "rw" => (libc::MS_RDONLY, false),
+            "bind" => (libc::MS_BIND, true),
+            "rbind" => (libc::MS_BIND | libc::MS_REC, true),
+            "nosuid" => (libc::MS_NOSUID, true),
+            "suid" => (libc::MS_NOSUID, false),
+            "nodev" => (libc::MS_NODEV, true),
+            "dev" => (libc::MS_NODEV, false),
+            "noexec" => (libc::MS_NOEXEC, true),
+            "exec" => (libc::MS_NOEXEC, false),
+            "noatime" => (libc::MS_NOATIME, true),
+            "relatime" => (libc::MS_RELATIME, true),
+            "sync" => (libc::MS_SYNCHRONOUS, true),
+            "defaults" => (0, true),
+            other => {
+                data.push(other);
+                continue;
+            }
+        };
+        if set {
+            flags |= flag;
+        } else {
+            flags &= !flag;
+        }
+    }
+    (flags, data.join(","))
+}
+
 /// How far under a page of mount options an overlay's lowers are made relative, as containerd does
 /// (mount/mount_linux.go): room for the rest of the options.
 pub const COMPACT_MARGIN: usize = 512;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Applied, Whiteouts, apply_over};
-use crate::mount::{COMPACT_MARGIN, Mount, compact_lowerdir, page_size};
+use crate::mount::{COMPACT_MARGIN, Mount, compact_lowerdir, flags_and_data, page_size};
 use crate::{Error, Result};
 
 /// A name no other temporary mount point of this process has.
@@ -87,29 +87,12 @@ pub fn mount_all(mounts: &[Mount], tmp: &Path, readonly: bool) -> Result<Mounted
             return Err(Error::InvalidArgument(format!("mount target {:?} must be a relative path", m.target)));
         }
         let point = dir.join(rel);
-        let mut flags: libc::c_ulong = 0;
-        let mut data = Vec::new();
-        for option in &m.options {
-            match option.as_str() {
-                "ro" => flags |= libc::MS_RDONLY,
-                "rw" | "defaults" => {}
-                "bind" => flags |= libc::MS_BIND,
-                "rbind" => flags |= libc::MS_BIND | libc::MS_REC,
-                "nosuid" => flags |= libc::MS_NOSUID,
-                "nodev" => flags |= libc::MS_NODEV,
-                "noexec" => flags |= libc::MS_NOEXEC,
-                other => data.push(other),
-            }
-        }
-        if m.kind == "bind" {
-            flags |= libc::MS_BIND;
-        }
+        let (mut flags, data) = flags_and_data(&m.kind, &m.options);
         if readonly {
             flags |= libc::MS_RDONLY;
         }
         let c = |s: &str| std::ffi::CString::new(s).map_err(|_| mount_error(m, "a NUL byte in the mount"));
         let (source, target) = (c(&m.source)?, c(&point.to_string_lossy())?);
-        let data = data.join(",");
         let compacted = (m.kind == "overlay" && data.len() + 1 > page_size() - COMPACT_MARGIN)
             .then(|| compact_lowerdir(&data))
             .flatten();

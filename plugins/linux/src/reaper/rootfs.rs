@@ -4,31 +4,10 @@
 use std::io;
 use std::path::Path;
 
-use berth_core::mount::{COMPACT_MARGIN, compact_lowerdir, page_size};
+use berth_core::mount::{COMPACT_MARGIN, compact_lowerdir, flags_and_data, page_size};
 use nix::mount::{MntFlags, MsFlags};
 
 use super::protocol::RootfsMount;
-
-/// Mount flags by option name, as mount(8) spells them; anything else goes to the filesystem as data.
-fn flag(option: &str) -> Option<(MsFlags, bool)> {
-    Some(match option {
-        "ro" => (MsFlags::MS_RDONLY, true),
-        "rw" => (MsFlags::MS_RDONLY, false),
-        "bind" => (MsFlags::MS_BIND, true),
-        "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, true),
-        "nosuid" => (MsFlags::MS_NOSUID, true),
-        "suid" => (MsFlags::MS_NOSUID, false),
-        "nodev" => (MsFlags::MS_NODEV, true),
-        "dev" => (MsFlags::MS_NODEV, false),
-        "noexec" => (MsFlags::MS_NOEXEC, true),
-        "exec" => (MsFlags::MS_NOEXEC, false),
-        "noatime" => (MsFlags::MS_NOATIME, true),
-        "relatime" => (MsFlags::MS_RELATIME, true),
-        "sync" => (MsFlags::MS_SYNCHRONOUS, true),
-        "defaults" => (MsFlags::empty(), true),
-        _ => return None,
-    })
-}
 
 /// Mounts every entry in order onto `root` (the first at `root` itself, later ones at their target inside it).
 /// On failure, what was mounted is unmounted again and the error names the mount.
@@ -49,25 +28,10 @@ fn mount_one(m: &RootfsMount, root: &Path) -> Result<(), String> {
         return Err(format!("target {:?} leaves the root filesystem", m.target));
     }
     let target = if target.is_empty() { root.to_path_buf() } else { root.join(target) };
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for o in &m.options {
-        match flag(o) {
-            Some((f, true)) => flags |= f,
-            Some((f, false)) => flags &= !f,
-            None => data.push(o.as_str()),
-        }
-    }
-    let kind = if m.kind == "bind" || m.kind == "rbind" {
-        flags |= MsFlags::MS_BIND;
-        if m.kind == "rbind" {
-            flags |= MsFlags::MS_REC;
-        }
-        None
-    } else {
-        Some(m.kind.as_str())
-    };
-    let data = data.join(",");
+    let (flags, data) = flags_and_data(&m.kind, &m.options);
+    let flags = MsFlags::from_bits_retain(flags);
+    // A bind mount's type is not a filesystem's.
+    let kind = (!flags.contains(MsFlags::MS_BIND)).then_some(m.kind.as_str());
     if kind == Some("overlay")
         && data.len() + 1 > page_size() - COMPACT_MARGIN
         && let Some((common, compacted)) = compact_lowerdir(&data)
