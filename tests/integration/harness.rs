@@ -174,6 +174,17 @@ impl Daemon {
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("root")
     }
+
+    /// A stream of the events that pass `filters`, from now on.
+    pub async fn subscribe(
+        &self,
+        filters: &[&str],
+    ) -> containerd_client::tonic::Streaming<containerd_client::types::Envelope> {
+        let request = containerd_client::services::v1::SubscribeRequest {
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+        };
+        self.client().await.events().subscribe(request).await.unwrap().into_inner()
+    }
 }
 
 impl Drop for Daemon {
@@ -247,6 +258,15 @@ pub const SIGINT: i32 = 2;
 
 unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Polls `check` every 20 ms for up to `secs` seconds.
+pub fn eventually(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Asserts a command succeeded and returns its stdout.

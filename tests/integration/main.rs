@@ -6,6 +6,8 @@
 
 mod harness;
 mod images_fixture;
+mod monitor_fixtures;
+mod plugin_fixtures;
 
 mod cli;
 mod config;

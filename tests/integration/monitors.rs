@@ -32,15 +32,6 @@ fn ctr(daemon: &Daemon, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Polls `check` every 20 ms for up to `secs` seconds.
-fn eventually(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The status column of `ctr tasks ls` for `id`, None without a task.
 fn task_status(daemon: &Daemon, id: &str) -> Option<String> {
     let ls = daemon.ctr_ok(&["tasks", "ls"]);
@@ -189,13 +180,7 @@ async fn killing_repeatedly_backs_off_and_deleting_the_container_stops_restarts(
     let daemon = Daemon::start_with(
         "[plugins.\"monitor.restart\"]\ninterval = \"1m\"\nbackoff_base = \"400ms\"\nbackoff_max = \"10s\"\nbackoff_reset = \"1m\"\n",
     );
-    let client = daemon.client().await;
-    let mut events = client
-        .events()
-        .subscribe(SubscribeRequest { filters: vec!["topic~=^/tasks/".into()] })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = daemon.subscribe(&["topic~=^/tasks/"]).await;
     let rootfs = daemon.busybox_rootfs();
     let label = format!("{STATUS}=running");
     // Labelled once its task runs: a check at start-up racing the create cannot restart it early.
@@ -353,13 +338,7 @@ unsafe extern "C" {
 /// Runs `tail /dev/zero` under a 32 MiB limit with `ctr run --rm` and returns the topics of the
 /// task events that follow, until its task is deleted and half a second more.
 async fn oom_run(daemon: &Daemon, id: &str) -> Vec<String> {
-    let client = daemon.client().await;
-    let mut events = client
-        .events()
-        .subscribe(SubscribeRequest { filters: vec!["topic~=^/tasks/".into()] })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = daemon.subscribe(&["topic~=^/tasks/"]).await;
     let rootfs = daemon.busybox_rootfs();
     let fifo = daemon.fifo_dir();
     let (code, _, err) = ctr(

@@ -16,6 +16,10 @@ use berth_core::snapshot::SharedSnapshotter;
 
 use crate::harness::*;
 use crate::images_fixture::{self, BUSYBOX};
+use crate::plugin_fixtures::{
+    assert_busybox_runs_on, assert_image_removal_empties, assert_loaded_from, plugin, plugin_status, plugins_json,
+    sha256_of,
+};
 
 /// The path of the cdylib of crate `name` (with underscores), as cargo built it for this test binary.
 pub(crate) fn library(name: &str) -> PathBuf {
@@ -41,19 +45,9 @@ pub(crate) fn faulty_library() -> PathBuf {
     library("berth_test_plugin_faulty")
 }
 
-pub(crate) fn sha256_of(path: &Path) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// [`load_alone`] with this file's source.
 async fn load_alone(dir: &Path, tables: &str) -> berth_core::registry::Started {
     crate::harness::load_alone(berth_core::external::native::source(), dir, tables, false).await
-}
-
-fn plugin_state(started: &berth_core::registry::Started, id: &str) -> berth_core::registry::PluginState {
-    let table = started.table.read().unwrap();
-    table.plugins.iter().find(|p| p.id.to_string() == id).expect(id).state.clone()
 }
 
 #[tokio::test]
@@ -65,7 +59,7 @@ async fn native_snapshot_example_passes_the_snapshot_suite() {
         dir.path().join("snapshots").display()
     );
     let started = load_alone(dir.path(), &tables).await;
-    assert_eq!(plugin_state(&started, "snapshot.example"), berth_core::registry::PluginState::Loaded);
+    assert_eq!(plugin_status(&started, "snapshot.example").state, berth_core::registry::PluginState::Loaded);
     let id = "snapshot.example".parse().unwrap();
     let snapshotter: SharedSnapshotter =
         (*started.get::<SharedSnapshotter>(&id).expect("a native snapshot plugin is a SharedSnapshotter")).clone();
@@ -121,7 +115,7 @@ async fn stats_are_kept_while_the_revision_stays_and_abi_1_1_plugins_are_asked_e
 
     let old = snapshotter("abi-1.1");
     assert_eq!(
-        plugin_state(&started, "snapshot.abi-1.1"),
+        plugin_status(&started, "snapshot.abi-1.1").state,
         berth_core::registry::PluginState::Loaded,
         "a plugin of ABI 1.1 loads"
     );
@@ -238,18 +232,6 @@ async fn native_runtime_example_passes_the_runtime_suite() {
     let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/native-{}", berth_core::testsuite::runtime::NAMESPACE));
 }
 
-/// `berth plugins ls --format json`, as JSON.
-pub(crate) fn plugins_json(daemon: &Daemon) -> Vec<serde_json::Value> {
-    serde_json::from_str(&daemon.berth_ok(&["--format", "json", "plugins", "ls"])).unwrap()
-}
-
-pub(crate) fn plugin<'a>(plugins: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
-    plugins
-        .iter()
-        .find(|p| p["id"] == name && p["exports"]["berth.kind"] == kind)
-        .unwrap_or_else(|| panic!("no plugin {kind}.{name} in {plugins:#?}"))
-}
-
 pub(crate) fn init_error(plugins: &[serde_json::Value], kind: &str, name: &str) -> String {
     plugin(plugins, kind, name)["init_err"]["message"].as_str().unwrap_or_default().to_string()
 }
@@ -269,21 +251,12 @@ fn snapshot_example_runs_containers_through_ctr() {
     let library = snapshot_library();
     let daemon = Daemon::start_with(&native_table("snapshot.example", &library, ""));
     // Introspection: kind, name, source with path and content hash, version from the header, status.
-    let plugins = plugins_json(&daemon);
-    let example = plugin(&plugins, "snapshot", "example");
+    let example = assert_loaded_from(&daemon, "snapshot", "example", "native", &library);
     assert_eq!(example["type"], "io.containerd.snapshotter.v1");
-    assert!(example["init_err"].is_null(), "{example:#}");
     let exports = &example["exports"];
-    assert_eq!(exports["berth.source"], "native");
-    assert_eq!(exports["berth.path"], library.display().to_string());
-    assert_eq!(exports["berth.sha256"], sha256_of(&library));
     assert_eq!(exports["berth.version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(exports["berth.abi"], "1.2");
-    assert_eq!(plugin(&plugins, "snapshot", "native")["exports"]["berth.source"], "builtin");
-    let table = daemon.berth_ok(&["plugins", "ls"]);
-    let row = table.lines().find(|l| l.contains("example")).expect(&table);
-    assert!(row.contains("native") && row.contains(&library.display().to_string()), "{row}");
-    assert!(row.contains(&format!("sha256:{}", &sha256_of(&library)[..12])) && row.trim_end().ends_with("ok"), "{row}");
+    assert_eq!(plugin(&plugins_json(&daemon), "snapshot", "native")["exports"]["berth.source"], "builtin");
     let ctr_plugins = daemon.ctr_ok(&["plugins", "ls"]);
     assert!(
         ctr_plugins
@@ -293,36 +266,11 @@ fn snapshot_example_runs_containers_through_ctr() {
     );
 
     // The image unpacked into the example snapshotter, and a container run on it.
-    let archive = images_fixture::busybox_archive();
-    daemon.ctr_ok(&["images", "import", "--snapshotter", "example", archive.to_str().unwrap()]);
-    let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "example", "ls"]);
-    let chain = images_fixture::busybox().chain_ids();
-    assert!(snapshots.contains(&chain[0]) && snapshots.contains("Committed"), "{snapshots}");
-    let fifo = daemon.fifo_dir();
-    let fifo = fifo.to_str().unwrap();
-    let out = daemon.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "example",
-        "--fifo-dir",
-        fifo,
-        BUSYBOX,
-        "on-example",
-        "sh",
-        "-c",
-        "echo written > /tmp/f && cat /tmp/f && exit 3",
-    ]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "written\n");
-    // The container's snapshot is gone, the image's layer stays.
-    let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "example", "ls"]);
-    assert!(!snapshots.contains("on-example") && snapshots.contains(&chain[0]), "{snapshots}");
+    let script = "echo written > /tmp/f && cat /tmp/f && exit 3";
+    assert_busybox_runs_on(&daemon, "example", "on-example", script, (3, "written\n"));
     // The backend's own directory holds the snapshots.
     assert!(daemon.root().join("snapshot.example/metadata.json").exists());
-    daemon.ctr_ok(&["images", "rm", "--sync", BUSYBOX]);
-    let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "example", "ls"]);
-    assert_eq!(snapshots.lines().count(), 1, "the collector removes the layers from the plugin too:\n{snapshots}");
+    assert_image_removal_empties(&daemon, "example");
 }
 
 #[test]

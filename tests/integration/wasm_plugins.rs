@@ -6,8 +6,8 @@
 //! copy while the component's revision (WIT 1.1.0) stays, fresh once it moves or the instances are replaced,
 //! and a 1.0.0 component without revisions (examples/wasm/legacy) still served.
 //!
-//! The components are built apart from this workspace, for wasm32-wasip2 (see [`BUILD`]); .ci/test builds
-//! them before the tests.
+//! The components are built apart from this workspace, for wasm32-wasip2 (see
+//! [`BUILD`](crate::plugin_fixtures::BUILD)); .ci/test builds them before the tests.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,39 +16,21 @@ use std::time::Duration;
 use berth_core::snapshot::{Labels, SharedSnapshotter, SnapshotError};
 
 use crate::harness::*;
-use crate::images_fixture::{self, BUSYBOX};
-
-/// The command that builds the components the tests load.
-const BUILD: &str = "cargo build --manifest-path examples/wasm/Cargo.toml --target wasm32-wasip2 --release --locked";
-
-/// The component of crate `name` (with underscores), as [`BUILD`] made it.
-fn component(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/wasm/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: build the wasm components first, from the repository root: {BUILD}",
-        path.display()
-    );
-    path.canonicalize().unwrap()
-}
+use crate::plugin_fixtures::{
+    assert_busybox_runs_on, assert_image_removal_empties, assert_loaded_from, assert_logged_by, plugin, plugin_status,
+    plugins_json, sha256_of, wasm_component, wasm_table,
+};
 
 fn layers_component() -> PathBuf {
-    component("berth_example_wasm_snapshot")
+    wasm_component("berth_example_wasm_snapshot")
 }
 
 fn faulty_component() -> PathBuf {
-    component("berth_test_wasm_faulty")
+    wasm_component("berth_test_wasm_faulty")
 }
 
 fn legacy_component() -> PathBuf {
-    component("berth_test_wasm_legacy")
-}
-
-fn sha256_of(path: &Path) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
+    wasm_component("berth_test_wasm_legacy")
 }
 
 /// The table of the layers example keeping its snapshots in `dir` (granted as `/layers`).
@@ -61,21 +43,9 @@ fn layers_table(id: &str, path: &Path, dir: &Path, extra: &str) -> String {
     )
 }
 
-fn wasm_table(id: &str, path: &Path, options: &str, config: &str) -> String {
-    format!(
-        "[plugins.\"{id}\"]\nsource = \"wasm\"\npath = \"{}\"\n{options}\n[plugins.\"{id}\".config]\n{config}\n",
-        path.display()
-    )
-}
-
 /// [`load_alone`] with this file's source.
 async fn load_alone(dir: &Path, tables: &str) -> berth_core::registry::Started {
     crate::harness::load_alone(berth_plugin_wasm::source(), dir, tables, false).await
-}
-
-fn row(started: &berth_core::registry::Started, id: &str) -> berth_core::registry::PluginStatus {
-    let table = started.table.read().unwrap();
-    table.plugins.iter().find(|p| p.id.to_string() == id).expect(id).clone()
 }
 
 fn snapshotter(started: &berth_core::registry::Started, id: &str) -> SharedSnapshotter {
@@ -88,7 +58,7 @@ async fn wasm_snapshot_example_passes_the_snapshot_suite() {
     let dir = tempfile::Builder::new().prefix("berth-wasm-suite").tempdir_in("/tmp").unwrap();
     let layers = dir.path().join("layers");
     let started = load_alone(dir.path(), &layers_table("snapshot.layers", &layers_component(), &layers, "")).await;
-    assert_eq!(row(&started, "snapshot.layers").state, berth_core::registry::PluginState::Loaded);
+    assert_eq!(plugin_status(&started, "snapshot.layers").state, berth_core::registry::PluginState::Loaded);
     let sn = snapshotter(&started, "snapshot.layers");
     assert_eq!(sn.name(), "layers");
     berth_core::testsuite::snapshot::run_all(sn.as_ref(), dir.path()).await;
@@ -101,7 +71,7 @@ async fn wasm_snapshot_example_passes_the_snapshot_suite() {
 
     // Loaded again, it comes from the cache.
     let started = load_alone(dir.path(), &layers_table("snapshot.layers", &layers_component(), &layers, "")).await;
-    let berth_core::external::Origin::External(origin) = row(&started, "snapshot.layers").origin else {
+    let berth_core::external::Origin::External(origin) = plugin_status(&started, "snapshot.layers").origin else {
         panic!("a wasm plugin has an external origin")
     };
     assert_eq!(origin.details.get("cache").map(String::as_str), Some("cache hit"), "{origin:?}");
@@ -122,7 +92,7 @@ async fn wasm_faults_fail_one_call_and_the_next_gets_a_fresh_instance() {
     assert_eq!(calls(sn.clone()).await, 2, "a healthy instance serves the next call");
     assert!(matches!(sn.stat("nothing").await, Err(SnapshotError::NotFound(_))));
 
-    let last_error = || row(&started, "snapshot.faulty").last_error.unwrap_or_default();
+    let last_error = || plugin_status(&started, "snapshot.faulty").last_error.unwrap_or_default();
     for (key, want) in [
         ("loop", "plugin snapshot.faulty: call stat exceeded its time limit of 300ms"),
         ("alloc", "plugin snapshot.faulty: call stat exceeded its memory limit of 16 MiB"),
@@ -136,7 +106,7 @@ async fn wasm_faults_fail_one_call_and_the_next_gets_a_fresh_instance() {
         // The instance that failed is gone: the next call is served by a fresh one.
         assert_eq!(calls(sn.clone()).await, 1, "after {key}");
     }
-    assert_eq!(row(&started, "snapshot.faulty").state, berth_core::registry::PluginState::Loaded);
+    assert_eq!(plugin_status(&started, "snapshot.faulty").state, berth_core::registry::PluginState::Loaded);
     drop(sn);
     started.shutdown();
 }
@@ -152,7 +122,7 @@ async fn wasm_init_failures_refuse_the_plugin_with_located_config_errors() {
     ] {
         let dir = tempfile::Builder::new().prefix("berth-wasm-init").tempdir_in("/tmp").unwrap();
         let started = load_alone(dir.path(), &wasm_table("snapshot.faulty", &faulty_component(), "", config)).await;
-        let status = row(&started, "snapshot.faulty");
+        let status = plugin_status(&started, "snapshot.faulty");
         let berth_core::registry::PluginState::Failed(e) = &status.state else {
             panic!("{config}: the plugin must be refused, got {:?}", status.state)
         };
@@ -169,61 +139,19 @@ fn wasm_snapshot_example_runs_containers_through_ctr() {
     let wasm = layers_component();
     let layers = tempfile::Builder::new().prefix("berth-wasm-layers").tempdir_in("/tmp").unwrap();
     let daemon = Daemon::start_with(&layers_table("snapshot.layers", &wasm, layers.path(), ""));
-    let plugins: Vec<serde_json::Value> =
-        serde_json::from_str(&daemon.berth_ok(&["--format", "json", "plugins", "ls"])).unwrap();
-    let row = plugins
-        .iter()
-        .find(|p| p["id"] == "layers" && p["exports"]["berth.kind"] == "snapshot")
-        .unwrap_or_else(|| panic!("no snapshot.layers in {plugins:#?}"));
-    assert!(row["init_err"].is_null(), "{row:#}");
+    let row = assert_loaded_from(&daemon, "snapshot", "layers", "wasm", &wasm);
     let exports = &row["exports"];
-    assert_eq!(exports["berth.source"], "wasm");
-    assert_eq!(exports["berth.path"], wasm.display().to_string());
-    assert_eq!(exports["berth.sha256"], sha256_of(&wasm));
     assert_eq!(exports["berth.version"], "1.0.0");
     assert_eq!(exports["berth.world"], "berth:snapshot/snapshot-plugin@1.1.0");
     assert!(exports["berth.wasmtime"].as_str().unwrap_or_default().starts_with("48."), "{exports:#}");
-    let table = daemon.berth_ok(&["plugins", "ls"]);
-    let line = table.lines().find(|l| l.contains("layers")).expect(&table);
-    assert!(line.contains("wasm") && line.contains(&wasm.display().to_string()), "{line}");
-    assert!(line.contains(&format!("sha256:{}", &sha256_of(&wasm)[..12])) && line.trim_end().ends_with("ok"), "{line}");
 
     // The image unpacked into the component's snapshots, and containers run on them.
-    let archive = images_fixture::busybox_archive();
-    daemon.ctr_ok(&["images", "import", "--snapshotter", "layers", archive.to_str().unwrap()]);
-    let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "layers", "ls"]);
-    let chain = images_fixture::busybox().chain_ids();
-    assert!(snapshots.contains(&chain[0]) && snapshots.contains("Committed"), "{snapshots}");
-    let fifo = daemon.fifo_dir();
-    let fifo = fifo.to_str().unwrap();
-    let out = daemon.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "layers",
-        "--fifo-dir",
-        fifo,
-        BUSYBOX,
-        "wasm-layers",
-        "sh",
-        "-c",
-        "echo written > /tmp/f && cat /tmp/f && ls /bin/busybox && exit 3",
-    ]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "written\n/bin/busybox\n");
-    let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "layers", "ls"]);
-    assert!(!snapshots.contains("wasm-layers") && snapshots.contains(&chain[0]), "{snapshots}");
+    let script = "echo written > /tmp/f && cat /tmp/f && ls /bin/busybox && exit 3";
+    assert_busybox_runs_on(&daemon, "layers", "wasm-layers", script, (3, "written\n/bin/busybox\n"));
     assert!(layers.path().join("metadata.json").exists());
     // Its log line (the host's log import) is in berthd's log, tagged with the plugin.
-    let log = daemon.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("layers in /layers"))
-        .unwrap_or_else(|| panic!("no plugin log line in:\n{log}"));
-    assert!(line.contains("snapshot.layers"), "{line}");
-    daemon.ctr_ok(&["images", "rm", "--sync", BUSYBOX]);
-    let snapshots = daemon.ctr_ok(&["snapshots", "--snapshotter", "layers", "ls"]);
-    assert_eq!(snapshots.lines().count(), 1, "the collector removes the layers from the component too:\n{snapshots}");
+    assert_logged_by(&daemon, "snapshot.layers", &["layers in /layers"]);
+    assert_image_removal_empties(&daemon, "layers");
     let left: Vec<_> = std::fs::read_dir(layers.path().join("snapshots")).unwrap().flatten().collect();
     assert!(left.is_empty(), "snapshot directories left: {left:?}");
 }
@@ -254,17 +182,10 @@ fn wasm_broken_plugins_are_refused_or_contained_and_berthd_carries_on() {
     tables += &wasm_table("snapshot.misnamed", &faulty, "", "");
     tables += &wasm_table("snapshot.faulty", &faulty, "call_timeout = \"300ms\"\nmemory_limit = \"16MiB\"", "");
     let daemon = Daemon::start_with(&tables);
-    let plugins: Vec<serde_json::Value> =
-        serde_json::from_str(&daemon.berth_ok(&["--format", "json", "plugins", "ls"])).unwrap();
-    let plugin = |name: &str| {
-        plugins
-            .iter()
-            .find(|p| p["id"] == name && p["exports"]["berth.kind"] == "snapshot")
-            .unwrap_or_else(|| panic!("no snapshot.{name}"))
-            .clone()
-    };
+    let plugins = plugins_json(&daemon);
+    let snapshot = |name: &str| plugin(&plugins, "snapshot", name);
     let expect = |name: &str, want: &str| {
-        let e = plugin(name)["init_err"]["message"].as_str().unwrap_or_default().to_string();
+        let e = snapshot(name)["init_err"]["message"].as_str().unwrap_or_default().to_string();
         assert!(e.contains(want), "snapshot.{name}: expected an error with {want:?}, got {e:?}");
     };
     expect("truncated", "is not a valid wasm component");
@@ -274,8 +195,8 @@ fn wasm_broken_plugins_are_refused_or_contained_and_berthd_carries_on() {
     expect("missing", "cannot read");
     expect("misnamed", "plugin is named \"faulty\", but its table is [plugins.\"snapshot.misnamed\"]");
     // Refused components still show where they came from.
-    assert_eq!(plugin("truncated")["exports"]["berth.sha256"], sha256_of(&truncated));
-    assert!(plugin("faulty")["init_err"].is_null(), "{:#}", plugin("faulty"));
+    assert_eq!(snapshot("truncated")["exports"]["berth.sha256"], sha256_of(&truncated));
+    assert!(snapshot("faulty")["init_err"].is_null(), "{:#}", snapshot("faulty"));
 
     // A call that loops, allocates past the cap or traps fails with what it hit; berthd and the plugin go on.
     for (key, want) in [
@@ -289,18 +210,12 @@ fn wasm_broken_plugins_are_refused_or_contained_and_berthd_carries_on() {
         let e = fails(daemon.ctr(&["snapshots", "--snapshotter", "faulty", "prepare", "fine"]), "a plain prepare");
         assert!(e.contains("faulty makes no snapshots"), "after {key}: {e}");
     }
-    let plugins: Vec<serde_json::Value> =
-        serde_json::from_str(&daemon.berth_ok(&["--format", "json", "plugins", "ls"])).unwrap();
-    let faulty_row = plugins.iter().find(|p| p["id"] == "faulty").unwrap();
+    let plugins = plugins_json(&daemon);
+    let faulty_row = plugin(&plugins, "snapshot", "faulty");
     let last = faulty_row["exports"]["berth.last_error"].as_str().unwrap_or_default();
     assert!(last.contains("call prepare trapped"), "{faulty_row:#}");
     // What the component wrote to stderr (its panic message) is in berthd's log, tagged with the plugin.
-    let log = daemon.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("asked to trap") && l.contains("berth_plugin"))
-        .unwrap_or_else(|| panic!("no panic message in:\n{log}"));
-    assert!(line.contains("snapshot.faulty"), "{line}");
+    assert_logged_by(&daemon, "snapshot.faulty", &["asked to trap", "berth_plugin"]);
     // Mounts of host paths it was not granted are refused, not handed to a container.
     let e = fails(daemon.ctr(&["snapshots", "--snapshotter", "faulty", "prepare", "escape-1"]), "an escaping mount");
     assert!(
@@ -361,7 +276,7 @@ async fn wasm_hot_reload_under_load_loses_no_call() {
             calls
         }));
     }
-    let origin = || match row(&started, "snapshot.layers").origin {
+    let origin = || match plugin_status(&started, "snapshot.layers").origin {
         berth_core::external::Origin::External(o) => o,
         _ => panic!("a wasm plugin has an external origin"),
     };
@@ -385,7 +300,7 @@ async fn wasm_hot_reload_under_load_loses_no_call() {
     std::fs::write(dir.path().join("broken.tmp"), &last[..last.len() / 3]).unwrap();
     std::fs::rename(dir.path().join("broken.tmp"), &path).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !row(&started, "snapshot.layers")
+    while !plugin_status(&started, "snapshot.layers")
         .last_error
         .unwrap_or_default()
         .contains("the previous version keeps serving")
@@ -415,10 +330,8 @@ fn wasm_plugins_reload_on_request() {
     std::fs::write(&path, &original).unwrap();
     let daemon = Daemon::start_with(&wasm_table("snapshot.faulty", &path, "watch = false", ""));
     let sha = |daemon: &Daemon| {
-        let plugins: Vec<serde_json::Value> =
-            serde_json::from_str(&daemon.berth_ok(&["--format", "json", "plugins", "ls"])).unwrap();
-        let row = plugins.iter().find(|p| p["id"] == "faulty").expect("snapshot.faulty").clone();
-        row["exports"]["berth.sha256"].as_str().unwrap_or_default().to_string()
+        let plugins = plugins_json(daemon);
+        plugin(&plugins, "snapshot", "faulty")["exports"]["berth.sha256"].as_str().unwrap_or_default().to_string()
     };
     assert_eq!(sha(&daemon), sha256_of(&path));
 
@@ -559,7 +472,7 @@ async fn wasm_repeated_stats_come_from_the_cache_until_the_instances_change() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_ne!(after_reload, first);
-    let berth_core::external::Origin::External(origin) = row(&started, "snapshot.faulty").origin else {
+    let berth_core::external::Origin::External(origin) = plugin_status(&started, "snapshot.faulty").origin else {
         panic!("a wasm plugin has an external origin")
     };
     assert_eq!(origin.sha256.as_deref(), Some(&*sha256_of(&path)));
@@ -581,7 +494,7 @@ async fn wasm_component_of_the_world_before_revisions_is_still_served() {
     let dir = tempfile::Builder::new().prefix("berth-wasm-legacy").tempdir_in("/tmp").unwrap();
     let legacy = legacy_component();
     let started = load_alone(dir.path(), &wasm_table("snapshot.legacy", &legacy, "", "")).await;
-    let status = row(&started, "snapshot.legacy");
+    let status = plugin_status(&started, "snapshot.legacy");
     assert_eq!(status.state, berth_core::registry::PluginState::Loaded, "{status:?}");
     let sn = snapshotter(&started, "snapshot.legacy");
     // Without revisions every stat is fetched whole: the guest sees each one.

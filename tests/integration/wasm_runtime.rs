@@ -5,8 +5,8 @@
 //! the task and unmounted after it, also after a killed berthd), exec, kills of a looping and of a sleeping invocation, and a trapping and an
 //! over-allocating function (137 and an OOM event), after which berthd and the other tasks carry on.
 //!
-//! The component is built apart from this workspace, for wasm32-wasip2 (see [`BUILD`]); .ci/test builds it
-//! before the tests.
+//! The component is built apart from this workspace, for wasm32-wasip2 (see
+//! [`BUILD`](crate::plugin_fixtures::BUILD)); .ci/test builds it before the tests.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,22 +16,13 @@ use std::time::{Duration, Instant};
 use berth_core::runtime::{CreateOptions, ExecOptions, Io, RuntimeEvent, SharedRuntime, Status};
 
 use crate::harness::*;
-
-/// The command that builds the components the tests load.
-const BUILD: &str = "cargo build --manifest-path examples/wasm/Cargo.toml --target wasm32-wasip2 --release --locked";
+use crate::plugin_fixtures::{refusal, wasm_component};
 
 /// The runtime name containers pick it by.
 const RUNTIME: &str = "io.containerd.function.v1";
 
 fn function_component() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/wasm/target/wasm32-wasip2/release/berth_example_wasm_function.wasm");
-    assert!(
-        path.exists(),
-        "{} is missing: build the wasm components first, from the repository root: {BUILD}",
-        path.display()
-    );
-    path.canonicalize().unwrap()
+    wasm_component("berth_example_wasm_function")
 }
 
 /// The example's table, granting `files` read-only as `/files`, and the runtime name that picks it.
@@ -151,14 +142,7 @@ async fn wasm_function_runtime_passes_the_runtime_suite() {
         .replace("dir = \"/files\"", "dir = \"files\"");
     let tables = tables + &bad_config;
     let started = load_alone(dir.path(), &tables).await;
-    let error = |id: &str| {
-        let table = started.table.read().unwrap();
-        let row = table.plugins.iter().find(|p| p.id.to_string() == id).expect(id);
-        match &row.state {
-            berth_core::registry::PluginState::Failed(message) => message.clone(),
-            other => panic!("{id} must be refused, it is {other:?}"),
-        }
-    };
+    let error = |id: &str| refusal(&started, id);
     let e = error("runtime.layers");
     assert!(
         e.contains("the component is a snapshot plugin (it exports berth:snapshot/snapshotter@1.1.0), but its table [plugins.\"runtime.layers\"] makes it a runtime plugin"),
