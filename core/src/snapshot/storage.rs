@@ -31,6 +31,11 @@
 //! and applied in one step: keys are unique across every kind (and keys being made), parents must be
 //! committed, a snapshot with children (or children being made) cannot be removed, only active
 //! snapshots commit, and only labels can be updated.
+//!
+//! A backend that only fills new snapshots' directories and says how to mount them implements
+//! [`StoredBackend`], and is a [`Snapshotter`](super::Snapshotter) by that alone.
+
+mod backend;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -43,6 +48,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub use self::backend::StoredBackend;
 use super::{Info, Kind, Labels, Result, SharedLabels, SnapshotError, Usage};
 use crate::ident;
 

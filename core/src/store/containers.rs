@@ -1,30 +1,50 @@
 //! Containers: `containers/<namespace>/<id>` → Container.
 
-use super::objects::{self, Object};
-use super::paths::{cannot_update, copy_key, map_key};
+use super::MetadataStore;
 use super::records::Container;
-use super::{MetadataStore, now, validate_namespace};
-use crate::error::{Error, Result};
-use crate::ident;
+use super::runnable::{Runnable, common_fields, invalid};
+use crate::error::Result;
 
-/// What an update with no field paths replaces (containerd's list).
-const FULL_REPLACE: [&str; 5] = ["labels", "spec", "extensions", "image", "snapshotkey"];
+impl Runnable for Container {
+    const FULL_REPLACE: &'static [&'static str] = &["labels", "spec", "extensions", "image", "snapshotkey"];
+
+    common_fields!();
+
+    fn update_own_field(&mut self, req: &Self, path: &str) -> bool {
+        match path {
+            "image" => self.image.clone_from(&req.image),
+            // containerd's spelling, and the field's.
+            "snapshotkey" | "snapshot_key" => self.snapshot_key.clone_from(&req.snapshot_key),
+            "sandbox" => self.sandbox.clone_from(&req.sandbox),
+            _ => return false,
+        }
+        true
+    }
+
+    fn check_own_immutables(&self, req: &Self) -> Result<()> {
+        if req.snapshotter != self.snapshotter {
+            return Err(invalid(req, "snapshotter is immutable"));
+        }
+        Ok(())
+    }
+
+    /// What containerd's `validateContainer` checks that sandboxes do not have.
+    fn validate_own_fields(&self) -> Result<()> {
+        if self.spec.is_none() {
+            return Err(invalid(self, "spec must be set"));
+        }
+        if !self.snapshot_key.is_empty() && self.snapshotter.is_empty() {
+            return Err(invalid(self, "snapshotter must be set when snapshot_key is set"));
+        }
+        Ok(())
+    }
+}
 
 impl MetadataStore {
     /// Creates container `c.id` in namespace `ns` (creating the namespace if needed), stamping
     /// its creation and update times; AlreadyExists if the id is taken.
-    pub async fn create_container(&self, ns: &str, mut c: Container) -> Result<Container> {
-        validate_namespace(ns)?;
-        validate(&c)?;
-        let created = now();
-        c.created_at = Some(created);
-        c.updated_at = Some(created);
-        let ns = ns.to_owned();
-        self.write(move |txn, tables| {
-            objects::insert(txn, tables, &ns, &mut c)?;
-            Ok(c)
-        })
-        .await
+    pub async fn create_container(&self, ns: &str, c: Container) -> Result<Container> {
+        self.create_runnable(ns, c).await
     }
 
     /// Container `id` in namespace `ns`; NotFound if there is none.
@@ -41,20 +61,7 @@ impl MetadataStore {
     /// labels, spec, extensions, image and snapshot key (runtime name and snapshotter must then
     /// be unchanged). Returns the stored container.
     pub async fn update_container(&self, ns: &str, c: Container, paths: Vec<String>) -> Result<Container> {
-        validate_namespace(ns)?;
-        if c.id.is_empty() {
-            return Err(Error::InvalidArgument("container id must be set".into()));
-        }
-        let ns = ns.to_owned();
-        self.write(move |txn, tables| {
-            let mut stored: Container = objects::load(txn, tables, &ns, &c.id)?;
-            apply_update(&mut stored, &c, &paths)?;
-            validate(&stored)?;
-            stored.updated_at = Some(now());
-            objects::put(txn, tables, &ns, &mut stored)?;
-            Ok(stored)
-        })
-        .await
+        self.update_runnable(ns, c, paths).await
     }
 
     /// Deletes container `id` from namespace `ns`; NotFound if there is none.
@@ -63,75 +70,10 @@ impl MetadataStore {
     }
 }
 
-/// Applies the update request `req` to `stored` along `paths`, as containerd's container store
-/// does.
-fn apply_update(stored: &mut Container, req: &Container, paths: &[String]) -> Result<()> {
-    let id = &req.id;
-    let paths: Vec<&str> = if paths.is_empty() {
-        // Immutable fields must be unchanged in a full replace, so they can become mutable later
-        // without changing what an existing client's request means.
-        if runtime_name(req) != runtime_name(stored) {
-            return Err(Error::InvalidArgument(format!("container \"{id}\": runtime.name is immutable")));
-        }
-        if req.snapshotter != stored.snapshotter {
-            return Err(Error::InvalidArgument(format!("container \"{id}\": snapshotter is immutable")));
-        }
-        FULL_REPLACE.to_vec()
-    } else {
-        paths.iter().map(String::as_str).collect()
-    };
-    for path in paths {
-        if let Some(key) = map_key(path, "labels") {
-            copy_key(&mut stored.labels, &req.labels, key);
-            continue;
-        }
-        if let Some(key) = map_key(path, "extensions") {
-            copy_key(&mut stored.extensions, &req.extensions, key);
-            continue;
-        }
-        match path {
-            "labels" => stored.labels.clone_from(&req.labels),
-            "extensions" => stored.extensions.clone_from(&req.extensions),
-            "image" => stored.image.clone_from(&req.image),
-            "spec" => stored.spec.clone_from(&req.spec),
-            // containerd's spelling, and the field's.
-            "snapshotkey" | "snapshot_key" => stored.snapshot_key.clone_from(&req.snapshot_key),
-            "runtime" => stored.runtime.clone_from(&req.runtime),
-            "sandbox" => stored.sandbox.clone_from(&req.sandbox),
-            _ => return Err(cannot_update(path, Container::KIND, id)),
-        }
-    }
-    Ok(())
-}
-
-fn runtime_name(c: &Container) -> &str {
-    c.runtime.as_ref().map_or("", |r| &r.name)
-}
-
-/// containerd's `validateContainer`: checked on create and on the result of every update.
-fn validate(c: &Container) -> Result<()> {
-    let id = &c.id;
-    ident::validate(id).map_err(|e| e.context("container id"))?;
-    let invalid = |what: &str| Err(Error::InvalidArgument(format!("container \"{id}\": {what}")));
-    ident::validate_labels(&c.labels).map_err(|e| e.context(format!("container \"{id}\"")))?;
-    if c.extensions.keys().any(String::is_empty) {
-        return invalid("extension keys must not be empty");
-    }
-    if runtime_name(c).is_empty() {
-        return invalid("runtime name must be set");
-    }
-    if c.spec.is_none() {
-        return invalid("spec must be set");
-    }
-    if !c.snapshot_key.is_empty() && c.snapshotter.is_empty() {
-        return invalid("snapshotter must be set when snapshot_key is set");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::store::Runtime;
     use crate::store::testutil::*;
 

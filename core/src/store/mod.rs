@@ -67,6 +67,7 @@ mod leases;
 mod namespaces;
 mod objects;
 mod paths;
+mod runnable;
 mod sandboxes;
 mod snapshots;
 mod tables;

@@ -1,31 +1,30 @@
 //! Sandboxes: `sandboxes/<namespace>/<id>` → Sandbox.
 
-use super::objects::{self, Object};
-use super::paths::{cannot_update, copy_key, map_key};
+use super::MetadataStore;
 use super::records::Sandbox;
-use super::{MetadataStore, now, validate_namespace};
-use crate::error::{Error, Result};
-use crate::ident;
+use super::runnable::{Runnable, common_fields};
+use crate::error::Result;
 
-/// What an update with no field paths replaces (containerd's list). The sandboxer changes only
-/// when named explicitly.
-const FULL_REPLACE: [&str; 4] = ["labels", "extensions", "spec", "runtime"];
+impl Runnable for Sandbox {
+    /// The sandboxer changes only when named explicitly.
+    const FULL_REPLACE: &'static [&'static str] = &["labels", "extensions", "spec", "runtime"];
+
+    common_fields!();
+
+    fn update_own_field(&mut self, req: &Self, path: &str) -> bool {
+        if path != "sandboxer" {
+            return false;
+        }
+        self.sandboxer.clone_from(&req.sandboxer);
+        true
+    }
+}
 
 impl MetadataStore {
     /// Creates sandbox `sb.id` in namespace `ns` (creating the namespace if needed), stamping its
     /// creation and update times; AlreadyExists if the id is taken.
-    pub async fn create_sandbox(&self, ns: &str, mut sb: Sandbox) -> Result<Sandbox> {
-        validate_namespace(ns)?;
-        validate(&sb)?;
-        let created = now();
-        sb.created_at = Some(created);
-        sb.updated_at = Some(created);
-        let ns = ns.to_owned();
-        self.write(move |txn, tables| {
-            objects::insert(txn, tables, &ns, &mut sb)?;
-            Ok(sb)
-        })
-        .await
+    pub async fn create_sandbox(&self, ns: &str, sb: Sandbox) -> Result<Sandbox> {
+        self.create_runnable(ns, sb).await
     }
 
     /// Sandbox `id` in namespace `ns`; NotFound if there is none.
@@ -42,20 +41,7 @@ impl MetadataStore {
     /// labels, extensions, spec and runtime (whose name must then be unchanged). Returns the
     /// stored sandbox.
     pub async fn update_sandbox(&self, ns: &str, sb: Sandbox, paths: Vec<String>) -> Result<Sandbox> {
-        validate_namespace(ns)?;
-        if sb.id.is_empty() {
-            return Err(Error::InvalidArgument("sandbox id must be set".into()));
-        }
-        let ns = ns.to_owned();
-        self.write(move |txn, tables| {
-            let mut stored: Sandbox = objects::load(txn, tables, &ns, &sb.id)?;
-            apply_update(&mut stored, &sb, &paths)?;
-            validate(&stored)?;
-            stored.updated_at = Some(now());
-            objects::put(txn, tables, &ns, &mut stored)?;
-            Ok(stored)
-        })
-        .await
+        self.update_runnable(ns, sb, paths).await
     }
 
     /// Deletes sandbox `id` from namespace `ns`; NotFound if there is none.
@@ -64,61 +50,10 @@ impl MetadataStore {
     }
 }
 
-/// Applies the update request `req` to `stored` along `paths`, as containerd's sandbox store
-/// does.
-fn apply_update(stored: &mut Sandbox, req: &Sandbox, paths: &[String]) -> Result<()> {
-    let id = &req.id;
-    let paths: Vec<&str> = if paths.is_empty() {
-        if runtime_name(req) != runtime_name(stored) {
-            return Err(Error::InvalidArgument(format!("sandbox \"{id}\": runtime.name is immutable")));
-        }
-        FULL_REPLACE.to_vec()
-    } else {
-        paths.iter().map(String::as_str).collect()
-    };
-    for path in paths {
-        if let Some(key) = map_key(path, "labels") {
-            copy_key(&mut stored.labels, &req.labels, key);
-            continue;
-        }
-        if let Some(key) = map_key(path, "extensions") {
-            copy_key(&mut stored.extensions, &req.extensions, key);
-            continue;
-        }
-        match path {
-            "labels" => stored.labels.clone_from(&req.labels),
-            "extensions" => stored.extensions.clone_from(&req.extensions),
-            "spec" => stored.spec.clone_from(&req.spec),
-            "runtime" => stored.runtime.clone_from(&req.runtime),
-            "sandboxer" => stored.sandboxer.clone_from(&req.sandboxer),
-            _ => return Err(cannot_update(path, Sandbox::KIND, id)),
-        }
-    }
-    Ok(())
-}
-
-fn runtime_name(sb: &Sandbox) -> &str {
-    sb.runtime.as_ref().map_or("", |r| &r.name)
-}
-
-/// containerd's sandbox store `validate`: checked on create and on the result of every update.
-fn validate(sb: &Sandbox) -> Result<()> {
-    let id = &sb.id;
-    ident::validate(id).map_err(|e| e.context("sandbox id"))?;
-    let invalid = |what: &str| Err(Error::InvalidArgument(format!("sandbox \"{id}\": {what}")));
-    ident::validate_labels(&sb.labels).map_err(|e| e.context(format!("sandbox \"{id}\"")))?;
-    if sb.extensions.keys().any(String::is_empty) {
-        return invalid("extension keys must not be empty");
-    }
-    if runtime_name(sb).is_empty() {
-        return invalid("runtime name must be set");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::store::Runtime;
     use crate::store::testutil::*;
 

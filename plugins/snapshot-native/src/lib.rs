@@ -40,10 +40,8 @@ use std::sync::Arc;
 
 use berth_core::mount::Mount;
 use berth_core::plugin::{InitError, Instance, PluginKind, Registration};
-use berth_core::snapshot::storage::{MetaStore, Record, disk_usage};
-use berth_core::snapshot::{
-    Info, Kind, Labels, Result, SharedSnapshotter, SnapshotError, Snapshotter, Usage, WalkFilter,
-};
+use berth_core::snapshot::storage::{MetaStore, Record, Reservation, StoredBackend};
+use berth_core::snapshot::{Kind, Result, SharedSnapshotter, SnapshotError};
 use serde::Deserialize;
 
 /// `[plugins."snapshot.native"]`.
@@ -83,115 +81,51 @@ fn fs_dir(store: &MetaStore, id: u64) -> PathBuf {
     store.snapshot_dir(id).join("fs")
 }
 
-fn mounts_of(store: &MetaStore, record: &Record) -> Vec<Mount> {
-    let mode = if record.info.kind == Kind::View { "ro" } else { "rw" };
-    vec![Mount {
-        kind: "bind".into(),
-        source: fs_dir(store, record.id).to_string_lossy().into_owned(),
-        target: String::new(),
-        options: vec!["rbind".into(), mode.into()],
-    }]
-}
-
 impl NativeSnapshotter {
     /// Opens (creating) the snapshots kept in `root`.
     pub fn open(root: &Path) -> Result<NativeSnapshotter> {
         Ok(NativeSnapshotter { store: Arc::new(MetaStore::open(root)?) })
     }
-
-    /// Runs `f` on a blocking thread: every call does file I/O, a prepare copies whole trees.
-    async fn blocking<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&MetaStore) -> Result<T> + Send + 'static,
-    {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| {
-            SnapshotError::Other(berth_core::Error::Internal(format!("snapshot.native: a blocking task failed: {e}")))
-        })?
-    }
-
-    async fn create(&self, kind: Kind, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        let (key, parent) = (key.to_owned(), parent.map(str::to_owned));
-        self.blocking(move |store| {
-            let reservation = store.reserve(&key, parent.as_deref())?;
-            let fs = reservation.dir().join("fs");
-            match reservation.ancestors().first() {
-                Some(parent) => {
-                    let from = fs_dir(store, parent.id);
-                    copy::copy_tree(&from, &fs).map_err(|e| {
-                        SnapshotError::io(format_args!("copying {} into snapshot {key}", from.display()), e)
-                    })?;
-                }
-                None => {
-                    use std::os::unix::fs::DirBuilderExt;
-                    std::fs::DirBuilder::new()
-                        .mode(0o755)
-                        .create(&fs)
-                        .map_err(|e| SnapshotError::io(format_args!("creating {}", fs.display()), e))?;
-                }
-            }
-            let record = reservation.finish(kind, labels)?;
-            Ok(mounts_of(store, &record))
-        })
-        .await
-    }
 }
 
-#[async_trait::async_trait]
-impl Snapshotter for NativeSnapshotter {
-    fn name(&self) -> &str {
-        "native"
+impl StoredBackend for NativeSnapshotter {
+    const NAME: &'static str = "native";
+
+    fn store(&self) -> &MetaStore {
+        &self.store
     }
 
-    async fn stat(&self, key: &str) -> Result<Info> {
-        Ok(self.store.get(key)?.info)
+    /// A copy of the parent's tree, or an empty root directory without a parent.
+    fn fill(&self, key: &str, reservation: &Reservation<'_>, _kind: Kind) -> Result<()> {
+        let fs = reservation.dir().join("fs");
+        match reservation.ancestors().first() {
+            Some(parent) => {
+                let from = fs_dir(&self.store, parent.id);
+                copy::copy_tree(&from, &fs)
+                    .map_err(|e| SnapshotError::io(format_args!("copying {} into snapshot {key}", from.display()), e))
+            }
+            None => {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&fs)
+                    .map_err(|e| SnapshotError::io(format_args!("creating {}", fs.display()), e))
+            }
+        }
     }
 
-    async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
-        let fieldpaths = fieldpaths.to_vec();
-        self.blocking(move |store| store.update(&info, &fieldpaths)).await
+    fn mounts_of(&self, record: &Record, _parents: &[Record]) -> Vec<Mount> {
+        let mode = if record.info.kind == Kind::View { "ro" } else { "rw" };
+        vec![Mount {
+            kind: "bind".into(),
+            source: fs_dir(&self.store, record.id).to_string_lossy().into_owned(),
+            target: String::new(),
+            options: vec!["rbind".into(), mode.into()],
+        }]
     }
 
-    async fn usage(&self, key: &str) -> Result<Usage> {
-        let key = key.to_owned();
-        self.blocking(move |store| {
-            let record = store.get(&key)?;
-            let fs = fs_dir(store, record.id);
-            disk_usage(&fs).map_err(|e| SnapshotError::io(format_args!("usage of snapshot {key}"), e))
-        })
-        .await
-    }
-
-    async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let (record, _) = self.store.mountable(key)?;
-        Ok(mounts_of(&self.store, &record))
-    }
-
-    async fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(Kind::Active, key, parent, labels).await
-    }
-
-    async fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(Kind::View, key, parent, labels).await
-    }
-
-    async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
-        let (name, key) = (name.to_owned(), key.to_owned());
-        self.blocking(move |store| store.commit(&name, &key, labels).map(drop)).await
-    }
-
-    async fn remove(&self, key: &str) -> Result<()> {
-        let key = key.to_owned();
-        self.blocking(move |store| store.remove(&key).map(drop)).await
-    }
-
-    async fn walk(&self, filter: WalkFilter<'_>) -> Result<Vec<Info>> {
-        Ok(self.store.walk(filter))
-    }
-
-    async fn cleanup(&self) -> Result<()> {
-        self.blocking(|store| store.cleanup()).await
+    fn usage_dir(&self, id: u64) -> PathBuf {
+        fs_dir(&self.store, id)
     }
 }
 
@@ -199,6 +133,8 @@ impl Snapshotter for NativeSnapshotter {
 mod tests {
     use std::fs;
     use std::os::unix::fs::MetadataExt;
+
+    use berth_core::snapshot::{Labels, Snapshotter};
 
     use super::*;
 

@@ -41,10 +41,8 @@ use std::sync::Arc;
 
 use berth_core::mount::Mount;
 use berth_core::plugin::{InitError, Instance, PluginKind, Registration};
-use berth_core::snapshot::storage::{MetaStore, Record, disk_usage};
-use berth_core::snapshot::{
-    Info, Kind, Labels, Result, SharedSnapshotter, SnapshotError, Snapshotter, Usage, WalkFilter,
-};
+use berth_core::snapshot::storage::{MetaStore, Record, Reservation, StoredBackend};
+use berth_core::snapshot::{Kind, Result, SharedSnapshotter, SnapshotError};
 use serde::Deserialize;
 
 /// `[plugins."snapshot.overlayfs"]`.
@@ -236,109 +234,47 @@ impl OverlaySnapshotter {
         let index_off = Path::new("/sys/module/overlay/parameters/index").exists();
         Ok(OverlaySnapshotter { store, index_off })
     }
+}
+
+impl StoredBackend for OverlaySnapshotter {
+    const NAME: &'static str = "overlayfs";
+
+    fn store(&self) -> &MetaStore {
+        &self.store
+    }
+
+    /// An empty `fs/`, and for an active snapshot its `work/`: the parents stay where they are.
+    fn fill(&self, _key: &str, reservation: &Reservation<'_>, kind: Kind) -> Result<()> {
+        let own = dirs(&self.store, reservation.id());
+        let mkdir = |path: &Path, mode| {
+            fs::DirBuilder::new()
+                .mode(mode)
+                .create(path)
+                .map_err(|e| SnapshotError::io(format_args!("creating {}", path.display()), e))
+        };
+        // The root of a snapshot without parent shows as fs/ itself: the usual mode of a root directory.
+        mkdir(&own.fs, 0o755)?;
+        if kind == Kind::Active {
+            mkdir(&own.work, 0o700)?;
+        }
+        Ok(())
+    }
 
     fn mounts_of(&self, record: &Record, parents: &[Record]) -> Vec<Mount> {
         let lowers: Vec<PathBuf> = parents.iter().map(|p| dirs(&self.store, p.id).fs).collect();
         overlay_mounts(record.info.kind, &dirs(&self.store, record.id), &lowers, self.index_off)
     }
 
-    async fn blocking<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Self) -> Result<T> + Send + 'static,
-    {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || f(&this)).await.map_err(|e| {
-            SnapshotError::Other(berth_core::Error::Internal(format!(
-                "snapshot.overlayfs: a blocking task failed: {e}"
-            )))
-        })?
-    }
-
-    async fn create(&self, kind: Kind, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        let (key, parent) = (key.to_owned(), parent.map(str::to_owned));
-        self.blocking(move |this| {
-            let reservation = this.store.reserve(&key, parent.as_deref())?;
-            let own = dirs(&this.store, reservation.id());
-            let mkdir = |path: &Path, mode| {
-                fs::DirBuilder::new()
-                    .mode(mode)
-                    .create(path)
-                    .map_err(|e| SnapshotError::io(format_args!("creating {}", path.display()), e))
-            };
-            // The root of a snapshot without parent shows as fs/ itself: the usual mode of a root directory.
-            mkdir(&own.fs, 0o755)?;
-            if kind == Kind::Active {
-                mkdir(&own.work, 0o700)?;
-            }
-            let parents = reservation.ancestors().to_vec();
-            let record = reservation.finish(kind, labels)?;
-            Ok(this.mounts_of(&record, &parents))
-        })
-        .await
-    }
-}
-
-#[async_trait::async_trait]
-impl Snapshotter for OverlaySnapshotter {
-    fn name(&self) -> &str {
-        "overlayfs"
-    }
-
-    async fn stat(&self, key: &str) -> Result<Info> {
-        Ok(self.store.get(key)?.info)
-    }
-
-    async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
-        let fieldpaths = fieldpaths.to_vec();
-        self.blocking(move |this| this.store.update(&info, &fieldpaths)).await
-    }
-
-    async fn usage(&self, key: &str) -> Result<Usage> {
-        let key = key.to_owned();
-        self.blocking(move |this| {
-            let record = this.store.get(&key)?;
-            // Only the snapshot's own layer: its parents are counted as theirs.
-            let fs = dirs(&this.store, record.id).fs;
-            disk_usage(&fs).map_err(|e| SnapshotError::io(format_args!("usage of snapshot {key}"), e))
-        })
-        .await
-    }
-
-    async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let (record, parents) = self.store.mountable(key)?;
-        Ok(self.mounts_of(&record, &parents))
-    }
-
-    async fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(Kind::Active, key, parent, labels).await
-    }
-
-    async fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(Kind::View, key, parent, labels).await
-    }
-
-    async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
-        let (name, key) = (name.to_owned(), key.to_owned());
-        self.blocking(move |this| this.store.commit(&name, &key, labels).map(drop)).await
-    }
-
-    async fn remove(&self, key: &str) -> Result<()> {
-        let key = key.to_owned();
-        self.blocking(move |this| this.store.remove(&key).map(drop)).await
-    }
-
-    async fn walk(&self, filter: WalkFilter<'_>) -> Result<Vec<Info>> {
-        Ok(self.store.walk(filter))
-    }
-
-    async fn cleanup(&self) -> Result<()> {
-        self.blocking(|this| this.store.cleanup()).await
+    /// Only the snapshot's own layer: its parents are counted as theirs.
+    fn usage_dir(&self, id: u64) -> PathBuf {
+        dirs(&self.store, id).fs
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use berth_core::snapshot::{Labels, Snapshotter};
+
     use super::*;
 
     fn own() -> Dirs {
