@@ -2,8 +2,6 @@
 //! user can find the mistake without reading the runtime's source.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -19,12 +17,23 @@ pub struct Config {
 
 pub fn load(bundle: &Path) -> Result<Config> {
     let path = bundle.join("config.json");
-    let file = File::open(&path).map_err(|e| Error::config(format!("opening {}: {e}", path.display())))?;
-    let mut de = serde_json::Deserializer::from_reader(BufReader::new(file));
-    let spec: Spec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = e.path().to_string();
-        if field == "." { Error::config(e.into_inner()) } else { Error::config(format!("{field}: {}", e.into_inner())) }
-    })?;
+    let data = std::fs::read(&path).map_err(|e| Error::config(format!("opening {}: {e}", path.display())))?;
+    // The plain parse is the fast path; only a config it refuses is parsed again, tracking the path, so the
+    // error names the field.
+    let spec: Spec = match serde_json::from_slice(&data) {
+        Ok(spec) => spec,
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(&data);
+            serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let field = e.path().to_string();
+                if field == "." {
+                    Error::config(e.into_inner())
+                } else {
+                    Error::config(format!("{field}: {}", e.into_inner()))
+                }
+            })?
+        }
+    };
     let rootfs = validate(&spec, bundle)?;
     Ok(Config { spec, rootfs })
 }

@@ -62,8 +62,13 @@ impl Drop for Undo<'_> {
     }
 }
 
-pub(super) struct Created {
+/// A created container: what its caller needs next without reading the state back.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// Init's pid.
     pub pid: i32,
+    /// The cgroup path as given to the cgroup manager.
+    pub cgroup_path: String,
 }
 
 impl Runtime {
@@ -72,7 +77,8 @@ impl Runtime {
         self.create_container(opts).map(|c| c.pid)
     }
 
-    pub(super) fn create_container(&self, opts: &CreateOptions) -> Result<Created> {
+    /// `create`, returning what the state records for the caller's next steps (the reaper watches the cgroup).
+    pub fn create_container(&self, opts: &CreateOptions) -> Result<Created> {
         config::validate_id(&opts.id)?;
         let bundle = std::fs::canonicalize(&opts.bundle)
             .map_err(|e| Error::config(format!("bundle {}: {e}", opts.bundle.display())))?;
@@ -203,13 +209,13 @@ impl Runtime {
 
         let init_start_time = state::proc_stat(init_pid).map(|s| s.1).unwrap_or(0);
         st.status = Status::Created;
-        let rec = Record { state: st, init_start_time, cgroup_path, config: spec.clone() };
+        let rec = Record { state: st, init_start_time, cgroup_path: cgroup_path.clone(), config: spec.clone() };
         sd.save(&rec)?;
         if let Some(pid_file) = &opts.pid_file {
             state::write_pid_file(pid_file, init_pid)?;
         }
         undo.disarm();
-        Ok(Created { pid: init_pid })
+        Ok(Created { pid: init_pid, cgroup_path })
     }
 }
 

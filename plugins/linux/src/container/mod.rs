@@ -49,10 +49,12 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
+pub use create::Created;
 pub use error::{Error, Result};
 pub use exec::ExecOptions;
 pub use features::features;
 pub use kill::parse_signal;
+pub(crate) use process::capabilities::last_cap;
 pub use process::console::recv_fd as recv_console;
 pub use state::{State, Status};
 

@@ -342,9 +342,8 @@ impl Reaper {
             console_fd: opened.console.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
             stdio: Some(opened.child_fds()),
         };
-        let pid = runtime.create(&opts).map_err(|e| undo_mounts(lib_err(e)))?;
-        let cgroup_path =
-            container::state::StateDir::new(&cfg.oci_root, &cfg.id).load().map(|r| r.cgroup_path).unwrap_or_default();
+        let container::Created { pid, cgroup_path } =
+            runtime.create_container(&opts).map_err(|e| undo_mounts(lib_err(e)))?;
         let mut init = Proc {
             exec_id: None,
             pid,

@@ -39,6 +39,11 @@ pub fn main(fd: RawFd) -> i32 {
     // Daemons that exit while we live leave no zombie (each sets SIGCHLD back to default for its own children).
     // SAFETY: setting a signal disposition to SIG_IGN.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    // What every create looks up on the host and cannot change while it runs, found once here so that the
+    // reapers forked from us inherit it: the cgroup layout (mountinfo, /proc/cgroups) and the capability range.
+    // A failed detection is retried by each create, which then reports it.
+    let _ = crate::cgroups::mode();
+    crate::container::last_cap();
     // Ready: berthd waits for this before it hands us tasks (a binary that is not a spawner never says it).
     // SAFETY: a one-byte send on our socket.
     if unsafe { libc::send(sock.as_raw_fd(), READY.as_ptr().cast(), READY.len(), libc::MSG_NOSIGNAL) } < 0 {

@@ -59,12 +59,16 @@ pub fn known_names() -> &'static [&'static str] {
     &NAMES
 }
 
-/// The kernel's highest capability number.
+/// The kernel's highest capability number, read once per process (it is fixed while the kernel runs; the
+/// reaper spawner reads it before forking, so no reaper reads it again).
 pub fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(NAMES.len() as u32 - 1)
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(NAMES.len() as u32 - 1)
+    })
 }
 
 /// A set as a bit mask; capabilities the kernel does not have are skipped, as runc does.
