@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use super::{Info, Result};
 
@@ -26,7 +26,7 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 /// The kept answers of one plugin, by the plugin's own key.
 #[derive(Debug)]
 pub struct StatCache {
-    entries: Mutex<HashMap<String, (u64, Arc<Info>)>>,
+    entries: Mutex<HashMap<String, (u64, Info)>>,
     capacity: usize,
 }
 
@@ -54,16 +54,16 @@ impl StatCache {
         };
         if let Some(info) = self.kept(key, revision) {
             // The answer's labels are the kept copy's (a count bumped, not 1,024 strings copied).
-            return Ok((*info).clone());
+            return Ok(info);
         }
         let info = fetch().await?;
         self.keep(key, revision, &info);
         Ok(info)
     }
 
-    fn kept(&self, key: &str, revision: u64) -> Option<Arc<Info>> {
+    fn kept(&self, key: &str, revision: u64) -> Option<Info> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        // The Arc is cloned under the lock and the Info (its name and parent) after it.
+        // A clone is the name, the parent and a count on the shared labels: cheap enough under the lock.
         entries.get(key).filter(|(kept, _)| *kept == revision).map(|(_, info)| info.clone())
     }
 
@@ -72,7 +72,7 @@ impl StatCache {
             return;
         }
         // Shares the labels with the answer the caller gets.
-        let info = Arc::new(info.clone());
+        let info = info.clone();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= self.capacity
             && !entries.contains_key(key)
@@ -107,6 +107,7 @@ impl StatCache {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
+    use std::sync::Arc;
     use std::time::SystemTime;
 
     use super::*;

@@ -438,44 +438,19 @@ impl Drop for Mounted {
     }
 }
 
-/// Mount flags by option name; anything else is filesystem data.
-fn mount_flag(option: &str) -> Option<(libc::c_ulong, bool)> {
-    Some(match option {
-        "ro" => (libc::MS_RDONLY, true),
-        "rw" => (libc::MS_RDONLY, false),
-        "bind" => (libc::MS_BIND, true),
-        "rbind" => (libc::MS_BIND | libc::MS_REC, true),
-        "nosuid" => (libc::MS_NOSUID, true),
-        "nodev" => (libc::MS_NODEV, true),
-        "noexec" => (libc::MS_NOEXEC, true),
-        _ => return None,
-    })
-}
-
 /// Mounts `mounts` in order onto a new directory `dir`, as the runtime mounts a root filesystem.
 fn mount_all(mounts: &[Mount], dir: &Path) -> Mounted {
     fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating mount point {}: {e}", dir.display()));
     let mut mounted = Mounted { dir: dir.to_owned(), points: Vec::new() };
     for m in mounts {
         let point = dir.join(m.target.trim_start_matches('/'));
-        let mut flags: libc::c_ulong = 0;
-        let mut data = Vec::new();
-        for o in &m.options {
-            match mount_flag(o) {
-                Some((f, true)) => flags |= f,
-                Some((f, false)) => flags &= !f,
-                None => data.push(o.as_str()),
-            }
-        }
-        if m.kind == "bind" || m.kind == "rbind" {
-            flags |= libc::MS_BIND;
-        }
+        let (flags, data) = crate::mount::flags_and_data(&m.kind, &m.options);
         let cstr = |s: &str| CString::new(s).expect("mount argument without NUL");
         let (source, target, kind, data) = (
             cstr(&m.source),
             CString::new(point.as_os_str().as_bytes()).expect("path without NUL"),
             cstr(&m.kind),
-            cstr(&data.join(",")),
+            cstr(&data),
         );
         // SAFETY: mount(2) with valid NUL-terminated strings.
         let rc = unsafe {
