@@ -155,3 +155,43 @@ where
         Err(panic) => unsafe { fail(response, Error::new(code::PANICKED, panic_message(panic))) },
     }
 }
+
+/// What each kind's module exports for its trait `$trait`: `__create::<T>`, one `extern "C"` function per
+/// method and `__methods::<T>`, their table by [`crate::abi`]`::$methods` index. A method is
+/// `INDEX => name(Request) |this, request| body`: its function decodes `Request`, runs `body` and encodes
+/// the message it returns.
+macro_rules! methods {
+    ($trait:ident, $methods:ident; $($index:ident => $name:ident($req:ty) |$this:ident, $r:ident| $body:expr),* $(,)?) => {
+        #[doc(hidden)]
+        pub unsafe extern "C" fn __create<T: $trait>(
+            request: crate::abi::Bytes,
+            host: *const crate::abi::HostApi,
+            instance: *mut *mut std::ffi::c_void,
+            error: *mut crate::abi::Buffer,
+        ) -> i32 {
+            // SAFETY: forwarded from the host's call.
+            unsafe { crate::export::create(request, host, instance, error, T::new) }
+        }
+
+        $(
+            unsafe extern "C" fn $name<T: $trait>(
+                i: *mut std::ffi::c_void,
+                request: crate::abi::Bytes,
+                response: *mut crate::abi::Buffer,
+            ) -> i32 {
+                // SAFETY: forwarded from the host's call.
+                unsafe { crate::export::call(i, request, response, |$this: &T, $r: $req| $body) }
+            }
+        )*
+
+        #[doc = concat!("The method table of `T`, by [`crate::abi::", stringify!($methods), "`] index.")]
+        #[doc(hidden)]
+        pub const fn __methods<T: $trait>() -> [Option<crate::abi::MethodFn>; crate::abi::$methods::COUNT] {
+            use crate::abi::$methods as m;
+            let mut table: [Option<crate::abi::MethodFn>; m::COUNT] = [None; m::COUNT];
+            $(table[m::$index] = Some($name::<T>);)*
+            table
+        }
+    };
+}
+pub(crate) use methods;

@@ -64,10 +64,8 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::ffi::c_void;
 use std::time::SystemTime;
 
-use crate::abi::{Buffer, Bytes, MethodFn, monitor_methods as m};
 use crate::error::{Error, Result};
 use crate::export;
 use crate::host::Init;
@@ -238,45 +236,15 @@ pub fn event_to(event: &TaskEvent) -> pb::TaskEvent {
     pb::TaskEvent { kind: Some(kind) }
 }
 
-#[doc(hidden)]
-pub unsafe extern "C" fn __create<T: Monitor>(
-    request: Bytes,
-    host: *const crate::abi::HostApi,
-    instance: *mut *mut c_void,
-    error: *mut Buffer,
-) -> i32 {
-    // SAFETY: forwarded from the host's call.
-    unsafe { export::create(request, host, instance, error, T::new) }
-}
-
-macro_rules! method {
-    ($name:ident, $req:ty, |$this:ident, $r:ident| $body:expr) => {
-        unsafe extern "C" fn $name<T: Monitor>(i: *mut c_void, request: Bytes, response: *mut Buffer) -> i32 {
-            // SAFETY: forwarded from the host's call.
-            unsafe { export::call(i, request, response, |$this: &T, $r: $req| $body) }
-        }
-    };
-}
-
-method!(activate, (), |t, _r| t.activate());
-method!(monitor, pb::TaskRequest, |t, r| t.monitor(&task_from(r.task)?));
-method!(stop, pb::TaskRequest, |t, r| t.stop(&task_from(r.task)?));
-method!(event, pb::EventRequest, |t, r| {
-    let task = task_from(r.task)?;
-    t.event(&task, &event_from(r.event)?)
-});
-method!(stats, pb::TaskRequest, |t, r| Ok(pb::StatsResponse { stats: t.stats(&task_from(r.task)?)? }));
-
-/// The method table of `T`, by [`crate::abi::monitor_methods`] index.
-#[doc(hidden)]
-pub const fn __methods<T: Monitor>() -> [Option<MethodFn>; m::COUNT] {
-    let mut table: [Option<MethodFn>; m::COUNT] = [None; m::COUNT];
-    table[m::ACTIVATE] = Some(activate::<T>);
-    table[m::MONITOR] = Some(monitor::<T>);
-    table[m::STOP] = Some(stop::<T>);
-    table[m::EVENT] = Some(event::<T>);
-    table[m::STATS] = Some(stats::<T>);
-    table
+export::methods! { Monitor, monitor_methods;
+    ACTIVATE => activate(()) |t, _r| t.activate(),
+    MONITOR => monitor(pb::TaskRequest) |t, r| t.monitor(&task_from(r.task)?),
+    STOP => stop(pb::TaskRequest) |t, r| t.stop(&task_from(r.task)?),
+    EVENT => event(pb::EventRequest) |t, r| {
+        let task = task_from(r.task)?;
+        t.event(&task, &event_from(r.event)?)
+    },
+    STATS => stats(pb::TaskRequest) |t, r| Ok(pb::StatsResponse { stats: t.stats(&task_from(r.task)?)? }),
 }
 
 /// Exports a [`Monitor`] from a `cdylib`: the entry symbol `berth_plugin_entry`, the header (kind `monitor`,

@@ -8,9 +8,6 @@
 //! answers Stopped for that process. berthd publishes the event (`/tasks/exit`) and ends the waits on it; there
 //! is no blocking wait call.
 
-use std::ffi::c_void;
-
-use crate::abi::{Buffer, Bytes, MethodFn, runtime_methods as m};
 use crate::error::{Error, Result};
 use crate::export;
 use crate::host::Init;
@@ -105,73 +102,32 @@ pub trait Runtime: Sized + Send + Sync + 'static {
     }
 }
 
-#[doc(hidden)]
-pub unsafe extern "C" fn __create<T: Runtime>(
-    request: Bytes,
-    host: *const crate::abi::HostApi,
-    instance: *mut *mut c_void,
-    error: *mut Buffer,
-) -> i32 {
-    // SAFETY: forwarded from the host's call.
-    unsafe { export::create(request, host, instance, error, T::new) }
-}
-
-macro_rules! method {
-    ($name:ident, $req:ty, |$this:ident, $r:ident| $body:expr) => {
-        unsafe extern "C" fn $name<T: Runtime>(i: *mut c_void, request: Bytes, response: *mut Buffer) -> i32 {
-            // SAFETY: forwarded from the host's call.
-            unsafe { export::call(i, request, response, |$this: &T, $r: $req| $body) }
-        }
-    };
-}
-
-method!(create, CreateRequest, |t, r| Ok(CreateResponse { pid: t.create(r)? }));
-method!(start, ProcessRequest, |t, r| Ok(StartResponse { pid: t.start(&r)? }));
-method!(state, ProcessRequest, |t, r| t.state(&r));
-method!(kill, KillRequest, |t, r| {
-    let process = ProcessRequest { namespace: r.namespace, id: r.id, exec_id: r.exec_id };
-    t.kill(&process, r.signal, r.all)
-});
-method!(delete, TaskRequest, |t, r| t.delete(&r));
-method!(exec, ExecRequest, |t, r| t.exec(r));
-method!(delete_process, ProcessRequest, |t, r| t.delete_process(&r));
-method!(resize_pty, ResizePtyRequest, |t, r| {
-    let process = ProcessRequest { namespace: r.namespace, id: r.id, exec_id: r.exec_id };
-    t.resize_pty(&process, r.width, r.height)
-});
-method!(close_io, ProcessRequest, |t, r| t.close_io(&r));
-method!(pause, TaskRequest, |t, r| t.pause(&r));
-method!(resume, TaskRequest, |t, r| t.resume(&r));
-method!(pids, TaskRequest, |t, r| Ok(PidsResponse { processes: t.pids(&r)? }));
-method!(checkpoint, CheckpointRequest, |t, r| t.checkpoint(r));
-method!(update, UpdateRequest, |t, r| t.update(r));
-method!(stats, TaskRequest, |t, r| Ok(StatsResponse { stats: Some(t.stats(&r)?) }));
-method!(list, ListRequest, |t, r| {
-    let namespace = (!r.all_namespaces).then_some(r.namespace.as_str());
-    Ok(ListResponse { tasks: t.list(namespace)? })
-});
-
-/// The method table of `T`, by [`crate::abi::runtime_methods`] index.
-#[doc(hidden)]
-pub const fn __methods<T: Runtime>() -> [Option<MethodFn>; m::COUNT] {
-    let mut table: [Option<MethodFn>; m::COUNT] = [None; m::COUNT];
-    table[m::CREATE] = Some(create::<T>);
-    table[m::START] = Some(start::<T>);
-    table[m::STATE] = Some(state::<T>);
-    table[m::KILL] = Some(kill::<T>);
-    table[m::DELETE] = Some(delete::<T>);
-    table[m::EXEC] = Some(exec::<T>);
-    table[m::DELETE_PROCESS] = Some(delete_process::<T>);
-    table[m::RESIZE_PTY] = Some(resize_pty::<T>);
-    table[m::CLOSE_IO] = Some(close_io::<T>);
-    table[m::PAUSE] = Some(pause::<T>);
-    table[m::RESUME] = Some(resume::<T>);
-    table[m::PIDS] = Some(pids::<T>);
-    table[m::CHECKPOINT] = Some(checkpoint::<T>);
-    table[m::UPDATE] = Some(update::<T>);
-    table[m::STATS] = Some(stats::<T>);
-    table[m::LIST] = Some(list::<T>);
-    table
+export::methods! { Runtime, runtime_methods;
+    CREATE => create(CreateRequest) |t, r| Ok(CreateResponse { pid: t.create(r)? }),
+    START => start(ProcessRequest) |t, r| Ok(StartResponse { pid: t.start(&r)? }),
+    STATE => state(ProcessRequest) |t, r| t.state(&r),
+    KILL => kill(KillRequest) |t, r| {
+        let process = ProcessRequest { namespace: r.namespace, id: r.id, exec_id: r.exec_id };
+        t.kill(&process, r.signal, r.all)
+    },
+    DELETE => delete(TaskRequest) |t, r| t.delete(&r),
+    EXEC => exec(ExecRequest) |t, r| t.exec(r),
+    DELETE_PROCESS => delete_process(ProcessRequest) |t, r| t.delete_process(&r),
+    RESIZE_PTY => resize_pty(ResizePtyRequest) |t, r| {
+        let process = ProcessRequest { namespace: r.namespace, id: r.id, exec_id: r.exec_id };
+        t.resize_pty(&process, r.width, r.height)
+    },
+    CLOSE_IO => close_io(ProcessRequest) |t, r| t.close_io(&r),
+    PAUSE => pause(TaskRequest) |t, r| t.pause(&r),
+    RESUME => resume(TaskRequest) |t, r| t.resume(&r),
+    PIDS => pids(TaskRequest) |t, r| Ok(PidsResponse { processes: t.pids(&r)? }),
+    CHECKPOINT => checkpoint(CheckpointRequest) |t, r| t.checkpoint(r),
+    UPDATE => update(UpdateRequest) |t, r| t.update(r),
+    STATS => stats(TaskRequest) |t, r| Ok(StatsResponse { stats: Some(t.stats(&r)?) }),
+    LIST => list(ListRequest) |t, r| {
+        let namespace = (!r.all_namespaces).then_some(r.namespace.as_str());
+        Ok(ListResponse { tasks: t.list(namespace)? })
+    },
 }
 
 /// Exports a [`Runtime`] from a `cdylib`: the entry symbol `berth_plugin_entry`, the header (kind `runtime`,

@@ -5,9 +5,6 @@
 //! views are read-only, committed snapshots are immutable and the only possible parents; the backend never
 //! mounts anything itself, it returns the mounts that show a snapshot's tree.
 
-use std::ffi::c_void;
-
-use crate::abi::{Buffer, Bytes, MethodFn, snapshot_methods as m};
 use crate::error::{Error, Result};
 use crate::export;
 use crate::host::Init;
@@ -82,63 +79,27 @@ fn required(info: Option<Info>) -> Result<Info> {
     info.ok_or_else(|| Error::invalid_argument("the request has no snapshot info"))
 }
 
-#[doc(hidden)]
-pub unsafe extern "C" fn __create<T: Snapshotter>(
-    request: Bytes,
-    host: *const crate::abi::HostApi,
-    instance: *mut *mut c_void,
-    error: *mut Buffer,
-) -> i32 {
-    // SAFETY: forwarded from the host's call.
-    unsafe { export::create(request, host, instance, error, T::new) }
-}
-
-macro_rules! method {
-    ($name:ident, $req:ty, |$this:ident, $r:ident| $body:expr) => {
-        unsafe extern "C" fn $name<T: Snapshotter>(i: *mut c_void, request: Bytes, response: *mut Buffer) -> i32 {
-            // SAFETY: forwarded from the host's call.
-            unsafe { export::call(i, request, response, |$this: &T, $r: $req| $body) }
-        }
-    };
-}
-
-method!(stat, StatSnapshotRequest, |t, r| Ok(StatSnapshotResponse { info: Some(t.stat(&r.key)?) }));
-// The requests with labels are decoded through their `wire` forms (see there why).
-method!(update, wire::UpdateSnapshotRequest, |t, r| {
-    let r = UpdateSnapshotRequest::from(r);
-    let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-    Ok(UpdateSnapshotResponse { info: Some(t.update(required(r.info)?, &paths)?) })
-});
-method!(usage, UsageRequest, |t, r| t.usage(&r.key));
-method!(mounts, MountsRequest, |t, r| Ok(MountsResponse { mounts: t.mounts(&r.key)? }));
-method!(prepare, wire::PrepareSnapshotRequest, |t, r| Ok(PrepareSnapshotResponse {
-    mounts: t.prepare(&r.key, &r.parent, wire::labels(r.labels))?
-}));
-method!(view, wire::ViewSnapshotRequest, |t, r| Ok(ViewSnapshotResponse {
-    mounts: t.view(&r.key, &r.parent, wire::labels(r.labels))?
-}));
-method!(commit, wire::CommitSnapshotRequest, |t, r| t.commit(&r.name, &r.key, wire::labels(r.labels)));
-method!(remove, RemoveSnapshotRequest, |t, r| t.remove(&r.key));
-method!(list, ListSnapshotsRequest, |t, _r| Ok(ListSnapshotsResponse { info: t.list()? }));
-method!(cleanup, CleanupRequest, |t, _r| t.cleanup());
-method!(revision, RevisionRequest, |t, r| Ok(RevisionResponse { revision: t.revision(&r.key)? }));
-
-/// The method table of `T`, by [`crate::abi::snapshot_methods`] index.
-#[doc(hidden)]
-pub const fn __methods<T: Snapshotter>() -> [Option<MethodFn>; m::COUNT] {
-    let mut table: [Option<MethodFn>; m::COUNT] = [None; m::COUNT];
-    table[m::STAT] = Some(stat::<T>);
-    table[m::UPDATE] = Some(update::<T>);
-    table[m::USAGE] = Some(usage::<T>);
-    table[m::MOUNTS] = Some(mounts::<T>);
-    table[m::PREPARE] = Some(prepare::<T>);
-    table[m::VIEW] = Some(view::<T>);
-    table[m::COMMIT] = Some(commit::<T>);
-    table[m::REMOVE] = Some(remove::<T>);
-    table[m::LIST] = Some(list::<T>);
-    table[m::CLEANUP] = Some(cleanup::<T>);
-    table[m::REVISION] = Some(revision::<T>);
-    table
+export::methods! { Snapshotter, snapshot_methods;
+    STAT => stat(StatSnapshotRequest) |t, r| Ok(StatSnapshotResponse { info: Some(t.stat(&r.key)?) }),
+    // The requests with labels are decoded through their `wire` forms (see there why).
+    UPDATE => update(wire::UpdateSnapshotRequest) |t, r| {
+        let r = UpdateSnapshotRequest::from(r);
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        Ok(UpdateSnapshotResponse { info: Some(t.update(required(r.info)?, &paths)?) })
+    },
+    USAGE => usage(UsageRequest) |t, r| t.usage(&r.key),
+    MOUNTS => mounts(MountsRequest) |t, r| Ok(MountsResponse { mounts: t.mounts(&r.key)? }),
+    PREPARE => prepare(wire::PrepareSnapshotRequest) |t, r| {
+        Ok(PrepareSnapshotResponse { mounts: t.prepare(&r.key, &r.parent, wire::labels(r.labels))? })
+    },
+    VIEW => view(wire::ViewSnapshotRequest) |t, r| {
+        Ok(ViewSnapshotResponse { mounts: t.view(&r.key, &r.parent, wire::labels(r.labels))? })
+    },
+    COMMIT => commit(wire::CommitSnapshotRequest) |t, r| t.commit(&r.name, &r.key, wire::labels(r.labels)),
+    REMOVE => remove(RemoveSnapshotRequest) |t, r| t.remove(&r.key),
+    LIST => list(ListSnapshotsRequest) |t, _r| Ok(ListSnapshotsResponse { info: t.list()? }),
+    CLEANUP => cleanup(CleanupRequest) |t, _r| t.cleanup(),
+    REVISION => revision(RevisionRequest) |t, r| Ok(RevisionResponse { revision: t.revision(&r.key)? }),
 }
 
 /// Exports a [`Snapshotter`] from a `cdylib`: defines the entry symbol `berth_plugin_entry`, the header
