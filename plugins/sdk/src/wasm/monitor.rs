@@ -5,10 +5,7 @@
 //! world's `host` import: [`crate::Host::publish`] puts an event into berthd's event stream, `Host::log` and
 //! its shorthands write into berthd's log ([`publish`] and [`log`] are the same calls).
 
-use std::sync::OnceLock;
-
 use crate::abi::code;
-use crate::host::{Host, Init};
 use crate::monitor::{Exit, Monitor, Task, TaskEvent};
 use crate::proto::Any;
 
@@ -31,14 +28,7 @@ pub use crate::host::Level;
 
 /// Writes `message` into berthd's log at `level`, tagged with the plugin (the host's `log` import).
 pub fn log(level: Level, message: &str) {
-    let level = match level {
-        Level::Error => host::Level::Error,
-        Level::Warn => host::Level::Warn,
-        Level::Info => host::Level::Info,
-        Level::Debug => host::Level::Debug,
-        Level::Trace => host::Level::Trace,
-    };
-    host::log(level, message)
+    host::log(super::host_level!(level, host::Level), message)
 }
 
 /// Publishes `event` on `topic` in `namespace` into berthd's event stream (the host's `publish` import);
@@ -67,28 +57,13 @@ pub trait Export {
 }
 
 /// The instance's monitor, made by `init` (one per instance: berthd initialises an instance once).
-static BACKEND: OnceLock<Box<dyn std::any::Any + Send + Sync>> = OnceLock::new();
+static BACKEND: super::Instance = super::Instance::new();
 
 fn backend<T: Monitor>() -> Result<&'static T, wit::Error> {
-    BACKEND
-        .get()
-        .and_then(|b| b.downcast_ref::<T>())
-        .ok_or_else(|| wit::Error::FailedPrecondition("the plugin was not initialised".into()))
+    BACKEND.get().ok_or_else(|| wit::Error::FailedPrecondition("the plugin was not initialised".into()))
 }
 
-fn error(e: crate::Error) -> wit::Error {
-    use super::Category as C;
-    let message = e.message;
-    match super::category_of(e.code) {
-        C::NotFound => wit::Error::NotFound(message),
-        C::AlreadyExists => wit::Error::AlreadyExists(message),
-        C::InvalidArgument => wit::Error::InvalidArgument(message),
-        C::FailedPrecondition => wit::Error::FailedPrecondition(message),
-        C::Unavailable => wit::Error::Unavailable(message),
-        C::Unimplemented => wit::Error::Unimplemented(message),
-        C::Internal => wit::Error::Internal(message),
-    }
-}
+super::wit_error!(wit::Error);
 
 fn task_from(task: wit::Task) -> Task {
     Task {
@@ -130,20 +105,9 @@ impl<E: Export> Guest for E {
     }
 
     fn init(id: String, config_json: String) -> Result<(), wit::InitError> {
-        // From now on the SDK's Host reaches this world's imports.
-        super::set_host(log, Some(publish));
-        let init = Init {
-            id,
-            config_json: config_json.into_bytes(),
-            root_dir: Default::default(),
-            state_dir: Default::default(),
-            host: Host::detached(),
-        };
-        let backend =
-            E::Backend::new(init).map_err(|e| wit::InitError { message: e.to_string(), config_path: e.config_path })?;
-        BACKEND
-            .set(Box::new(backend))
-            .map_err(|_| wit::InitError { message: "the plugin was initialised twice".into(), config_path: vec![] })
+        // `init` points the SDK's Host at this world's imports before `new`.
+        super::init(&BACKEND, log, Some(publish), || E::Backend::new(super::backend_init(id, config_json)))
+            .map_err(|(message, config_path)| wit::InitError { message, config_path })
     }
 
     fn activate() -> Result<(), wit::Error> {

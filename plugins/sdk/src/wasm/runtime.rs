@@ -33,8 +33,6 @@
 //!
 //! This compiles only for `wasm32-wasip2`; `examples/wasm/function` is a complete one, built by berth's tests.
 
-use std::sync::OnceLock;
-
 use crate::host::Level;
 
 #[doc(hidden)]
@@ -101,14 +99,7 @@ pub struct Invocation {
 /// function writes to stderr goes to the process's stderr instead. [`crate::Host::log`] inside a function
 /// component comes here too.
 pub fn log(level: Level, message: &str) {
-    let level = match level {
-        Level::Error => host::Level::Error,
-        Level::Warn => host::Level::Warn,
-        Level::Info => host::Level::Info,
-        Level::Debug => host::Level::Debug,
-        Level::Trace => host::Level::Trace,
-    };
-    host::log(level, message)
+    host::log(super::host_level!(level, host::Level), message)
 }
 
 /// What [`crate::export_function!`] implements for the plugin's type: the function and its crate's version.
@@ -119,14 +110,7 @@ pub trait Export {
 }
 
 /// The instance's function, made by `init`: an instance runs one process, so one cell is all there is.
-static FUNCTION: OnceLock<Box<dyn std::any::Any + Send + Sync>> = OnceLock::new();
-
-/// Holds the function in the cell; a component instance is single-threaded.
-struct Held<T>(T);
-// SAFETY: a wasm32-wasip2 component instance has one thread; the value never leaves it.
-unsafe impl<T> Send for Held<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for Held<T> {}
+static FUNCTION: super::Instance = super::Instance::new();
 
 impl<E: Export> Guest for E {
     fn describe() -> wit::PluginInfo {
@@ -138,19 +122,15 @@ impl<E: Export> Guest for E {
     }
 
     fn init(id: String, config_json: String) -> Result<(), wit::InitError> {
-        // Host::log goes to this world's import (a function cannot publish events).
-        super::set_host(log, None);
         let init = FunctionInit { id, config_json: config_json.into_bytes() };
-        let function = E::Function::new(init)
-            .map_err(|e| wit::InitError { message: e.to_string(), config_path: e.config_path })?;
-        FUNCTION
-            .set(Box::new(Held(function)))
-            .map_err(|_| wit::InitError { message: "the plugin was initialised twice".into(), config_path: vec![] })
+        // Host::log goes to this world's import from `new` on (a function cannot publish events).
+        super::init(&FUNCTION, log, None, || E::Function::new(init))
+            .map_err(|(message, config_path)| wit::InitError { message, config_path })
     }
 
     fn invoke(invocation: wit::Invocation) -> u8 {
         use std::io::Write;
-        let Some(Held(function)) = FUNCTION.get().and_then(|f| f.downcast_ref::<Held<E::Function>>()) else {
+        let Some(function) = FUNCTION.get::<E::Function>() else {
             eprintln!("the plugin was not initialised");
             return 127;
         };

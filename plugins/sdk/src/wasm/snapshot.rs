@@ -1,9 +1,6 @@
 //! The snapshot kind as a wasm component: [`crate::snapshot::Snapshotter`] behind the WIT interfaces
 //! `berth:snapshot/snapshotter@1.1.0` and `berth:snapshot/revisions@1.1.0` ([`Snapshotter::revision`]).
 
-use std::sync::OnceLock;
-
-use crate::host::{Host, Init};
 use crate::proto::snapshots::{Info, Kind};
 use crate::proto::{Mount, Timestamp};
 use crate::snapshot::{Labels, Snapshotter};
@@ -28,14 +25,7 @@ pub use crate::host::Level;
 
 /// Writes `message` into berthd's log at `level`, tagged with the plugin (the host's `log` import).
 pub fn log(level: Level, message: &str) {
-    let level = match level {
-        Level::Error => host::Level::Error,
-        Level::Warn => host::Level::Warn,
-        Level::Info => host::Level::Info,
-        Level::Debug => host::Level::Debug,
-        Level::Trace => host::Level::Trace,
-    };
-    host::log(level, message)
+    host::log(super::host_level!(level, host::Level), message)
 }
 
 /// What [`crate::export_snapshot!`] implements for the plugin's type: the backend and its crate's version.
@@ -47,28 +37,13 @@ pub trait Export {
 
 /// The instance's backend, made by `init`. A component instance is single-threaded and berthd initialises
 /// it once, so one cell per instance is all there is.
-static BACKEND: OnceLock<Box<dyn std::any::Any + Send + Sync>> = OnceLock::new();
+static BACKEND: super::Instance = super::Instance::new();
 
 fn backend<T: Snapshotter>() -> Result<&'static T, wit::Error> {
-    BACKEND
-        .get()
-        .and_then(|b| b.downcast_ref::<T>())
-        .ok_or_else(|| wit::Error::FailedPrecondition("the plugin was not initialised".into()))
+    BACKEND.get().ok_or_else(|| wit::Error::FailedPrecondition("the plugin was not initialised".into()))
 }
 
-fn error(e: crate::Error) -> wit::Error {
-    use super::Category as C;
-    let message = e.message;
-    match super::category_of(e.code) {
-        C::NotFound => wit::Error::NotFound(message),
-        C::AlreadyExists => wit::Error::AlreadyExists(message),
-        C::InvalidArgument => wit::Error::InvalidArgument(message),
-        C::FailedPrecondition => wit::Error::FailedPrecondition(message),
-        C::Unavailable => wit::Error::Unavailable(message),
-        C::Unimplemented => wit::Error::Unimplemented(message),
-        C::Internal => wit::Error::Internal(message),
-    }
-}
+super::wit_error!(wit::Error);
 
 fn time_to(t: Option<Timestamp>) -> wit::Timestamp {
     let t = t.unwrap_or_default();
@@ -132,20 +107,9 @@ impl<E: Export> Guest for E {
     }
 
     fn init(id: String, config_json: String) -> Result<(), wit::InitError> {
-        // From now on the SDK's Host reaches this world's imports.
-        super::set_host(log, None);
-        let init = Init {
-            id,
-            config_json: config_json.into_bytes(),
-            root_dir: Default::default(),
-            state_dir: Default::default(),
-            host: Host::detached(),
-        };
-        let backend =
-            E::Backend::new(init).map_err(|e| wit::InitError { message: e.to_string(), config_path: e.config_path })?;
-        BACKEND
-            .set(Box::new(backend))
-            .map_err(|_| wit::InitError { message: "the plugin was initialised twice".into(), config_path: vec![] })
+        // `init` points the SDK's Host at this world's imports before `new`.
+        super::init(&BACKEND, log, None, || E::Backend::new(super::backend_init(id, config_json)))
+            .map_err(|(message, config_path)| wit::InitError { message, config_path })
     }
 
     fn stat(key: String) -> Result<wit::Info, wit::Error> {
