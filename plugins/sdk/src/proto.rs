@@ -15,6 +15,23 @@ use std::collections::{BTreeMap, HashMap};
 pub use prost::Message;
 pub use prost_types::{Any, FieldMask, Timestamp};
 
+/// Messages that begin with the same fields: `{ the common fields }`, then each message with its doc and its
+/// own fields, tagged after the common ones. prost cannot share fields between messages (the .proto files
+/// repeat them too); this keeps one copy here. Each message derives what a prost message needs.
+macro_rules! with_common_fields {
+    ($common:tt $($(#[$doc:meta])* pub struct $name:ident { $($own:tt)* })+) => {
+        $(with_common_fields!(@message $common $(#[$doc])* $name { $($own)* });)+
+    };
+    (@message { $($common:tt)* } $(#[$doc:meta])* $name:ident { $($own:tt)* }) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct $name {
+            $($common)*
+            $($own)*
+        }
+    };
+}
+
 /// What the host hands [`crate::abi::CreateFn`] (`berth.plugin.v1.InitRequest`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct InitRequest {
@@ -129,84 +146,58 @@ pub mod snapshots {
         pub labels: Labels,
     }
 
-    /// Prepare: a new active snapshot.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PrepareSnapshotRequest {
-        /// The plugin's name.
-        #[prost(string, tag = "1")]
-        pub snapshotter: String,
-        /// The new key.
-        #[prost(string, tag = "2")]
-        pub key: String,
-        /// Its committed parent, empty for none.
-        #[prost(string, tag = "3")]
-        pub parent: String,
-        /// Its labels.
-        #[prost(btree_map = "string, string", tag = "4")]
-        pub labels: Labels,
+    with_common_fields! {
+        {
+            /// The plugin's name.
+            #[prost(string, tag = "1")]
+            pub snapshotter: String,
+            /// The new key.
+            #[prost(string, tag = "2")]
+            pub key: String,
+            /// Its committed parent, empty for none.
+            #[prost(string, tag = "3")]
+            pub parent: String,
+            /// Its labels.
+            #[prost(btree_map = "string, string", tag = "4")]
+            pub labels: Labels,
+        }
+        /// Prepare: a new active snapshot.
+        pub struct PrepareSnapshotRequest {}
+        /// View: a new read-only snapshot.
+        pub struct ViewSnapshotRequest {}
     }
 
-    /// Its mounts.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PrepareSnapshotResponse {
-        /// Mounts, in order.
-        #[prost(message, repeated, tag = "1")]
-        pub mounts: Vec<Mount>,
+    with_common_fields! {
+        {
+            /// Mounts, in order.
+            #[prost(message, repeated, tag = "1")]
+            pub mounts: Vec<Mount>,
+        }
+        /// Its mounts.
+        pub struct PrepareSnapshotResponse {}
+        /// Its mounts.
+        pub struct ViewSnapshotResponse {}
+        /// The mounts.
+        pub struct MountsResponse {}
     }
 
-    /// View: a new read-only snapshot.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ViewSnapshotRequest {
-        /// The plugin's name.
-        #[prost(string, tag = "1")]
-        pub snapshotter: String,
-        /// The new key.
-        #[prost(string, tag = "2")]
-        pub key: String,
-        /// Its committed parent, empty for none.
-        #[prost(string, tag = "3")]
-        pub parent: String,
-        /// Its labels.
-        #[prost(btree_map = "string, string", tag = "4")]
-        pub labels: Labels,
-    }
-
-    /// Its mounts.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ViewSnapshotResponse {
-        /// Mounts, in order.
-        #[prost(message, repeated, tag = "1")]
-        pub mounts: Vec<Mount>,
-    }
-
-    /// The mounts of an active snapshot or view.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct MountsRequest {
-        /// The plugin's name.
-        #[prost(string, tag = "1")]
-        pub snapshotter: String,
-        /// The key.
-        #[prost(string, tag = "2")]
-        pub key: String,
-    }
-
-    /// The mounts.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct MountsResponse {
-        /// Mounts, in order.
-        #[prost(message, repeated, tag = "1")]
-        pub mounts: Vec<Mount>,
-    }
-
-    /// Remove a snapshot.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct RemoveSnapshotRequest {
-        /// The plugin's name.
-        #[prost(string, tag = "1")]
-        pub snapshotter: String,
-        /// The key.
-        #[prost(string, tag = "2")]
-        pub key: String,
+    with_common_fields! {
+        {
+            /// The plugin's name.
+            #[prost(string, tag = "1")]
+            pub snapshotter: String,
+            /// The key.
+            #[prost(string, tag = "2")]
+            pub key: String,
+        }
+        /// The mounts of an active snapshot or view.
+        pub struct MountsRequest {}
+        /// Remove a snapshot.
+        pub struct RemoveSnapshotRequest {}
+        /// Stat a snapshot.
+        pub struct StatSnapshotRequest {}
+        /// Disk usage of a snapshot.
+        pub struct UsageRequest {}
     }
 
     /// Commit an active snapshot under a name.
@@ -226,23 +217,16 @@ pub mod snapshots {
         pub labels: Labels,
     }
 
-    /// Stat a snapshot.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct StatSnapshotRequest {
-        /// The plugin's name.
-        #[prost(string, tag = "1")]
-        pub snapshotter: String,
-        /// The key.
-        #[prost(string, tag = "2")]
-        pub key: String,
-    }
-
-    /// Its info.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct StatSnapshotResponse {
-        /// Info.
-        #[prost(message, optional, tag = "1")]
-        pub info: Option<Info>,
+    with_common_fields! {
+        {
+            /// Info.
+            #[prost(message, optional, tag = "1")]
+            pub info: Option<Info>,
+        }
+        /// Its info.
+        pub struct StatSnapshotResponse {}
+        /// The info after the change.
+        pub struct UpdateSnapshotResponse {}
     }
 
     /// Change labels: `info.name` names the snapshot; `update_mask` paths as containerd's
@@ -258,14 +242,6 @@ pub mod snapshots {
         /// What to change.
         #[prost(message, optional, tag = "3")]
         pub update_mask: Option<FieldMask>,
-    }
-
-    /// The info after the change.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct UpdateSnapshotResponse {
-        /// Info.
-        #[prost(message, optional, tag = "1")]
-        pub info: Option<Info>,
     }
 
     /// List snapshots. berthd sends no filters and applies its own to what comes back.
@@ -285,17 +261,6 @@ pub mod snapshots {
         /// Infos.
         #[prost(message, repeated, tag = "1")]
         pub info: Vec<Info>,
-    }
-
-    /// Disk usage of a snapshot.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct UsageRequest {
-        /// The plugin's name.
-        #[prost(string, tag = "1")]
-        pub snapshotter: String,
-        /// The key.
-        #[prost(string, tag = "2")]
-        pub key: String,
     }
 
     /// Bytes and inodes.
@@ -400,44 +365,31 @@ pub mod snapshots {
             }
         }
 
-        /// [`super::PrepareSnapshotRequest`].
-        #[derive(Clone, PartialEq, prost::Message)]
-        pub struct PrepareSnapshotRequest {
-            /// Plugin name.
-            #[prost(string, tag = "1")]
-            pub snapshotter: String,
-            /// Key.
-            #[prost(string, tag = "2")]
-            pub key: String,
-            /// Parent.
-            #[prost(string, tag = "3")]
-            pub parent: String,
-            /// Labels.
-            #[prost(message, repeated, tag = "4")]
-            pub labels: Vec<Label>,
+        with_common_fields! {
+            {
+                /// Plugin name.
+                #[prost(string, tag = "1")]
+                pub snapshotter: String,
+                /// Key.
+                #[prost(string, tag = "2")]
+                pub key: String,
+                /// Parent.
+                #[prost(string, tag = "3")]
+                pub parent: String,
+                /// Labels.
+                #[prost(message, repeated, tag = "4")]
+                pub labels: Vec<Label>,
+            }
+            /// [`super::PrepareSnapshotRequest`].
+            pub struct PrepareSnapshotRequest {}
+            /// [`super::ViewSnapshotRequest`].
+            pub struct ViewSnapshotRequest {}
         }
 
         impl From<PrepareSnapshotRequest> for super::PrepareSnapshotRequest {
             fn from(r: PrepareSnapshotRequest) -> Self {
                 Self { snapshotter: r.snapshotter, key: r.key, parent: r.parent, labels: labels(r.labels) }
             }
-        }
-
-        /// [`super::ViewSnapshotRequest`].
-        #[derive(Clone, PartialEq, prost::Message)]
-        pub struct ViewSnapshotRequest {
-            /// Plugin name.
-            #[prost(string, tag = "1")]
-            pub snapshotter: String,
-            /// Key.
-            #[prost(string, tag = "2")]
-            pub key: String,
-            /// Parent.
-            #[prost(string, tag = "3")]
-            pub parent: String,
-            /// Labels.
-            #[prost(message, repeated, tag = "4")]
-            pub labels: Vec<Label>,
         }
 
         impl From<ViewSnapshotRequest> for super::ViewSnapshotRequest {
@@ -584,29 +536,79 @@ pub mod runtime {
         pub pid: u32,
     }
 
-    /// Names a process: init with an empty `exec_id`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ProcessRequest {
-        /// Namespace.
-        #[prost(string, tag = "1")]
-        pub namespace: String,
-        /// Task id.
-        #[prost(string, tag = "2")]
-        pub id: String,
-        /// Exec id, empty for init.
-        #[prost(string, tag = "3")]
-        pub exec_id: String,
+    with_common_fields! {
+        {
+            /// Namespace.
+            #[prost(string, tag = "1")]
+            pub namespace: String,
+            /// Task id.
+            #[prost(string, tag = "2")]
+            pub id: String,
+            /// Exec id, empty for init.
+            #[prost(string, tag = "3")]
+            pub exec_id: String,
+        }
+        /// Names a process: init with an empty `exec_id`.
+        pub struct ProcessRequest {}
+        /// Signal a process.
+        pub struct KillRequest {
+            /// The signal number.
+            #[prost(uint32, tag = "4")]
+            pub signal: u32,
+            /// Every process of the task (init only).
+            #[prost(bool, tag = "5")]
+            pub all: bool,
+        }
+        /// Resize a process's terminal.
+        pub struct ResizePtyRequest {
+            /// Columns.
+            #[prost(uint32, tag = "4")]
+            pub width: u32,
+            /// Rows.
+            #[prost(uint32, tag = "5")]
+            pub height: u32,
+        }
+        /// A process exited.
+        pub struct ExitEvent {
+            /// How.
+            #[prost(message, optional, tag = "4")]
+            pub exit: Option<Exit>,
+        }
     }
 
-    /// Names a task.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TaskRequest {
-        /// Namespace.
-        #[prost(string, tag = "1")]
-        pub namespace: String,
-        /// Task id.
-        #[prost(string, tag = "2")]
-        pub id: String,
+    with_common_fields! {
+        {
+            /// Namespace.
+            #[prost(string, tag = "1")]
+            pub namespace: String,
+            /// Task id.
+            #[prost(string, tag = "2")]
+            pub id: String,
+        }
+        /// Names a task.
+        pub struct TaskRequest {}
+        /// A task's namespace and id.
+        pub struct TaskRef {}
+        /// A process of a task was killed for going over its memory limit.
+        pub struct OomEvent {}
+        /// Checkpoint a task.
+        pub struct CheckpointRequest {
+            /// Directory to write to.
+            #[prost(string, tag = "3")]
+            pub path: String,
+            /// Options.
+            #[prost(message, optional, tag = "4")]
+            pub options: Option<Any>,
+        }
+        /// Change a running task's resources.
+        pub struct UpdateRequest {
+            /// The resources.
+            #[prost(message, optional, tag = "3")]
+            pub resources: Option<Any>,
+            /// Annotations.
+            #[prost(map = "string, string", tag = "4")]
+            pub annotations: HashMap<String, String>,
+        }
     }
 
     /// The started process.
@@ -651,26 +653,6 @@ pub mod runtime {
         pub io: Option<Io>,
     }
 
-    /// Signal a process.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KillRequest {
-        /// Namespace.
-        #[prost(string, tag = "1")]
-        pub namespace: String,
-        /// Task id.
-        #[prost(string, tag = "2")]
-        pub id: String,
-        /// Exec id, empty for init.
-        #[prost(string, tag = "3")]
-        pub exec_id: String,
-        /// The signal number.
-        #[prost(uint32, tag = "4")]
-        pub signal: u32,
-        /// Every process of the task (init only).
-        #[prost(bool, tag = "5")]
-        pub all: bool,
-    }
-
     /// Start a new process in a task (created, not started).
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ExecRequest {
@@ -689,26 +671,6 @@ pub mod runtime {
         /// Its streams.
         #[prost(message, optional, tag = "5")]
         pub io: Option<Io>,
-    }
-
-    /// Resize a process's terminal.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResizePtyRequest {
-        /// Namespace.
-        #[prost(string, tag = "1")]
-        pub namespace: String,
-        /// Task id.
-        #[prost(string, tag = "2")]
-        pub id: String,
-        /// Exec id, empty for init.
-        #[prost(string, tag = "3")]
-        pub exec_id: String,
-        /// Columns.
-        #[prost(uint32, tag = "4")]
-        pub width: u32,
-        /// Rows.
-        #[prost(uint32, tag = "5")]
-        pub height: u32,
     }
 
     /// One process of a task.
@@ -730,40 +692,6 @@ pub mod runtime {
         pub processes: Vec<ProcessInfo>,
     }
 
-    /// Checkpoint a task.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct CheckpointRequest {
-        /// Namespace.
-        #[prost(string, tag = "1")]
-        pub namespace: String,
-        /// Task id.
-        #[prost(string, tag = "2")]
-        pub id: String,
-        /// Directory to write to.
-        #[prost(string, tag = "3")]
-        pub path: String,
-        /// Options.
-        #[prost(message, optional, tag = "4")]
-        pub options: Option<Any>,
-    }
-
-    /// Change a running task's resources.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct UpdateRequest {
-        /// Namespace.
-        #[prost(string, tag = "1")]
-        pub namespace: String,
-        /// Task id.
-        #[prost(string, tag = "2")]
-        pub id: String,
-        /// The resources.
-        #[prost(message, optional, tag = "3")]
-        pub resources: Option<Any>,
-        /// Annotations.
-        #[prost(map = "string, string", tag = "4")]
-        pub annotations: HashMap<String, String>,
-    }
-
     /// Resource usage.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct StatsResponse {
@@ -783,51 +711,12 @@ pub mod runtime {
         pub all_namespaces: bool,
     }
 
-    /// A task's namespace and id.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TaskRef {
-        /// Namespace.
-        #[prost(string, tag = "1")]
-        pub namespace: String,
-        /// Task id.
-        #[prost(string, tag = "2")]
-        pub id: String,
-    }
-
     /// The tasks.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ListResponse {
         /// Tasks.
         #[prost(message, repeated, tag = "1")]
         pub tasks: Vec<TaskRef>,
-    }
-
-    /// A process exited.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExitEvent {
-        /// Namespace.
-        #[prost(string, tag = "1")]
-        pub namespace: String,
-        /// Task id.
-        #[prost(string, tag = "2")]
-        pub id: String,
-        /// Exec id, empty for init.
-        #[prost(string, tag = "3")]
-        pub exec_id: String,
-        /// How.
-        #[prost(message, optional, tag = "4")]
-        pub exit: Option<Exit>,
-    }
-
-    /// A process of a task was killed for going over its memory limit.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct OomEvent {
-        /// Namespace.
-        #[prost(string, tag = "1")]
-        pub namespace: String,
-        /// Task id.
-        #[prost(string, tag = "2")]
-        pub id: String,
     }
 
     /// Something the runtime noticed by itself, sent through [`crate::abi::HostApi::event`].
@@ -891,20 +780,16 @@ pub mod monitor {
         pub exited_at: Option<Timestamp>,
     }
 
-    /// Created, with the init pid.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Created {
-        /// Init pid.
-        #[prost(uint32, tag = "1")]
-        pub pid: u32,
-    }
-
-    /// Started, with the init pid.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Started {
-        /// Init pid.
-        #[prost(uint32, tag = "1")]
-        pub pid: u32,
+    with_common_fields! {
+        {
+            /// Init pid.
+            #[prost(uint32, tag = "1")]
+            pub pid: u32,
+        }
+        /// Created, with the init pid.
+        pub struct Created {}
+        /// Started, with the init pid.
+        pub struct Started {}
     }
 
     /// A process exited.
