@@ -68,30 +68,15 @@ log() { echo "images.sh: $(date +%H:%M:%S) $*" >&2; }
 # shellcheck source=bench/lib.sh
 source "$repo/bench/lib.sh"
 
-[[ $EUID -eq 0 ]] || die "run as root: sudo $0"
-for tool in containerd ctr runc busybox umoci skopeo docker-registry curl jq unshare sha256sum; do
-    command -v "$tool" >/dev/null || die "$tool is needed (apt-get install -y --no-install-recommends containerd runc busybox-static umoci skopeo docker-registry curl jq)"
-done
-shim_bin=$(command -v containerd-shim-runc-v2) || die "containerd-shim-runc-v2 is needed (package containerd)"
-busybox_bin=$(command -v busybox)
-file -L "$busybox_bin" 2>/dev/null | grep -q 'statically linked' || log "warning: $busybox_bin may not be static (install busybox-static)"
-
-if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
-    log "building release binaries"
-    (cd "$repo" && cargo build --release -p berth -p berth-bench) >&2
-fi
-for b in berthd berth berth-reaper berth-bench; do
-    [[ -x $build_dir/$b ]] || die "no $b in $build_dir"
-done
+check_host "containerd runc busybox-static umoci skopeo docker-registry curl jq" \
+    containerd ctr runc busybox umoci skopeo docker-registry curl jq unshare sha256sum
+build_release berthd berth berth-reaper berth-bench
 
 # What this run makes, so cleanup removes exactly that: its directories, the registry, the
-# containerd shim sockets of its containers (containerd 1.6 puts them in /run/containerd/s whatever
-# its config says, named by the sha256 of address/namespace/id), the runc state directory
-# containerd's shim makes under /run/containerd/runc/<namespace>, and the cgroups of its
-# containers. Pulls use namespaces imb-p*, which hold no containers.
+# containerd shim sockets of its containers, the runc state directory of its namespace, and the
+# cgroups of its containers. Pulls use namespaces imb-p*, which hold no containers.
 run_ns=imb
-run_containerd_existed=$([[ -d /run/containerd ]] && echo yes || echo no)
-runc_ns_existed=$([[ -e /run/containerd/runc/$run_ns ]] && echo yes || echo no)
+note_containerd_run_dirs "$run_ns"
 # skopeo run as root keeps a blob-info cache in /var/lib/containers/cache whatever its flags: it
 # runs in a mount namespace with a directory of this run bind mounted there instead.
 containers_lib_existed=$([[ -d /var/lib/containers ]] && echo yes || echo no)
@@ -100,60 +85,31 @@ work=
 state=
 registry_pid=
 
-
-
 cleanup() {
-    local pid entry d p
+    local d p
     set +e
     trap '' INT TERM
     log "cleaning up"
     # Containers still running (a failed step): stop them through their daemon first.
-    [[ -n ${containerd_sock:-} && -S $containerd_sock ]] && timeout 120 "$bin/berth-bench" tasks down --socket "$containerd_sock" --label containerd --namespace "$run_ns" >/dev/null 2>&1
-    [[ -n ${berthd_sock:-} && -S $berthd_sock ]] && timeout 120 "$bin/berth-bench" tasks down --socket "$berthd_sock" --label berthd --namespace "$run_ns" >/dev/null 2>&1
+    tasks_down "$run_ns"
     # The logs, for a look at what went wrong.
     if [[ -n $work && -d $out ]]; then
         for d in berthd containerd registry; do
             [[ -f $work/$d/log ]] && cp "$work/$d/log" "$out/$d.log"
         done
     fi
-    # Daemons: SIGTERM, then their subreapers exit with them. The registry.
-    if [[ ${#daemon_pids[@]} -eq 0 && -n $work ]]; then
-        # shellcheck disable=SC2207 # one pid a line
-        daemon_pids=($(cat "$work"/*.pid 2>/dev/null))
-    fi
-    for pid in "${daemon_pids[@]}" $registry_pid; do
-        kill "$pid" 2>/dev/null
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null
-    done
-    # Anything of ours still alive: reapers, shims, and processes in our containers' cgroups.
-    if [[ -n ${bin:-} ]]; then
-        for pid in $(reaper_pids) $(shim_pids); do kill -9 "$pid" 2>/dev/null; done
-    fi
+    # The registry and the daemons, then anything of ours still alive: reapers, shims, and
+    # processes in our containers' cgroups.
+    [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null
+    stop_daemons
     find /sys/fs/cgroup -mindepth 2 -maxdepth 3 -type d -name "$run_ns" 2>/dev/null | while read -r d; do
         find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | while read -r p; do kill -9 "$p" 2>/dev/null; done
     done
     sleep 0.5
     find /sys/fs/cgroup -mindepth 2 -depth -type d \( -name "$run_ns" -o -path "*/$run_ns/*" \) -exec rmdir {} \; 2>/dev/null
-    # Mounts under our directories (containers' root filesystems of a failed step; the state tmpfs).
-    for d in $work $state; do
-        [[ -n $d ]] || continue
-        awk -v d="$d" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
-    done
-    [[ -n $work ]] && rm -rf "$work"
-    [[ -n $state ]] && rm -rf "$state"
-    # containerd's leftovers under /run/containerd: our shims' sockets, runc state of our namespace.
-    if [[ -n ${containerd_sock:-} && -s ${ids_file:-/nonexistent} ]]; then
-        while read -r entry; do
-            rm -f "/run/containerd/s/$(printf %s "$containerd_sock/$entry" | sha256sum | cut -d' ' -f1)"
-        done <"$ids_file"
-    fi
-    [[ $runc_ns_existed == no && -d /run/containerd/runc/$run_ns ]] && rm -rf "/run/containerd/runc/$run_ns"
-    if [[ $run_containerd_existed == no && -d /run/containerd ]]; then
-        rmdir /run/containerd/runc /run/containerd/s /run/containerd 2>/dev/null
-    fi
-    [[ -n ${ids_file:-} ]] && rm -f "$ids_file"
+    # Mounts under our directories, the directories, containerd's leftovers.
+    remove_run_dirs
+    remove_containerd_leftovers "$run_ns"
     # The mount point made for skopeo's cache, if nothing else has used it since.
     [[ $containers_lib_existed == no ]] && rmdir /var/lib/containers 2>/dev/null
     return 0
@@ -163,20 +119,11 @@ daemon_pids=()
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-work=$(mktemp -d "$base_dir/berth-imb.XXXXXX")
-# Runtime state on tmpfs, as /run/berth and /run/containerd are on a usual host: a tmpfs of this
-# run's own, since /run may be a plain directory on disk (it is on some VMs).
-state=$(mktemp -d /run/berth-imb.XXXXXX)
-mount -t tmpfs -o size=256m,mode=0711 berth-imb "$state"
-ids_file=$(mktemp /run/berth-imb-ids.XXXXXX)
+make_run_dirs berth-imb
 fstype=$(df --output=fstype "$work" | tail -n 1 | tr -d ' ')
 [[ $fstype != tmpfs && $fstype != ramfs && $fstype != overlay ]] || die "$base_dir is $fstype; set BENCH_DIR to a directory on a disk (overlayfs snapshots cannot live on overlayfs)"
 
-# Private copies: a build running in parallel in the shared target dir must not swap the
-# binaries under the run. berthd finds berth-reaper next to itself.
-mkdir -p "$work/bin"
-cp "$build_dir/berthd" "$build_dir/berth" "$build_dir/berth-reaper" "$build_dir/berth-bench" "$work/bin/"
-bin=$work/bin
+copy_binaries berthd berth berth-reaper berth-bench
 mkdir -p "$out"
 rm -f "$out"/*.jsonl "$out"/*.txt "$out"/*.log
 
@@ -185,13 +132,7 @@ rm -f "$out"/*.jsonl "$out"/*.txt "$out"/*.log
 # data (incompressible, so the registry serves about what is unpacked).
 log "building the images with umoci"
 rootfs=$work/rootfs
-mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/proc" "$rootfs/dev" "$rootfs/sys" "$rootfs/tmp"
-cp "$busybox_bin" "$rootfs/bin/busybox"
-for applet in $("$rootfs/bin/busybox" --list); do
-    [[ -e $rootfs/bin/$applet ]] || ln -s busybox "$rootfs/bin/$applet"
-done
-echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
-echo 'root:x:0:' >"$rootfs/etc/group"
+busybox_rootfs "$rootfs"
 layouts=$work/layouts
 mkdir -p "$layouts"
 umoci init --layout "$layouts/busybox"
@@ -280,58 +221,14 @@ done
 
 # --- The daemons -----------------------------------------------------------------------------
 # Roots (metadata, content, snapshots) on disk under $work, state on tmpfs, CRI off.
-mkdir -p "$work/berthd" "$work/containerd" "$work/fifo" "$state/berthd" "$state/containerd"
-berthd_sock=$state/berthd/berth.sock
-containerd_sock=$state/containerd/containerd.sock
-cat >"$work/berthd/config.toml" <<EOF
-version = 1
-root = "$work/berthd/root"
-state = "$state/berthd"
-log_level = "warn"
-[grpc]
-address = "$berthd_sock"
-EOF
-cat >"$work/containerd/config.toml" <<EOF
-version = 2
-root = "$work/containerd/root"
-state = "$state/containerd"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$containerd_sock"
-[ttrpc]
-  address = "$containerd_sock.ttrpc"
-[debug]
-  level = "warn"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$work/containerd/opt"
-EOF
-
-# Each daemon under a subreaper, so that containerd's shims (which daemonize) and berth's reapers
-# stay in this shell's process tree and their CPU time is counted as ours.
-"$bin/berth-bench" subreaper --pid-file "$work/berthd.pid" -- "$bin/berthd" --config "$work/berthd/config.toml" 2>"$work/berthd/log" &
-pids+=($!)
-"$bin/berth-bench" subreaper --pid-file "$work/containerd.pid" -- containerd --config "$work/containerd/config.toml" 2>"$work/containerd/log" &
-pids+=($!)
-
-wait_ready berthd "$berthd_sock"
-wait_ready containerd "$containerd_sock"
-berthd_pid=$(cat "$work/berthd.pid")
-containerd_pid=$(cat "$work/containerd.pid")
-daemon_pids=("$berthd_pid" "$containerd_pid")
-declare -A sock=([berthd]=$berthd_sock [containerd]=$containerd_sock)
+start_daemons
 # Where each daemon keeps blob files and snapshot directories on disk (shared by its namespaces).
 declare -A blob_dir=([berthd]=$work/berthd/root/content/blobs/sha256
     [containerd]=$work/containerd/root/io.containerd.content.v1.content/blobs/sha256)
 declare -A snap_dir=([berthd]=$work/berthd/root/snapshot.overlayfs/snapshots
     [containerd]=$work/containerd/root/io.containerd.snapshotter.v1.overlayfs/snapshots)
 
-# What `step` (bench/lib.sh) reads: the clock rate and the CPUs, and the worst other load seen.
-hz=$(getconf CLK_TCK)
-ncpu=$(nproc)
-worst_other=0
-worst_step=none
-: >"$out/others.txt"
-
+init_steps
 
 # One phase line as berth-bench prints them (`pool` reads these): target, phase, samples in µs.
 phase_line() {

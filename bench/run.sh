@@ -11,7 +11,7 @@
 #   BENCH_CTR_RUNS=50     sequential ctr runs per command and daemon
 #   BENCH_ROUNDS=5        rounds of everything; the report shows the median round and the range
 #   BENCH_DIR=/var/tmp    where both daemons keep their data; must be a real disk, not tmpfs
-#   BENCH_OUT=target/berth-bench   where results.jsonl and report.md are written
+#   BENCH_OUT=target/berth-bench   where results.jsonl, others.txt and report.md are written
 #   BENCH_SKIP_BUILD=1    use the release binaries already built (e.g. when root has no cargo)
 #   BENCH_IDLE_WAIT=600   seconds to wait, before each step, for other load (builds) to go away
 set -euo pipefail
@@ -29,15 +29,13 @@ idle_wait=${BENCH_IDLE_WAIT:-600}
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 log() { echo "run.sh: $*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 
 [[ $EUID -eq 0 ]] || die "run as root (containerd needs it): sudo $0"
 command -v containerd >/dev/null && command -v ctr >/dev/null || die "containerd and ctr are needed (apt-get install containerd)"
 
-if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
-    log "building release binaries"
-    (cd "$repo" && cargo build --release -p berth -p berth-bench) >&2
-fi
-[[ -x $build_dir/berthd && -x $build_dir/berth-bench ]] || die "no release binaries in $build_dir"
+build_release berthd berth-bench
 
 # containerd 1.6 puts shim sockets in /run/containerd/s whatever its config says; remember what
 # was there so cleanup removes only what this run added.
@@ -66,11 +64,7 @@ cleanup() {
 work=$(mktemp -d "$base_dir/berth-bench.XXXXXX")
 trap cleanup EXIT
 
-# Private copies: a build running in parallel in the shared target dir must not swap the
-# binaries under the run.
-mkdir -p "$work/bin"
-cp "$build_dir/berthd" "$build_dir/berth-bench" "$work/bin/"
-bin=$work/bin
+copy_binaries berthd berth-bench
 
 # Durable commits are the point: on tmpfs an fsync costs nothing and the figures would lie.
 fstype=$(df --output=fstype "$work" | tail -n 1 | tr -d ' ')
@@ -86,95 +80,20 @@ rm -f "$work/fsync-probe"
 mkdir -p "$work/berthd/run" "$work/containerd/run" "$work/rootfs/bin" "$out"
 berthd_sock=$work/berthd/run/berth.sock
 containerd_sock=$work/containerd/run/containerd.sock
-
-cat >"$work/berthd/config.toml" <<EOF
-version = 1
-root = "$work/berthd/root"
-state = "$work/berthd/state"
-log_level = "warn"
-[grpc]
-address = "$berthd_sock"
-EOF
-
-# CRI is off: it is not measured, and it would start CNI and image services for nothing.
-cat >"$work/containerd/config.toml" <<EOF
-version = 2
-root = "$work/containerd/root"
-state = "$work/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$containerd_sock"
-[ttrpc]
-  address = "$containerd_sock.ttrpc"
-[debug]
-  level = "warn"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$work/containerd/opt"
-EOF
+write_configs "$work/berthd/state" "$work/containerd/state"
 
 "$bin/berthd" --config "$work/berthd/config.toml" 2>"$work/berthd/log" &
 pids+=($!)
 containerd --config "$work/containerd/config.toml" 2>"$work/containerd/log" &
 pids+=($!)
-
-# Ready means answering Version, not just a socket file existing.
-wait_ready() {
-    local name=$1 sock=$2 pid=$3 i
-    for i in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || die "$name exited: $(tail -n 5 "$work/$name/log")"
-        if [[ -S $sock ]] && ctr -a "$sock" version >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    die "$name not ready after 10s: $(tail -n 5 "$work/$name/log")"
-}
 wait_ready berthd "$berthd_sock" "${pids[0]}"
 wait_ready containerd "$containerd_sock" "${pids[1]}"
 
 # On a 2-core machine any other process skews the figures. Before each step, wait until the
 # CPUs are idle (at most 15% busy over a second); during it, count the CPU time that neither the
-# daemons nor this script's children (the bench, ctr) used, and report the worst step.
-hz=$(getconf CLK_TCK)
-ncpu=$(nproc)
-cpu_sample() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8, $5+$6}' /proc/stat; }
-busy_pct() {
-    local t0 i0 t1 i1
-    read -r t0 i0 < <(cpu_sample)
-    sleep 1
-    read -r t1 i1 < <(cpu_sample)
-    echo $(( 100 * ((t1 - t0) - (i1 - i0)) / (t1 - t0) ))
-}
-wait_idle() {
-    local busy waited=0
-    while busy=$(busy_pct); (( busy > 15 && waited < idle_wait )); do
-        (( waited % 30 == 0 )) && log "waiting for the CPUs to be idle (${busy}% busy)"
-        waited=$((waited + 1))
-    done
-    (( busy > 15 )) && log "warning: starting with the CPUs ${busy}% busy"
-    return 0
-}
-# Busy jiffies of the machine, and of the daemons plus this shell's reaped children.
-busy_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat; }
-our_jiffies() {
-    local pid total=0 t
-    for pid in "${pids[@]}" $$; do
-        t=$(awk '{print $14+$15+$16+$17}' "/proc/$pid/stat")
-        total=$((total + t))
-    done
-    echo "$total"
-}
-worst_other=0
-worst_step=none
-# Runs a step ("$@") between idle wait and accounting of other processes' CPU use.
-step() {
-    local b0 o0 t0 other
-    wait_idle
-    b0=$(busy_jiffies) o0=$(our_jiffies) t0=${EPOCHREALTIME/./}
-    "$@"
-    other=$(( ($(busy_jiffies) - b0 - ($(our_jiffies) - o0)) * 100 * 1000000 / ((${EPOCHREALTIME/./} - t0) * hz * ncpu) ))
-    (( other > 10 )) && log "warning: other processes used ${other}% of the CPUs during: $*"
-    if (( other > worst_other )); then worst_other=$other worst_step="$*"; fi
-    return 0
-}
+# daemons nor this script's children (the bench, ctr) used, and report the worst step (`step` in
+# bench/lib.sh; each step's figure goes to others.txt).
+init_steps
 
 results=$out/results.jsonl
 : >"$results"

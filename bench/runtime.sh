@@ -45,48 +45,25 @@ log() { echo "runtime.sh: $(date +%H:%M:%S) $*" >&2; }
 # shellcheck source=bench/lib.sh
 source "$repo/bench/lib.sh"
 
-[[ $EUID -eq 0 ]] || die "run as root: sudo $0"
-for tool in containerd ctr runc crun busybox unshare jq; do
-    command -v "$tool" >/dev/null || die "$tool is needed (apt-get install -y --no-install-recommends runc crun containerd busybox-static jq)"
-done
-shim_bin=$(command -v containerd-shim-runc-v2) || die "containerd-shim-runc-v2 is needed (package containerd)"
-busybox_bin=$(command -v busybox)
-file -L "$busybox_bin" 2>/dev/null | grep -q 'statically linked' || log "warning: $busybox_bin may not be static (install busybox-static)"
-
-if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
-    log "building release binaries"
-    (cd "$repo" && cargo build --release -p berth -p berth-bench) >&2
-fi
-for b in berthd berth berth-reaper berth-bench; do
-    [[ -x $build_dir/$b ]] || die "no $b in $build_dir"
-done
+check_host "runc crun containerd busybox-static jq" containerd ctr runc crun busybox unshare jq
+build_release berthd berth berth-reaper berth-bench
 
 # What this run makes, so cleanup removes exactly that: its directories, the containerd shim
-# sockets of its containers (containerd 1.6 puts them in /run/containerd/s whatever its config
-# says, named by the sha256 of address/namespace/id), the runc state directories containerd's shim
-# makes under /run/containerd/runc/<namespace>, and the cgroups of its containers.
+# sockets of its containers, the runc state directories of its namespaces, and the cgroups of its
+# containers.
 namespaces=(rtb rtb-seq rtb-mem rtb-burst rtb-ctrburst)
 oci_prefix=rtb-oci
-run_containerd_existed=$([[ -d /run/containerd ]] && echo yes || echo no)
-declare -A runc_ns_existed=()
-for ns in "${namespaces[@]}"; do
-    [[ -e /run/containerd/runc/$ns ]] && runc_ns_existed[$ns]=yes
-done
+note_containerd_run_dirs "${namespaces[@]}"
 pids=()
 work=
 state=
 
-
-
 cleanup() {
-    local pid entry ns d p id
+    local d p id
     set +e
     log "cleaning up"
     # Containers still running (a failed step): stop them through their daemon first.
-    for ns in "${namespaces[@]}"; do
-        [[ -n ${containerd_sock:-} && -S $containerd_sock ]] && timeout 120 "$bin/berth-bench" tasks down --socket "$containerd_sock" --label containerd --namespace "$ns" >/dev/null 2>&1
-        [[ -n ${berthd_sock:-} && -S $berthd_sock ]] && timeout 120 "$bin/berth-bench" tasks down --socket "$berthd_sock" --label berthd --namespace "$ns" >/dev/null 2>&1
-    done
+    tasks_down "${namespaces[@]}"
     # OCI containers of section 1 left by a failed iteration.
     if [[ -n $state ]]; then
         for rt in berth runc crun; do
@@ -101,76 +78,33 @@ cleanup() {
             done >/dev/null 2>&1
         done
     fi
-    # Daemons: SIGTERM, then their subreapers exit with them.
-    if [[ ${#daemon_pids[@]} -eq 0 && -n $work ]]; then
-        daemon_pids=($(cat "$work"/*.pid 2>/dev/null))
-    fi
-    for pid in "${daemon_pids[@]}"; do
-        kill "$pid" 2>/dev/null
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null
-    done
-    # Anything of ours still alive: reapers, shims, and processes in our containers' cgroups.
-    if [[ -n ${bin:-} ]]; then
-        for pid in $(reaper_pids) $(shim_pids); do kill -9 "$pid" 2>/dev/null; done
-    fi
+    # The daemons, then anything of ours still alive: reapers, shims, and processes in our
+    # containers' cgroups.
+    stop_daemons
     for d in $(find /sys/fs/cgroup -mindepth 2 -maxdepth 3 -type d \( -name "$oci_prefix-*" -o -name 'rtb' -o -name 'rtb-*' \) 2>/dev/null); do
         for p in $(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
     done
     sleep 0.5
     find /sys/fs/cgroup -mindepth 2 -depth -type d \( -name "$oci_prefix-*" -o -name 'rtb' -o -name 'rtb-*' -o -path '*/rtb/*' -o -path '*/rtb-*/*' \) \
         -exec rmdir {} \; 2>/dev/null
-    # Mounts under our directories (none are expected).
-    for d in $work $state; do
-        [[ -n $d ]] || continue
-        awk -v d="$d" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
-    done
-    [[ -n $work ]] && rm -rf "$work"
-    [[ -n $state ]] && rm -rf "$state"
-    # containerd's leftovers under /run/containerd: our shims' sockets, runc state per namespace.
-    if [[ -n ${containerd_sock:-} && -s ${ids_file:-/nonexistent} ]]; then
-        while read -r entry; do
-            rm -f "/run/containerd/s/$(printf %s "$containerd_sock/$entry" | sha256sum | cut -d' ' -f1)"
-        done <"$ids_file"
-    fi
-    for ns in "${namespaces[@]}"; do
-        [[ -z ${runc_ns_existed[$ns]:-} && -d /run/containerd/runc/$ns ]] && rm -rf "/run/containerd/runc/$ns"
-    done
-    if [[ $run_containerd_existed == no && -d /run/containerd ]]; then
-        rmdir /run/containerd/runc /run/containerd/s /run/containerd 2>/dev/null
-    fi
-    [[ -n ${ids_file:-} ]] && rm -f "$ids_file"
+    # Mounts under our directories (none are expected), the directories, containerd's leftovers.
+    remove_run_dirs
+    remove_containerd_leftovers "${namespaces[@]}"
 }
 
 daemon_pids=()
 trap cleanup EXIT
-work=$(mktemp -d "$base_dir/berth-rtb.XXXXXX")
-# Runtime state on tmpfs, as /run/berth, /run/containerd and /run/runc are on a usual host: a tmpfs
-# of this run's own, since /run may be a plain directory on disk (it is on some VMs), where the
-# runtimes' state writes (berth syncs its state.json) would cost disk flushes.
-state=$(mktemp -d /run/berth-rtb.XXXXXX)
-mount -t tmpfs -o size=256m,mode=0711 berth-rtb "$state"
-ids_file=$(mktemp /run/berth-rtb-ids.XXXXXX)
-
-# Private copies: a build running in parallel in the shared target dir must not swap the
-# binaries under the run. berthd finds berth-reaper next to itself.
-mkdir -p "$work/bin"
-cp "$build_dir/berthd" "$build_dir/berth" "$build_dir/berth-reaper" "$build_dir/berth-bench" "$work/bin/"
-bin=$work/bin
+# Runtime state on the run's own tmpfs, as /run/berth, /run/containerd and /run/runc are on a
+# usual host (berth syncs its state.json).
+make_run_dirs berth-rtb
+copy_binaries berthd berth berth-reaper berth-bench
 mkdir -p "$out"
 rm -f "$out"/*.jsonl "$out"/*.tsv
 
 # The bundle: busybox and its applets, /etc/passwd and /etc/group, `runc spec` with /bin/true.
 bundle=$work/bundle
 rootfs=$bundle/rootfs
-mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/proc" "$rootfs/dev" "$rootfs/sys" "$rootfs/tmp"
-cp "$busybox_bin" "$rootfs/bin/busybox"
-for applet in $("$rootfs/bin/busybox" --list); do
-    [[ -e $rootfs/bin/$applet ]] || ln -s busybox "$rootfs/bin/$applet"
-done
-echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
-echo 'root:x:0:' >"$rootfs/etc/group"
+busybox_rootfs "$rootfs"
 (cd "$bundle" && runc spec)
 jq '.process.args = ["/bin/true"] | .process.terminal = false' "$bundle/config.json" >"$bundle/config.json.new"
 mv "$bundle/config.json.new" "$bundle/config.json"
@@ -188,54 +122,8 @@ else
 fi
 
 # The daemons: roots (metadata) on disk under $work, state on tmpfs, CRI off.
-mkdir -p "$work/berthd" "$work/containerd" "$work/fifo" "$state/berthd" "$state/containerd"
-berthd_sock=$state/berthd/berth.sock
-containerd_sock=$state/containerd/containerd.sock
-cat >"$work/berthd/config.toml" <<EOF
-version = 1
-root = "$work/berthd/root"
-state = "$state/berthd"
-log_level = "warn"
-[grpc]
-address = "$berthd_sock"
-EOF
-cat >"$work/containerd/config.toml" <<EOF
-version = 2
-root = "$work/containerd/root"
-state = "$state/containerd"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$containerd_sock"
-[ttrpc]
-  address = "$containerd_sock.ttrpc"
-[debug]
-  level = "warn"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$work/containerd/opt"
-EOF
-
-# Each daemon under a subreaper, so that containerd's shims (which daemonize) and berth's reapers
-# stay in this shell's process tree and their CPU time is counted as ours.
-"$bin/berth-bench" subreaper --pid-file "$work/berthd.pid" -- "$bin/berthd" --config "$work/berthd/config.toml" 2>"$work/berthd/log" &
-pids+=($!)
-"$bin/berth-bench" subreaper --pid-file "$work/containerd.pid" -- containerd --config "$work/containerd/config.toml" 2>"$work/containerd/log" &
-pids+=($!)
-
-wait_ready berthd "$berthd_sock"
-wait_ready containerd "$containerd_sock"
-berthd_pid=$(cat "$work/berthd.pid")
-containerd_pid=$(cat "$work/containerd.pid")
-daemon_pids=("$berthd_pid" "$containerd_pid")
-declare -A sock=([berthd]=$berthd_sock [containerd]=$containerd_sock)
-declare -A dpid=([berthd]=$berthd_pid [containerd]=$containerd_pid)
-
-# What `step` (bench/lib.sh) reads: the clock rate and the CPUs, and the worst other load seen.
-hz=$(getconf CLK_TCK)
-ncpu=$(nproc)
-worst_other=0
-worst_step=none
-: >"$out/others.txt"
-
+start_daemons
+init_steps
 
 # --- 1. OCI runtimes -------------------------------------------------------------------------
 oci_results=$out/oci.jsonl
