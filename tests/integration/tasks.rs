@@ -20,6 +20,25 @@ fn ctr(daemon: &Daemon, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `ctr` on the daemon's socket, to be given the rest of its arguments and run.
+fn ctr_command(daemon: &Daemon) -> Command {
+    let mut command = Command::new(ctr_path());
+    command.arg("-a").arg(&daemon.socket);
+    command
+}
+
+/// As root, a berthd started with `extra` in its config, with a busybox root filesystem and a directory for
+/// ctr's FIFOs (as the strings ctr's arguments take); None (the test skips) otherwise.
+fn busybox_daemon(extra: &str) -> Option<(Daemon, String, String)> {
+    if !requires_root() {
+        return None;
+    }
+    let daemon = Daemon::start_with(extra);
+    let rootfs = daemon.busybox_rootfs().to_str().unwrap().to_string();
+    let fifo = daemon.fifo_dir().to_str().unwrap().to_string();
+    Some((daemon, rootfs, fifo))
+}
+
 fn run_args<'a>(
     daemon_fifo: &'a str,
     rootfs: &'a str,
@@ -30,6 +49,15 @@ fn run_args<'a>(
     let mut args = vec!["run", "--fifo-dir", daemon_fifo];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--rootfs", rootfs, id]);
+    args.extend_from_slice(cmd);
+    args
+}
+
+/// `ctr tasks exec [extra] --exec-id EXEC_ID --fifo-dir FIFO ID CMD...`.
+fn exec_args<'a>(fifo: &'a str, extra: &[&'a str], exec_id: &'a str, id: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["tasks", "exec"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--exec-id", exec_id, "--fifo-dir", fifo, id]);
     args.extend_from_slice(cmd);
     args
 }
@@ -124,7 +152,17 @@ fn wait_for_status(daemon: &Daemon, id: &str, want: &str) {
 /// SIGKILLs task `id`, waits until it stopped, removes task and container and checks nothing is left.
 fn kill_and_remove(daemon: &Daemon, id: &str) {
     daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", id]);
+    remove_stopped(daemon, id);
+}
+
+/// Waits until task `id` stopped, removes task and container and checks nothing is left.
+fn remove_stopped(daemon: &Daemon, id: &str) {
     wait_for_status(daemon, id, "STOPPED");
+    remove(daemon, id);
+}
+
+/// Removes task `id` and its container and checks nothing is left.
+fn remove(daemon: &Daemon, id: &str) {
     daemon.ctr_ok(&["tasks", "rm", id]);
     daemon.ctr_ok(&["containers", "rm", id]);
     assert_nothing_left(daemon, "default", id);
@@ -132,13 +170,8 @@ fn kill_and_remove(daemon: &Daemon, id: &str) {
 
 #[test]
 fn ctr_run_rm_reports_exit_codes_and_output() {
-    if !requires_root() {
-        return;
-    }
-    let daemon = Daemon::start();
-    let rootfs = daemon.busybox_rootfs();
-    let fifo = daemon.fifo_dir();
-    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    let Some((daemon, rootfs, fifo)) = busybox_daemon("") else { return };
+    let (rootfs, fifo) = (rootfs.as_str(), fifo.as_str());
 
     let (code, out, err) =
         ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], "c1", &["sh", "-c", "echo hello; echo oops >&2; exit 3"]));
@@ -154,9 +187,7 @@ fn ctr_run_rm_reports_exit_codes_and_output() {
 
     // stdin reaches the process. (ctr never sends CloseIO, so, as with containerd, the process would not see
     // EOF: `berth run` does, tested in tasks_cli.)
-    let mut child = Command::new(ctr_path())
-        .arg("-a")
-        .arg(&daemon.socket)
+    let mut child = ctr_command(&daemon)
         .args(run_args(fifo, rootfs, &["--rm"], "c3", &["sh", "-c", "read a; read b; echo got:$a:$b"]))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -179,13 +210,8 @@ fn ctr_run_rm_reports_exit_codes_and_output() {
 
 #[test]
 fn ctr_detached_task_ps_exec_pause_resume_kill_rm() {
-    if !requires_root() {
-        return;
-    }
-    let daemon = Daemon::start();
-    let rootfs_dir = daemon.busybox_rootfs();
-    let fifo = daemon.fifo_dir();
-    let (rootfs, fifo) = (rootfs_dir.to_str().unwrap(), fifo.to_str().unwrap());
+    let Some((daemon, rootfs, fifo)) = busybox_daemon("") else { return };
+    let (rootfs, fifo) = (rootfs.as_str(), fifo.as_str());
     let counter = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done";
     daemon.ctr_ok(&run_args(fifo, rootfs, &["-d"], "d1", &["sh", "-c", counter]));
     wait_for_status(&daemon, "d1", "RUNNING");
@@ -197,56 +223,35 @@ fn ctr_detached_task_ps_exec_pause_resume_kill_rm() {
     assert!(ps.lines().any(|l| l.split_whitespace().next() == Some(&pid.to_string())), "{ps}");
 
     // exec joins every namespace: it sees the same pid namespace (init is pid 1) and hostname.
-    let (code, out, err) = ctr(
-        &daemon,
-        &[
-            "tasks",
-            "exec",
-            "--exec-id",
-            "e1",
-            "--fifo-dir",
-            fifo,
-            "d1",
-            "sh",
-            "-c",
-            "cat /proc/1/cmdline | tr '\\0' ' '; exit 7",
-        ],
-    );
+    let (code, out, err) =
+        ctr(&daemon, &exec_args(fifo, &[], "e1", "d1", &["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; exit 7"]));
     assert_eq!(code, 7, "{err}");
     assert!(out.contains(counter), "{out}");
     // The exec'd process was deleted by ctr: its id can be used again.
-    let (code, ..) = ctr(&daemon, &["tasks", "exec", "--exec-id", "e1", "--fifo-dir", fifo, "d1", "true"]);
+    let (code, ..) = ctr(&daemon, &exec_args(fifo, &[], "e1", "d1", &["true"]));
     assert_eq!(code, 0);
 
     // Pause really freezes: the counter stops moving, and moves again after resume.
-    let count =
-        || std::fs::read_to_string(rootfs_dir.join("tmp/count")).unwrap_or_default().trim().parse::<u64>().unwrap_or(0);
+    let count_file = Path::new(rootfs).join("tmp/count");
+    let count = || std::fs::read_to_string(&count_file).unwrap_or_default().trim().parse::<u64>().unwrap_or(0);
     daemon.ctr_ok(&["tasks", "pause", "d1"]);
     wait_for_status(&daemon, "d1", "PAUSED");
     std::thread::sleep(Duration::from_millis(100));
     let frozen = count();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(count(), frozen, "the counter moved while paused");
-    let exec_paused =
-        fails(daemon.ctr(&["tasks", "exec", "--exec-id", "e2", "--fifo-dir", fifo, "d1", "true"]), "exec while paused");
+    let exec_paused = fails(daemon.ctr(&exec_args(fifo, &[], "e2", "d1", &["true"])), "exec while paused");
     assert!(exec_paused.contains("paused"), "{exec_paused}");
     daemon.ctr_ok(&["tasks", "resume", "d1"]);
     wait_for_status(&daemon, "d1", "RUNNING");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while count() <= frozen {
-        assert!(Instant::now() < deadline, "the counter did not move after resume");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("the counter moving again after resume", 5, || count() > frozen);
 
     // A running task cannot be deleted; a killed one can.
     let running = fails(daemon.ctr(&["tasks", "rm", "d1"]), "deleting a running task");
     assert!(running.contains("running") || running.contains("stopped"), "{running}");
     daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "d1"]);
     wait_for_status(&daemon, "d1", "STOPPED");
-    let exec_stopped = fails(
-        daemon.ctr(&["tasks", "exec", "--exec-id", "e3", "--fifo-dir", fifo, "d1", "true"]),
-        "exec into a stopped task",
-    );
+    let exec_stopped = fails(daemon.ctr(&exec_args(fifo, &[], "e3", "d1", &["true"])), "exec into a stopped task");
     assert!(exec_stopped.contains("stopped") || exec_stopped.contains("finished"), "{exec_stopped}");
     // A process killed by a signal reports 128 + signal (ctr warns with the status it got from Delete).
     let (code, _, err) = ctr(&daemon, &["tasks", "rm", "d1"]);
@@ -258,19 +263,12 @@ fn ctr_detached_task_ps_exec_pause_resume_kill_rm() {
 
 #[test]
 fn ctr_run_with_a_terminal() {
-    if !requires_root() {
-        return;
-    }
-    let daemon = Daemon::start();
-    let rootfs = daemon.busybox_rootfs();
-    let fifo = daemon.fifo_dir();
+    let Some((daemon, rootfs, fifo)) = busybox_daemon("") else { return };
     // ctr -t needs a terminal on its stdin: script(1) gives it one.
     let cmd = format!(
-        "{} -a {} run -t --rm --fifo-dir {} --rootfs {} t1 sh -c 'tty; test -t 0 && echo stdin-is-a-tty; exit 5'",
+        "{} -a {} run -t --rm --fifo-dir {fifo} --rootfs {rootfs} t1 sh -c 'tty; test -t 0 && echo stdin-is-a-tty; exit 5'",
         ctr_path().display(),
         daemon.socket.display(),
-        fifo.display(),
-        rootfs.display()
     );
     let out = Command::new("script").args(["-eqc", &cmd, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -282,13 +280,8 @@ fn ctr_run_with_a_terminal() {
 
 #[test]
 fn tasks_survive_a_berthd_crash() {
-    if !requires_root() {
-        return;
-    }
-    let mut daemon = Daemon::start();
-    let rootfs = daemon.busybox_rootfs();
-    let fifo = daemon.fifo_dir();
-    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    let Some((mut daemon, rootfs, fifo)) = busybox_daemon("") else { return };
+    let (rootfs, fifo) = (rootfs.as_str(), fifo.as_str());
     daemon.ctr_ok(&run_args(fifo, rootfs, &["-d"], "live", &["sh", "-c", "while true; do echo tick; sleep 0.1; done"]));
     daemon.ctr_ok(&run_args(fifo, rootfs, &["-d"], "ends", &["sh", "-c", "sleep 1; exit 9"]));
     wait_for_status(&daemon, "live", "RUNNING");
@@ -298,11 +291,7 @@ fn tasks_survive_a_berthd_crash() {
 
     daemon.kill9();
     // The spawner sees berthd's end of its socket close and exits; the tasks it spawned stay.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !gone(spawners[0]) {
-        assert!(Instant::now() < deadline, "the reaper spawner {} outlived berthd", spawners[0]);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(&format!("the reaper spawner {} ending with berthd", spawners[0]), 5, || gone(spawners[0]));
     // "ends" exits while berthd is down.
     std::thread::sleep(Duration::from_millis(1500));
     daemon.spawn();
@@ -335,29 +324,20 @@ fn tasks_survive_a_berthd_crash() {
         assert!(text.contains("tick"), "{text}");
     });
     // exec still works in the recovered task.
-    let (code, out, err) =
-        ctr(&daemon, &["tasks", "exec", "--exec-id", "after", "--fifo-dir", fifo, "live", "echo", "still-here"]);
+    let (code, out, err) = ctr(&daemon, &exec_args(fifo, &[], "after", "live", &["echo", "still-here"]));
     assert_eq!((code, out.trim()), (0, "still-here"), "{err}");
 
     for id in ["live", "ends"] {
         let _ = daemon.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
-        wait_for_status(&daemon, id, "STOPPED");
-        daemon.ctr_ok(&["tasks", "rm", id]);
-        daemon.ctr_ok(&["containers", "rm", id]);
-        assert_nothing_left(&daemon, "default", id);
+        remove_stopped(&daemon, id);
     }
 }
 
 /// Tasks are created through berthd's reaper spawner; one that was killed is replaced on the next create.
 #[test]
 fn a_killed_reaper_spawner_is_replaced() {
-    if !requires_root() {
-        return;
-    }
-    let daemon = Daemon::start();
-    let rootfs = daemon.busybox_rootfs();
-    let fifo = daemon.fifo_dir();
-    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    let Some((daemon, rootfs, fifo)) = busybox_daemon("") else { return };
+    let (rootfs, fifo) = (rootfs.as_str(), fifo.as_str());
     let first = spawners_of(daemon.pid());
     assert_eq!(first.len(), 1, "one spawner at start-up");
     let (code, out, err) = ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], "before", &["echo", "one"]));
@@ -380,11 +360,7 @@ fn a_killed_reaper_spawner_is_replaced() {
 
     // SAFETY: plain syscall on the spawner's pid, checked above.
     unsafe { kill(first[0] as i32, 9) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !gone(first[0]) {
-        assert!(Instant::now() < deadline, "spawner {} did not die", first[0]);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(&format!("spawner {} dying", first[0]), 5, || gone(first[0]));
     let (code, out, err) = ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], "after", &["echo", "two"]));
     assert_eq!((code, out.trim()), (0, "two"), "{err}");
     let second = spawners_of(daemon.pid());
@@ -398,9 +374,6 @@ fn a_killed_reaper_spawner_is_replaced() {
 /// then created by `berth-reaper create`, and work as before.
 #[test]
 fn without_a_spawner_tasks_are_created_by_berth_reaper_create() {
-    if !requires_root() {
-        return;
-    }
     let scripts = tempfile::Builder::new().prefix("berth-no-spawner").tempdir_in("/tmp").unwrap();
     let reaper = scripts.path().join("berth-reaper");
     std::fs::write(
@@ -413,12 +386,11 @@ exec {BERTH_REAPER} \"$@\"\n"
     )
     .unwrap();
     std::fs::set_permissions(&reaper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let daemon = Daemon::start_with(&format!("[plugins.\"runtime.linux\"]\nreaper_path = \"{}\"\n", reaper.display()));
+    let config = format!("[plugins.\"runtime.linux\"]\nreaper_path = \"{}\"\n", reaper.display());
+    let Some((daemon, rootfs, fifo)) = busybox_daemon(&config) else { return };
+    let (rootfs, fifo) = (rootfs.as_str(), fifo.as_str());
     assert!(spawners_of(daemon.pid()).is_empty());
     assert!(daemon.log_text().contains("tasks are created by berth-reaper create"), "{}", daemon.log_text());
-    let rootfs = daemon.busybox_rootfs();
-    let fifo = daemon.fifo_dir();
-    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
     for id in ["first", "second"] {
         let (code, out, err) = ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], id, &["echo", id]));
         assert_eq!((code, out.trim()), (0, id), "{err}");
@@ -428,22 +400,12 @@ exec {BERTH_REAPER} \"$@\"\n"
 
 #[test]
 fn memory_limit_oom_is_an_event_and_exit_137() {
-    if !requires_root() {
-        return;
-    }
-    let daemon = Daemon::start();
-    let rootfs = daemon.busybox_rootfs();
-    let fifo = daemon.fifo_dir();
+    let Some((daemon, rootfs, fifo)) = busybox_daemon("") else { return };
+    let (rootfs, fifo) = (rootfs.as_str(), fifo.as_str());
     let events_out = daemon.dir.path().join("events.txt");
-    let mut events = Command::new(ctr_path())
-        .arg("-a")
-        .arg(&daemon.socket)
-        .arg("events")
-        .stdout(std::fs::File::create(&events_out).unwrap())
-        .spawn()
-        .unwrap();
+    let mut events =
+        ctr_command(&daemon).arg("events").stdout(std::fs::File::create(&events_out).unwrap()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
     // tail keeps every line of an endless file without newlines: it grows until the limit kills it.
     let (code, _, err) = ctr(
         &daemon,
@@ -486,10 +448,15 @@ async fn container_with_spec(
     let info: serde_json::Value = serde_json::from_str(&daemon.ctr_ok(&["containers", "info", id])).unwrap();
     let mut spec = info["Spec"].clone();
     edit(&mut spec);
+    set_spec(client, id, &spec.to_string()).await;
+}
+
+/// Replaces the spec of container `id` with `json` through Containers.Update.
+async fn set_spec(client: &containerd_client::Client, id: &str, json: &str) {
     let mut containers = client.containers();
     let got = containers.get(ns_request("default", GetContainerRequest { id: id.into() })).await.unwrap().into_inner();
     let mut container = got.container.unwrap();
-    container.spec = Some(spec_any(&spec.to_string()));
+    container.spec = Some(spec_any(json));
     let update = UpdateContainerRequest {
         container: Some(container),
         update_mask: Some(prost_types::FieldMask { paths: vec!["spec".into()] }),
@@ -558,10 +525,8 @@ async fn pids_limit_makes_fork_fail() {
 
 #[tokio::test]
 async fn bad_input_is_refused_and_leaves_nothing() {
-    if !requires_root() {
-        return;
-    }
-    let daemon = Daemon::start();
+    let Some((daemon, rootfs, fifo)) = busybox_daemon("") else { return };
+    let (rootfs, fifo) = (rootfs.as_str(), fifo.as_str());
     let client = daemon.client().await;
     let mut tasks = client.tasks();
     let create = |id: &str| ns_request("default", CreateTaskRequest { container_id: id.into(), ..Default::default() });
@@ -572,20 +537,7 @@ async fn bad_input_is_refused_and_leaves_nothing() {
 
     // A spec that is not JSON.
     container_with_spec(&daemon, &client, "badjson", &["true"], |_| {}).await;
-    let mut containers = client.containers();
-    let mut c = containers
-        .get(ns_request("default", GetContainerRequest { id: "badjson".into() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .container
-        .unwrap();
-    c.spec = Some(spec_any("{not json"));
-    let update = UpdateContainerRequest {
-        container: Some(c),
-        update_mask: Some(prost_types::FieldMask { paths: vec!["spec".into()] }),
-    };
-    containers.update(ns_request("default", update)).await.unwrap();
+    set_spec(&client, "badjson", "{not json").await;
     let e = tasks.create(create("badjson")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("spec"), "{e:?}");
@@ -630,9 +582,6 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     }
 
     // A runtime name that config.toml does not map and no plugin has.
-    let rootfs = daemon.busybox_rootfs();
-    let fifo = daemon.fifo_dir();
-    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
     let args = run_args(fifo, rootfs, &["--rm", "--runtime", "io.containerd.nope.v1"], "noruntime", &["true"]);
     let no_runtime = fails(daemon.ctr(&args), "an unknown runtime");
     assert!(no_runtime.contains("io.containerd.nope.v1") && no_runtime.contains("not found"), "{no_runtime}");
@@ -641,13 +590,9 @@ async fn bad_input_is_refused_and_leaves_nothing() {
 
 #[test]
 fn a_wedged_reaper_does_not_stall_recovery() {
-    if !requires_root() {
-        return;
-    }
-    let mut daemon = Daemon::start_with("[plugins.\"runtime.linux\"]\nrecovery_timeout_ms = 300\n");
-    let rootfs = daemon.busybox_rootfs();
-    let fifo = daemon.fifo_dir();
-    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    let config = "[plugins.\"runtime.linux\"]\nrecovery_timeout_ms = 300\n";
+    let Some((mut daemon, rootfs, fifo)) = busybox_daemon(config) else { return };
+    let (rootfs, fifo) = (rootfs.as_str(), fifo.as_str());
     daemon.ctr_ok(&run_args(fifo, rootfs, &["-d"], "wedged", &["sleep", "1000"]));
     daemon.ctr_ok(&run_args(fifo, rootfs, &["-d"], "fine", &["sleep", "1000"]));
     let task_dir = daemon.dir.path().join("state/runtime.linux/tasks/default/wedged");
@@ -661,9 +606,7 @@ fn a_wedged_reaper_does_not_stall_recovery() {
     assert!(ls.lines().any(|l| l.starts_with("wedged") && l.contains("UNKNOWN")), "{ls}");
     assert!(daemon.log_text().contains("reported stopped"), "the log says why:\n{}", daemon.log_text());
     // Deleting the unknown task removes it all, the wedged reaper and its container included.
-    daemon.ctr_ok(&["tasks", "rm", "wedged"]);
-    daemon.ctr_ok(&["containers", "rm", "wedged"]);
-    assert_nothing_left(&daemon, "default", "wedged");
+    remove(&daemon, "wedged");
     assert!(gone(reaper as u32), "the wedged reaper {reaper} was left behind");
     kill_and_remove(&daemon, "fine");
 }
@@ -676,13 +619,8 @@ unsafe extern "C" {
 
 #[tokio::test]
 async fn metrics_and_update_of_a_running_task() {
-    if !requires_root() {
-        return;
-    }
-    let daemon = Daemon::start();
-    let rootfs = daemon.busybox_rootfs();
-    let fifo = daemon.fifo_dir();
-    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    let Some((daemon, rootfs, fifo)) = busybox_daemon("") else { return };
+    let (rootfs, fifo) = (rootfs.as_str(), fifo.as_str());
     daemon.ctr_ok(&run_args(fifo, rootfs, &["-d", "--memory-limit", "67108864"], "m1", &["sleep", "1000"]));
     let metrics = daemon.ctr_ok(&["tasks", "metrics", "m1"]);
     assert!(metrics.contains("memory.usage_in_bytes") && metrics.contains("pids.current"), "{metrics}");
@@ -694,16 +632,13 @@ async fn metrics_and_update_of_a_running_task() {
 
     // Update changes the limit of the running task, as the host's cgroup shows.
     let client = daemon.client().await;
-    let resources = serde_json::json!({ "memory": { "limit": 134217728 }, "pids": { "limit": 50 } });
-    let update = UpdateTaskRequest {
-        container_id: "m1".into(),
-        resources: Some(prost_types::Any {
-            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
-            value: resources.to_string().into_bytes(),
-        }),
-        ..Default::default()
+    let update = |type_url: &str, resources: &str| {
+        let resources = Some(prost_types::Any { type_url: type_url.into(), value: resources.as_bytes().to_vec() });
+        ns_request("default", UpdateTaskRequest { container_id: "m1".into(), resources, ..Default::default() })
     };
-    client.tasks().update(ns_request("default", update)).await.unwrap();
+    let resources = serde_json::json!({ "memory": { "limit": 134217728 }, "pids": { "limit": 50 } });
+    let linux_resources = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+    client.tasks().update(update(linux_resources, &resources.to_string())).await.unwrap();
     let (memory, pids) = if hybrid_or_v1 {
         ("/sys/fs/cgroup/memory/default/m1/memory.limit_in_bytes", "/sys/fs/cgroup/pids/default/m1/pids.max")
     } else {
@@ -712,24 +647,13 @@ async fn metrics_and_update_of_a_running_task() {
     assert_eq!(std::fs::read_to_string(memory).unwrap().trim(), "134217728");
     assert_eq!(std::fs::read_to_string(pids).unwrap().trim(), "50");
     // A bad update is refused with what was wrong, and the limits stay.
-    let bad = UpdateTaskRequest {
-        container_id: "m1".into(),
-        resources: Some(prost_types::Any {
-            type_url: "x".into(),
-            value: b"{\"memory\": {\"limit\": \"lots\"}}".to_vec(),
-        }),
-        ..Default::default()
-    };
-    let e = client.tasks().update(ns_request("default", bad)).await.unwrap_err();
+    let e = client.tasks().update(update("x", r#"{"memory": {"limit": "lots"}}"#)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("resources"), "{e:?}");
     assert_eq!(std::fs::read_to_string(memory).unwrap().trim(), "134217728");
 
     // An exec'd process gets only stdin, stdout and stderr too.
-    let (code, out, err) = ctr(
-        &daemon,
-        &["tasks", "exec", "--exec-id", "fds", "--fifo-dir", fifo, "m1", "sh", "-c", "ls /proc/$$/fd; true"],
-    );
+    let (code, out, err) = ctr(&daemon, &exec_args(fifo, &[], "fds", "m1", &["sh", "-c", "ls /proc/$$/fd; true"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "1", "2"], "open fds in exec: {out}");
 
@@ -738,13 +662,8 @@ async fn metrics_and_update_of_a_running_task() {
 
 #[test]
 fn kill_all_exec_in_the_cgroup_and_no_sigpipe_when_the_client_leaves() {
-    if !requires_root() {
-        return;
-    }
-    let daemon = Daemon::start();
-    let rootfs = daemon.busybox_rootfs();
-    let fifo = daemon.fifo_dir();
-    let (rootfs, fifo) = (rootfs.to_str().unwrap(), fifo.to_str().unwrap());
+    let Some((daemon, rootfs, fifo)) = busybox_daemon("") else { return };
+    let (rootfs, fifo) = (rootfs.as_str(), fifo.as_str());
 
     // ctr -d leaves at once: nobody reads the output any more, and the writer must not die of SIGPIPE.
     daemon.ctr_ok(&run_args(
@@ -758,7 +677,7 @@ fn kill_all_exec_in_the_cgroup_and_no_sigpipe_when_the_client_leaves() {
     wait_for_status(&daemon, "chatty", "RUNNING");
 
     // An exec'd process runs in the task's cgroup: ListPids sees it, with its exec id.
-    daemon.ctr_ok(&["tasks", "exec", "-d", "--exec-id", "bg", "--fifo-dir", fifo, "chatty", "sleep", "1000"]);
+    daemon.ctr_ok(&exec_args(fifo, &["-d"], "bg", "chatty", &["sleep", "1000"]));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let ps = daemon.ctr_ok(&["tasks", "ps", "chatty"]);
@@ -774,15 +693,8 @@ fn kill_all_exec_in_the_cgroup_and_no_sigpipe_when_the_client_leaves() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(daemon.ctr_ok(&["tasks", "ps", "chatty"]).contains("bg"), "without --all only init is signalled");
     daemon.ctr_ok(&["tasks", "kill", "--all", "-s", "SIGTERM", "chatty"]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while daemon.ctr_ok(&["tasks", "ps", "chatty"]).contains("bg") {
-        assert!(Instant::now() < deadline, "--all did not reach the exec'd process");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("--all reaching the exec'd process", 5, || !daemon.ctr_ok(&["tasks", "ps", "chatty"]).contains("bg"));
     wait_for_status(&daemon, "chatty", "RUNNING");
     daemon.ctr_ok(&["tasks", "kill", "--all", "-s", "SIGKILL", "chatty"]);
-    wait_for_status(&daemon, "chatty", "STOPPED");
-    daemon.ctr_ok(&["tasks", "rm", "chatty"]);
-    daemon.ctr_ok(&["containers", "rm", "chatty"]);
-    assert_nothing_left(&daemon, "default", "chatty");
+    remove_stopped(&daemon, "chatty");
 }
