@@ -5,9 +5,14 @@ use std::collections::HashMap;
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::sandbox::*;
 use containerd_client::services::v1::*;
+use containerd_client::tonic::Status;
+use containerd_client::tonic::transport::Channel;
 use containerd_client::types::Sandbox;
 
 use crate::harness::*;
+
+type Containers = containers_client::ContainersClient<Channel>;
+type Sandboxes = store_client::StoreClient<Channel>;
 
 fn container(id: &str, labels: &[(&str, &str)]) -> Container {
     Container {
@@ -22,6 +27,52 @@ fn container(id: &str, labels: &[(&str, &str)]) -> Container {
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
     Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
+}
+
+/// Containers.Create of `container` in namespace `ns`; the container as created.
+async fn create(c: &mut Containers, ns: &str, container: Container) -> Result<Container, Status> {
+    let request = ns_request(ns, CreateContainerRequest { container: Some(container) });
+    Ok(c.create(request).await?.into_inner().container.unwrap())
+}
+
+/// Containers.Get of `id` in namespace `ns`.
+async fn get(c: &mut Containers, ns: &str, id: &str) -> Result<Container, Status> {
+    Ok(c.get(ns_request(ns, GetContainerRequest { id: id.into() })).await?.into_inner().container.unwrap())
+}
+
+fn list_request(filters: &[&str]) -> ListContainersRequest {
+    ListContainersRequest { filters: filters.iter().map(|f| f.to_string()).collect() }
+}
+
+/// Containers.List in namespace `ns` with `filters`: the ids listed.
+async fn list_ids(c: &mut Containers, ns: &str, filters: &[&str]) -> Result<Vec<String>, Status> {
+    let list = c.list(ns_request(ns, list_request(filters))).await?.into_inner().containers;
+    Ok(list.into_iter().map(|c| c.id).collect())
+}
+
+/// Containers.Update of `container` in namespace `ns`, of the field paths `paths`; the container as updated.
+async fn update(c: &mut Containers, ns: &str, container: Container, paths: &[&str]) -> Result<Container, Status> {
+    let request = UpdateContainerRequest { container: Some(container), update_mask: mask(paths) };
+    Ok(c.update(ns_request(ns, request)).await?.into_inner().container.unwrap())
+}
+
+/// The sandbox tests' namespace.
+const K8S: &str = "k8s.io";
+
+/// Sandbox store Create of `sandbox` in namespace k8s.io; the sandbox as created.
+async fn create_sandbox(s: &mut Sandboxes, sandbox: Sandbox) -> Result<Sandbox, Status> {
+    Ok(s.create(ns_request(K8S, StoreCreateRequest { sandbox: Some(sandbox) })).await?.into_inner().sandbox.unwrap())
+}
+
+/// Sandbox store Get of `id` in namespace k8s.io.
+async fn get_sandbox(s: &mut Sandboxes, id: &str) -> Result<Sandbox, Status> {
+    Ok(s.get(ns_request(K8S, StoreGetRequest { sandbox_id: id.into() })).await?.into_inner().sandbox.unwrap())
+}
+
+/// Sandbox store Update of `sandbox` in namespace k8s.io, of `fields`; the sandbox as updated.
+async fn update_sandbox(s: &mut Sandboxes, sandbox: Sandbox, fields: &[&str]) -> Result<Sandbox, Status> {
+    let request = StoreUpdateRequest { sandbox: Some(sandbox), fields: fields.iter().map(|f| f.to_string()).collect() };
+    Ok(s.update(ns_request(K8S, request)).await?.into_inner().sandbox.unwrap())
 }
 
 #[tokio::test]
@@ -111,10 +162,7 @@ async fn namespaces_crud() {
 
     // A namespace holding a container cannot be deleted.
     let mut containers = daemon.client().await.containers();
-    containers
-        .create(ns_request("web", CreateContainerRequest { container: Some(container("c1", &[])) }))
-        .await
-        .unwrap();
+    create(&mut containers, "web", container("c1", &[])).await.unwrap();
     let busy = ns.delete(DeleteNamespaceRequest { name: "web".into() }).await.unwrap_err();
     assert_eq!(busy.code(), Code::FailedPrecondition, "{busy:?}");
     assert!(busy.message().contains("containers"), "{}", busy.message());
@@ -132,79 +180,32 @@ async fn containers_crud_and_filters() {
         ("web-2", &[("app", "web")][..]),
         ("db", &[("app", "db")][..]),
     ] {
-        let created = c
-            .create(ns_request("default", CreateContainerRequest { container: Some(container(id, labels)) }))
-            .await
-            .unwrap()
-            .into_inner()
-            .container
-            .unwrap();
+        let created = create(&mut c, "default", container(id, labels)).await.unwrap();
         assert_eq!(created.id, id);
         assert!(created.created_at.is_some() && created.updated_at.is_some());
     }
     let mut other = container("db", &[]);
     other.image = "docker.io/library/postgres:16".into();
     other.runtime = Some(Runtime { name: "io.containerd.berth.v1".into(), options: None });
-    c.create(ns_request("other", CreateContainerRequest { container: Some(other) })).await.unwrap();
+    create(&mut c, "other", other).await.unwrap();
 
-    let got = c
-        .get(ns_request("default", GetContainerRequest { id: "web-1".into() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .container
-        .unwrap();
+    let got = get(&mut c, "default", "web-1").await.unwrap();
     assert_eq!(got.labels["com.example.tier"], "front");
     assert_eq!(got.spec.unwrap().type_url, "types.containerd.io/opencontainers/runtime-spec/1/Spec");
 
-    let ids = |list: Vec<Container>| list.into_iter().map(|c| c.id).collect::<Vec<_>>();
-    let list = |filters: &[&str]| ListContainersRequest { filters: filters.iter().map(|f| f.to_string()).collect() };
-    assert_eq!(
-        ids(c.list(ns_request("default", list(&[]))).await.unwrap().into_inner().containers),
-        ["db", "web-1", "web-2"]
-    );
-    assert_eq!(
-        ids(c.list(ns_request("default", list(&["labels.app==web"]))).await.unwrap().into_inner().containers),
-        ["web-1", "web-2"]
-    );
-    assert_eq!(
-        ids(c.list(ns_request("default", list(&["id==db", "id==web-2"]))).await.unwrap().into_inner().containers),
-        ["db", "web-2"]
-    );
-    assert_eq!(
-        ids(c
-            .list(ns_request("default", list(&[r#"labels."com.example.tier"==front"#])))
-            .await
-            .unwrap()
-            .into_inner()
-            .containers),
-        ["web-1"]
-    );
-    assert_eq!(
-        ids(c
-            .list(ns_request("other", list(&["image~=postgres", "runtime.name==io.containerd.berth.v1"])))
-            .await
-            .unwrap()
-            .into_inner()
-            .containers),
-        ["db"]
-    );
-    assert_eq!(
-        ids(c
-            .list(ns_request(
-                "other",
-                list(&["image~=^docker.io/library/postgres,runtime.name==io.containerd.runc.v2"])
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .containers),
-        Vec::<String>::new()
-    );
-    let bad_filter = c.list(ns_request("default", list(&["labels.app=="]))).await.unwrap_err();
+    assert_eq!(list_ids(&mut c, "default", &[]).await.unwrap(), ["db", "web-1", "web-2"]);
+    assert_eq!(list_ids(&mut c, "default", &["labels.app==web"]).await.unwrap(), ["web-1", "web-2"]);
+    assert_eq!(list_ids(&mut c, "default", &["id==db", "id==web-2"]).await.unwrap(), ["db", "web-2"]);
+    assert_eq!(list_ids(&mut c, "default", &[r#"labels."com.example.tier"==front"#]).await.unwrap(), ["web-1"]);
+    let postgres_on_berth = ["image~=postgres", "runtime.name==io.containerd.berth.v1"];
+    assert_eq!(list_ids(&mut c, "other", &postgres_on_berth).await.unwrap(), ["db"]);
+    let postgres_on_runc = ["image~=^docker.io/library/postgres,runtime.name==io.containerd.runc.v2"];
+    assert_eq!(list_ids(&mut c, "other", &postgres_on_runc).await.unwrap(), Vec::<String>::new());
+    let bad_filter = list_ids(&mut c, "default", &["labels.app=="]).await.unwrap_err();
     assert_eq!(bad_filter.code(), Code::InvalidArgument);
 
-    let mut stream = c.list_stream(ns_request("default", list(&["labels.app==web"]))).await.unwrap().into_inner();
+    let mut stream =
+        c.list_stream(ns_request("default", list_request(&["labels.app==web"]))).await.unwrap().into_inner();
     let mut streamed = Vec::new();
     while let Some(m) = stream.message().await.unwrap() {
         streamed.push(m.container.unwrap().id);
@@ -214,44 +215,21 @@ async fn containers_crud_and_filters() {
     // Update one label through a field path; the others stay.
     let mut change = container("web-1", &[("app", "api")]);
     change.image = "ignored-because-not-in-mask".into();
-    let updated = c
-        .update(ns_request(
-            "default",
-            UpdateContainerRequest { container: Some(change), update_mask: mask(&["labels.app"]) },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .container
-        .unwrap();
+    let updated = update(&mut c, "default", change, &["labels.app"]).await.unwrap();
     assert_eq!(updated.labels["app"], "api");
     assert_eq!(updated.labels["com.example.tier"], "front");
     assert_eq!(updated.image, "docker.io/library/busybox:latest");
     assert!(updated.updated_at.unwrap().seconds >= got.created_at.unwrap().seconds);
 
-    let unknown_path = c
-        .update(ns_request(
-            "default",
-            UpdateContainerRequest {
-                container: Some(container("web-1", &[])),
-                update_mask: mask(&["labels", "nosuchfield"]),
-            },
-        ))
-        .await
-        .unwrap_err();
+    let unknown_path =
+        update(&mut c, "default", container("web-1", &[]), &["labels", "nosuchfield"]).await.unwrap_err();
     assert_eq!(unknown_path.code(), Code::InvalidArgument);
     assert!(unknown_path.message().contains("nosuchfield"), "{}", unknown_path.message());
-    let after = c
-        .get(ns_request("default", GetContainerRequest { id: "web-1".into() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .container
-        .unwrap();
+    let after = get(&mut c, "default", "web-1").await.unwrap();
     assert_eq!(after.labels.len(), 2, "refused update wrote something: {:?}", after.labels);
 
     c.delete(ns_request("default", DeleteContainerRequest { id: "web-2".into() })).await.unwrap();
-    let gone = c.get(ns_request("default", GetContainerRequest { id: "web-2".into() })).await.unwrap_err();
+    let gone = get(&mut c, "default", "web-2").await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     assert!(gone.message().contains("web-2"), "{}", gone.message());
     assert_eq!(
@@ -270,61 +248,39 @@ async fn container_bad_input_is_refused_and_nothing_written() {
         c.create(Request::new(CreateContainerRequest { container: Some(container("a", &[])) })).await.unwrap_err();
     assert_eq!(no_ns.code(), Code::FailedPrecondition, "{no_ns:?}");
     assert!(no_ns.message().contains("namespace"), "{}", no_ns.message());
-    let bad_ns = c
-        .create(ns_request("-bad", CreateContainerRequest { container: Some(container("a", &[])) }))
-        .await
-        .unwrap_err();
+    let bad_ns = create(&mut c, "-bad", container("a", &[])).await.unwrap_err();
     assert_eq!(bad_ns.code(), Code::InvalidArgument);
 
     for id in ["", "a..b", "with space", "-lead", &"x".repeat(77)] {
-        let err = c
-            .create(ns_request("default", CreateContainerRequest { container: Some(container(id, &[])) }))
-            .await
-            .unwrap_err();
+        let err = create(&mut c, "default", container(id, &[])).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "id {id:?}: {err:?}");
     }
     let big = "v".repeat(5000);
-    let err = c
-        .create(ns_request("default", CreateContainerRequest { container: Some(container("big", &[("k", &big)])) }))
-        .await
-        .unwrap_err();
+    let err = create(&mut c, "default", container("big", &[("k", &big)])).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("4096"), "{}", err.message());
 
     let mut no_runtime = container("nort", &[]);
     no_runtime.runtime = None;
-    let err =
-        c.create(ns_request("default", CreateContainerRequest { container: Some(no_runtime) })).await.unwrap_err();
+    let err = create(&mut c, "default", no_runtime).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("runtime"), "{}", err.message());
     let mut no_spec = container("nospec", &[]);
     no_spec.spec = None;
-    assert_eq!(
-        c.create(ns_request("default", CreateContainerRequest { container: Some(no_spec) })).await.unwrap_err().code(),
-        Code::InvalidArgument
-    );
+    assert_eq!(create(&mut c, "default", no_spec).await.unwrap_err().code(), Code::InvalidArgument);
     assert_eq!(
         c.create(ns_request("default", CreateContainerRequest { container: None })).await.unwrap_err().code(),
         Code::InvalidArgument
     );
 
-    c.create(ns_request("default", CreateContainerRequest { container: Some(container("once", &[])) })).await.unwrap();
-    let dup = c
-        .create(ns_request("default", CreateContainerRequest { container: Some(container("once", &[("x", "y")])) }))
-        .await
-        .unwrap_err();
+    create(&mut c, "default", container("once", &[])).await.unwrap();
+    let dup = create(&mut c, "default", container("once", &[("x", "y")])).await.unwrap_err();
     assert_eq!(dup.code(), Code::AlreadyExists);
-    let kept = c
-        .get(ns_request("default", GetContainerRequest { id: "once".into() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .container
-        .unwrap();
+    let kept = get(&mut c, "default", "once").await.unwrap();
     assert!(kept.labels.is_empty(), "duplicate create overwrote the record");
 
-    let all = c.list(ns_request("default", ListContainersRequest::default())).await.unwrap().into_inner().containers;
-    assert_eq!(all.into_iter().map(|c| c.id).collect::<Vec<_>>(), ["once"], "refused creates left records behind");
+    let all = list_ids(&mut c, "default", &[]).await.unwrap();
+    assert_eq!(all, ["once"], "refused creates left records behind");
     // Refused creates in a fresh namespace must not leave the namespace behind either.
     let namespaces = daemon
         .client()
@@ -352,76 +308,37 @@ async fn sandbox_store_crud() {
         sandboxer: "podsandbox".into(),
         ..Default::default()
     };
-    let created = s
-        .create(ns_request("k8s.io", StoreCreateRequest { sandbox: Some(sandbox("pod-1", &[("app", "web")])) }))
-        .await
-        .unwrap()
-        .into_inner()
-        .sandbox
-        .unwrap();
+    let created = create_sandbox(&mut s, sandbox("pod-1", &[("app", "web")])).await.unwrap();
     assert!(created.created_at.is_some());
-    s.create(ns_request("k8s.io", StoreCreateRequest { sandbox: Some(sandbox("pod-2", &[("app", "db")])) }))
-        .await
-        .unwrap();
-    let dup =
-        s.create(ns_request("k8s.io", StoreCreateRequest { sandbox: Some(sandbox("pod-1", &[])) })).await.unwrap_err();
+    create_sandbox(&mut s, sandbox("pod-2", &[("app", "db")])).await.unwrap();
+    let dup = create_sandbox(&mut s, sandbox("pod-1", &[])).await.unwrap_err();
     assert_eq!(dup.code(), Code::AlreadyExists);
 
-    let got = s
-        .get(ns_request("k8s.io", StoreGetRequest { sandbox_id: "pod-1".into() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .sandbox
-        .unwrap();
+    let got = get_sandbox(&mut s, "pod-1").await.unwrap();
     assert_eq!(got.labels["app"], "web");
     assert_eq!(got.sandboxer, "podsandbox");
 
     let list = s
-        .list(ns_request("k8s.io", StoreListRequest { filters: vec!["labels.app==db".into()] }))
+        .list(ns_request(K8S, StoreListRequest { filters: vec!["labels.app==db".into()] }))
         .await
         .unwrap()
         .into_inner()
         .list;
     assert_eq!(list.into_iter().map(|s| s.sandbox_id).collect::<Vec<_>>(), ["pod-2"]);
 
-    let updated = s
-        .update(ns_request(
-            "k8s.io",
-            StoreUpdateRequest {
-                sandbox: Some(sandbox("pod-1", &[("app", "api")])),
-                fields: vec!["labels.app".into()],
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .sandbox
-        .unwrap();
+    let updated = update_sandbox(&mut s, sandbox("pod-1", &[("app", "api")]), &["labels.app"]).await.unwrap();
     assert_eq!(updated.labels["app"], "api");
-    let bad = s
-        .update(ns_request(
-            "k8s.io",
-            StoreUpdateRequest { sandbox: Some(sandbox("pod-1", &[])), fields: vec!["bogus".into()] },
-        ))
-        .await
-        .unwrap_err();
+    let bad = update_sandbox(&mut s, sandbox("pod-1", &[]), &["bogus"]).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 
-    let ns =
-        daemon.client().await.namespaces().delete(DeleteNamespaceRequest { name: "k8s.io".into() }).await.unwrap_err();
+    let ns = daemon.client().await.namespaces().delete(DeleteNamespaceRequest { name: K8S.into() }).await.unwrap_err();
     assert_eq!(ns.code(), Code::FailedPrecondition);
     assert!(ns.message().contains("sandboxes"), "{}", ns.message());
 
-    s.delete(ns_request("k8s.io", StoreDeleteRequest { sandbox_id: "pod-1".into() })).await.unwrap();
-    assert_eq!(
-        s.get(ns_request("k8s.io", StoreGetRequest { sandbox_id: "pod-1".into() })).await.unwrap_err().code(),
-        Code::NotFound
-    );
-    assert_eq!(
-        s.delete(ns_request("k8s.io", StoreDeleteRequest { sandbox_id: "pod-1".into() })).await.unwrap_err().code(),
-        Code::NotFound
-    );
+    let delete = |id: &str| ns_request(K8S, StoreDeleteRequest { sandbox_id: id.into() });
+    s.delete(delete("pod-1")).await.unwrap();
+    assert_eq!(get_sandbox(&mut s, "pod-1").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(s.delete(delete("pod-1")).await.unwrap_err().code(), Code::NotFound);
     assert_eq!(
         s.get(Request::new(StoreGetRequest { sandbox_id: "pod-2".into() })).await.unwrap_err().code(),
         Code::FailedPrecondition
