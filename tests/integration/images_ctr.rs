@@ -156,6 +156,57 @@ fn run_rm_prints_output_returns_the_exit_code_and_leaves_nothing() {
     assert_eq!(committed(&daemon), chain_snapshots(images_fixture::busybox()));
 }
 
+/// Whether the root filesystem of task `id` (namespace default) is mounted on the host.
+fn rootfs_mounted(daemon: &Daemon, id: &str) -> bool {
+    let rootfs = daemon.dir.path().join("state/runtime.linux/tasks/default").join(id).join("rootfs");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let rootfs = rootfs.display().to_string();
+    mounts.lines().any(|l| l.split(' ').nth(4) == Some(rootfs.as_str()))
+}
+
+/// The STATUS column of `ctr tasks ls` for `id`.
+fn task_status(daemon: &Daemon, id: &str) -> String {
+    let ls = daemon.ctr_ok(&["tasks", "ls"]);
+    let row = ls.lines().find(|l| l.split_whitespace().next() == Some(id));
+    row.and_then(|l| l.split_whitespace().nth(2)).unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_stopped_tasks_root_filesystem_is_unmounted_before_delete_unless_init_shared_a_pid_namespace() {
+    if !requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    import(&daemon, images_fixture::busybox_archive());
+    let fifo = daemon.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+
+    // Running: mounted. Once init has exited (its PID namespace, and with it the container, is gone) the
+    // reaper unmounts before anyone asks for Delete; Delete then still cleans up everything.
+    daemon.ctr_ok(&["run", "-d", "--fifo-dir", fifo, BUSYBOX, "own", "sleep", "60"]);
+    assert_eq!(task_status(&daemon, "own"), "RUNNING");
+    assert!(rootfs_mounted(&daemon, "own"), "a running task's root filesystem is not mounted");
+    daemon.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "own"]);
+    eventually("task own stopped", 10, || task_status(&daemon, "own") == "STOPPED");
+    eventually("root filesystem of the stopped task unmounted", 10, || !rootfs_mounted(&daemon, "own"));
+    let (code, out, err) = ctr(&daemon, &["tasks", "rm", "own"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("exit code 137"), "ctr tasks rm should warn of the exit status 137: {err}");
+    daemon.ctr_ok(&["containers", "rm", "own"]);
+    assert_run_left_nothing(&daemon, "own");
+
+    // In the host's PID namespace, init's exit does not end the container's other processes: its root
+    // filesystem stays until Delete.
+    let host_pid_ns = format!("pid:/proc/{}/ns/pid", std::process::id());
+    daemon.ctr_ok(&["run", "-d", "--fifo-dir", fifo, "--with-ns", &host_pid_ns, BUSYBOX, "shared", "true"]);
+    eventually("task shared stopped", 10, || task_status(&daemon, "shared") == "STOPPED");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(rootfs_mounted(&daemon, "shared"), "unmounted before Delete though init shared the host's PID namespace");
+    daemon.ctr_ok(&["tasks", "rm", "shared"]);
+    daemon.ctr_ok(&["containers", "rm", "shared"]);
+    assert_run_left_nothing(&daemon, "shared");
+}
+
 #[test]
 fn containers_create_makes_an_active_snapshot_on_the_layer_and_rm_removes_it() {
     if !requires_root() {

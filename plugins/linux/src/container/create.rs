@@ -69,6 +69,8 @@ pub struct Created {
     pub pid: i32,
     /// The cgroup path as given to the cgroup manager.
     pub cgroup_path: String,
+    /// Whether init got a PID namespace of its own: then its exit ends every process of the container.
+    pub own_pid_namespace: bool,
 }
 
 impl Runtime {
@@ -120,6 +122,7 @@ impl Runtime {
         let console_fd = console.as_ref().map(|c| c.as_raw_fd()).or(opts.console_fd);
         let state_dirfd = sys::open(&sd.dir, libc::O_PATH | libc::O_DIRECTORY, 0).step(|| "opening state directory")?;
         let ns = linux.namespaces().clone().unwrap_or_default();
+        let own_pid_namespace = ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none());
         let joins = Joins::from_spec(&ns).step(|| "namespaces")?;
         let (parent_ch, child_ch) = channel::pair().step(|| "creating sync socketpair")?;
 
@@ -215,7 +218,7 @@ impl Runtime {
             state::write_pid_file(pid_file, init_pid)?;
         }
         undo.disarm();
-        Ok(Created { pid: init_pid, cgroup_path })
+        Ok(Created { pid: init_pid, cgroup_path, own_pid_namespace })
     }
 }
 

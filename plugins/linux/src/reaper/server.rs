@@ -106,6 +106,10 @@ struct Reaper {
     signals: OwnedFd,
     /// Set by Delete: answer this connection once everything is gone, then exit.
     deleting: Option<UnixStream>,
+    /// Whether init's exit ends the container (its own PID namespace), so the root filesystem can go then.
+    own_pid_namespace: bool,
+    /// The unmount of the root filesystem started when init exited; see `unmount_after_exit`.
+    unmounting: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
 
 /// Entry point of `berth-reaper`: `berth-reaper create DIR` or `berth-reaper cleanup DIR`.
@@ -342,7 +346,7 @@ impl Reaper {
             console_fd: opened.console.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
             stdio: Some(opened.child_fds()),
         };
-        let container::Created { pid, cgroup_path } =
+        let container::Created { pid, cgroup_path, own_pid_namespace } =
             runtime.create_container(&opts).map_err(|e| undo_mounts(lib_err(e)))?;
         let mut init = Proc {
             exec_id: None,
@@ -385,11 +389,14 @@ impl Reaper {
             oom,
             signals,
             deleting: None,
+            own_pid_namespace,
+            unmounting: None,
         })
     }
 
     /// Kills and removes everything (used when nobody can take over the task).
     fn destroy(&mut self) {
+        self.settle_unmount();
         let _ = self.runtime.delete(&self.cfg.id, true);
         self.reap();
         let _ = rootfs::unmount(&self.dir.join(ROOTFS_DIR));
@@ -565,6 +572,39 @@ impl Reaper {
                     true
                 }
             });
+            if exec_id.is_none() {
+                self.unmount_after_exit();
+            }
+        }
+    }
+
+    /// Starts unmounting the root filesystem once init has exited and the exit has been announced.
+    ///
+    /// Unmounting an overlay syncs its upper filesystem (~1 ms on ext4), and done in Delete that sits on
+    /// the client's path; started here it overlaps the client's reaction to the exit (containerd's
+    /// client asks for the state and drains the output first). Only with a PID namespace of its own:
+    /// then init's exit has ended every process of the container, so nothing can use the mount any
+    /// more. In a thread, so the output still being drained is not held up; joined by
+    /// `settle_unmount` before anything that forks or needs the mount gone, and Delete unmounts again
+    /// (a no-op then) so a failure here is still reported there.
+    fn unmount_after_exit(&mut self) {
+        if !self.own_pid_namespace || self.cfg.rootfs.is_empty() || self.unmounting.is_some() {
+            return;
+        }
+        let root = self.dir.join(ROOTFS_DIR);
+        match std::thread::Builder::new().name("unmount".into()).spawn(move || rootfs::unmount(&root)) {
+            Ok(handle) => self.unmounting = Some(handle),
+            // Delete unmounts anyway.
+            Err(e) => eprintln!("berth-reaper: starting the unmount after init exited: {e}"),
+        }
+    }
+
+    /// Waits for the unmount begun by `unmount_after_exit`, if any.
+    fn settle_unmount(&mut self) {
+        if let Some(handle) = self.unmounting.take() {
+            if let Ok(Err(e)) = handle.join() {
+                eprintln!("berth-reaper: unmounting the root filesystem after init exited: {e}");
+            }
         }
     }
 
@@ -650,9 +690,17 @@ impl Reaper {
                 let i = self.proc_index(&exec_id)?;
                 json(&self.procs[i].state(self.paused))
             }
-            Request::Start { exec_id } => self.start(exec_id),
+            // Both may fork: not while the unmount thread runs (a child of a threaded process may inherit a
+            // held allocator lock).
+            Request::Start { exec_id } => {
+                self.settle_unmount();
+                self.start(exec_id)
+            }
             Request::Kill { exec_id, signal, all } => self.kill(exec_id, signal, all),
-            Request::Exec { exec_id, spec, stdio } => self.exec(exec_id, spec, stdio),
+            Request::Exec { exec_id, spec, stdio } => {
+                self.settle_unmount();
+                self.exec(exec_id, spec, stdio)
+            }
             Request::Resize { exec_id, width, height } => {
                 let i = self.proc_index(&exec_id)?;
                 let p = &self.procs[i];
@@ -871,6 +919,7 @@ impl Reaper {
             self.procs[0].exit = Some(ExitInfo { pid, status: code, at_ns: now_ns() });
         }
         let exit = self.procs[0].exit.expect("set above");
+        self.settle_unmount();
         let result = self.runtime.delete(&self.cfg.id, true);
         self.reap();
         let unmounted = rootfs::unmount(&self.dir.join(ROOTFS_DIR));
