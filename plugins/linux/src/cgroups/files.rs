@@ -12,19 +12,40 @@ use super::error::{CgroupError, Result};
 /// feature) is an error rather than a stray file, which matters on hybrid hosts where /sys/fs/cgroup is
 /// a tmpfs.
 pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
-    tracing::trace!(path = %path.display(), value, "cgroups: write");
-    let res = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).open(path)?;
-        let n = f.write(value.as_bytes())?;
-        if n != value.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short write ({n} of {} bytes)", value.len()),
-            ));
-        }
-        Ok(())
-    })();
-    res.map_err(|err| CgroupError::Write { path: path.to_path_buf(), value: value.to_string(), err })
+    OpenFile::new(path).write(value)
+}
+
+/// A cgroup file written several times in a row (a device list's rules): opened at the first write and
+/// kept, so each further command costs one `write(2)` instead of an `open(2)`, `write(2)` and `close(2)`.
+pub(crate) struct OpenFile<'a> {
+    path: &'a Path,
+    file: Option<fs::File>,
+}
+
+impl<'a> OpenFile<'a> {
+    pub(crate) fn new(path: &'a Path) -> OpenFile<'a> {
+        OpenFile { path, file: None }
+    }
+
+    /// Writes `value` in one `write(2)`: one command. Opens without `O_CREAT`, as [`write`] says.
+    pub(crate) fn write(&mut self, value: &str) -> Result<()> {
+        tracing::trace!(path = %self.path.display(), value, "cgroups: write");
+        let res = (|| -> io::Result<()> {
+            let file = match &mut self.file {
+                Some(file) => file,
+                None => self.file.insert(OpenOptions::new().write(true).open(self.path)?),
+            };
+            let n = file.write(value.as_bytes())?;
+            if n != value.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write ({n} of {} bytes)", value.len()),
+                ));
+            }
+            Ok(())
+        })();
+        res.map_err(|err| CgroupError::Write { path: self.path.to_path_buf(), value: value.to_string(), err })
+    }
 }
 
 /// Reads a whole cgroup file.

@@ -225,6 +225,15 @@ fn create_applies_limits() {
                 .access("rwm")
                 .build()
                 .unwrap(),
+            // A second allow through the same open devices.allow: each write is a rule of its own.
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(LinuxDeviceType::C)
+                .major(1i64)
+                .minor(5i64)
+                .access("rw")
+                .build()
+                .unwrap(),
         ]));
     }
     let g = Guard::create("limits", Some(&resources)).unwrap();
@@ -271,7 +280,7 @@ fn create_applies_limits() {
     if let Some(Loc::V1(d)) = cg.locate("devices")
         && resources.devices().is_some()
     {
-        assert_eq!(fs::read_to_string(d.join("devices.list")).unwrap().trim(), "c 1:3 rwm");
+        assert_eq!(fs::read_to_string(d.join("devices.list")).unwrap().trim(), "c 1:3 rwm\nc 1:5 rw");
     }
 
     // hugetlb: a v1 controller, or (hybrid here) one of the unified hierarchy.

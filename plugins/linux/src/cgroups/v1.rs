@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxNetwork};
 
 use super::error::{CgroupError, Result};
-use super::files::{self, write};
+use super::files::{self, OpenFile, write};
 use super::resources::{hugetlb_page_size, nonzero};
 
 /// Copies `cpuset.cpus` and `cpuset.mems` from the parent into `dir` when they are empty, parents first.
@@ -21,13 +21,21 @@ pub(crate) fn init_cpuset(root: &Path, dir: &Path) -> Result<()> {
         return Ok(());
     }
     let Some(parent) = dir.parent() else { return Ok(()) };
+    let mut empty = Vec::with_capacity(2);
     for name in ["cpuset.cpus", "cpuset.mems"] {
         let file = dir.join(name);
         if files::read(&file)?.trim().is_empty() {
-            init_cpuset(root, parent)?;
-            let value = files::read(&parent.join(name))?;
-            write(&file, value.trim())?;
+            empty.push((name, file));
         }
+    }
+    if empty.is_empty() {
+        return Ok(());
+    }
+    // The parent once for both files, not once per file.
+    init_cpuset(root, parent)?;
+    for (name, file) in empty {
+        let value = files::read(&parent.join(name))?;
+        write(&file, value.trim())?;
     }
     Ok(())
 }
@@ -201,9 +209,11 @@ pub(crate) fn hugetlb(dir: &Path, page_size: &str, limit: i64) -> Result<()> {
 /// Rules are applied in order, as the OCI spec asks; an update therefore replays the whole list (a
 /// leading "deny all" briefly denies everything until the allows follow).
 pub(crate) fn devices(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<()> {
+    let (allow_path, deny_path) = (dir.join("devices.allow"), dir.join("devices.deny"));
+    let (mut allow, mut deny) = (OpenFile::new(&allow_path), OpenFile::new(&deny_path));
     for rule in rules {
         let Some(line) = device_rule(rule)? else { continue };
-        write(&dir.join(if rule.allow() { "devices.allow" } else { "devices.deny" }), &line)?;
+        if rule.allow() { allow.write(&line)? } else { deny.write(&line)? }
     }
     Ok(())
 }
