@@ -159,8 +159,8 @@ pub trait Process: Send + Sync {
     fn id(&self) -> &str;
     /// Its current state.
     async fn state(&self) -> Result<State>;
-    /// Starts it (a created process waits for this).
-    async fn start(&self) -> Result<()>;
+    /// Starts it (a created process waits for this); returns its pid, as the shim API's Start does.
+    async fn start(&self) -> Result<u32>;
     /// Sends `signal`; with `all`, to every process of the task (init only).
     async fn kill(&self, signal: u32, all: bool) -> Result<()>;
     /// Resizes its terminal.

@@ -598,8 +598,7 @@ impl TasksService {
 
     async fn start(&self, ns: &str, r: StartRequest) -> Result<StartResponse> {
         let p = self.process(ns, &r.container_id, &r.exec_id).await?;
-        p.start().await?;
-        let pid = p.state().await?.pid;
+        let pid = p.start().await?;
         if r.exec_id.is_empty() {
             publish(
                 &self.events,
@@ -1176,9 +1175,10 @@ mod tests {
         async fn state(&self) -> std::result::Result<State, RuntimeError> {
             Ok(self.state.lock().unwrap().clone())
         }
-        async fn start(&self) -> std::result::Result<(), RuntimeError> {
-            self.state.lock().unwrap().status = crate::runtime::Status::Running;
-            Ok(())
+        async fn start(&self) -> std::result::Result<u32, RuntimeError> {
+            let mut s = self.state.lock().unwrap();
+            s.status = crate::runtime::Status::Running;
+            Ok(s.pid)
         }
         async fn kill(&self, signal: u32, _all: bool) -> std::result::Result<(), RuntimeError> {
             {

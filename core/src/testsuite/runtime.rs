@@ -133,7 +133,8 @@ async fn exec_processes(runtime: &dyn Runtime, fixture: &dyn Fixture, prefix: &s
     let Some(exec) = fixture.exec_exits(5) else { return };
     let id = format!("{prefix}-exec");
     let task = within("create", runtime.create(NAMESPACE, &id, fixture.runs_until_killed(&id))).await.expect("create");
-    within("start", task.start()).await.expect("start");
+    let pid = within("start", task.start()).await.expect("start");
+    assert_eq!(pid, task.state().await.expect("state").pid, "start: returns the pid that state reports");
     let process = within("exec", task.exec("e1", exec.clone())).await.expect("exec");
     assert_eq!(process.id(), "e1", "exec: process id");
     assert_eq!(process.state().await.expect("state").status, Status::Created, "exec: status before start");
@@ -141,9 +142,10 @@ async fn exec_processes(runtime: &dyn Runtime, fixture: &dyn Fixture, prefix: &s
         Err(RuntimeError::AlreadyExists(_)) => {}
         other => panic!("exec: a duplicate exec id must be AlreadyExists, got {:?}", other.err()),
     }
-    within("exec start", process.start()).await.expect("exec start");
+    let exec_pid = within("exec start", process.start()).await.expect("exec start");
     let exit = within("exec wait", process.wait()).await.expect("exec wait");
     assert_eq!(exit.status, 5, "exec: exit status");
+    assert_eq!(exit.pid, exec_pid, "exec: start returns the pid the exit reports");
     let again = task.process("e1").await.expect("process by id");
     assert_eq!(again.state().await.expect("state").status, Status::Stopped, "exec: status after exit");
     let deleted = within("delete process", task.delete_process("e1")).await.expect("delete_process");

@@ -202,9 +202,9 @@ impl Process for Handle {
         })
     }
 
-    async fn start(&self) -> Result<()> {
-        let _: pb::StartResponse = self.call(m::START, self.process()).await?;
-        Ok(())
+    async fn start(&self) -> Result<u32> {
+        let response: pb::StartResponse = self.call(m::START, self.process()).await?;
+        Ok(response.pid)
     }
 
     async fn kill(&self, signal: u32, all: bool) -> Result<()> {

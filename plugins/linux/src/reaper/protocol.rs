@@ -80,6 +80,12 @@ pub struct ProcState {
     pub stdio: Stdio,
 }
 
+/// The answer to `Start`: the started process's pid (berthd's Tasks.Start returns it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    pub pid: i32,
+}
+
 /// One process of the task as `Pids` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PidInfo {

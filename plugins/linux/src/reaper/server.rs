@@ -810,7 +810,7 @@ impl Reaper {
         if exec_id.is_none() {
             self.runtime.start(&self.cfg.id).map_err(lib_err)?;
             self.procs[0].started = true;
-            return Ok(serde_json::json!({ "pid": self.procs[0].pid }));
+            return Ok(serde_json::to_value(Started { pid: self.procs[0].pid }).unwrap_or_default());
         }
         if self.procs[0].exit.is_some() {
             return Err(err(ErrorKind::FailedPrecondition, "cannot exec in a stopped task"));
@@ -832,7 +832,7 @@ impl Reaper {
         if let Err(e) = p.attach_streams(opened) {
             eprintln!("exec {:?}: terminal: {e}", p.exec_id);
         }
-        Ok(serde_json::json!({ "pid": pid }))
+        Ok(serde_json::to_value(Started { pid }).unwrap_or_default())
     }
 
     fn kill(&mut self, exec_id: Option<String>, signal: i32, all: bool) -> Outcome {

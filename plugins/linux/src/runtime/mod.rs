@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::reaper::protocol::{
     self as proto, EXIT_FILE, ExitInfo, PidInfo, ProcState, ProcStatus, ROOTFS_DIR, Request, RootfsMount, SOCKET_FILE,
-    TASK_FILE, TaskConfig,
+    Started, TASK_FILE, TaskConfig,
 };
 use client::ReaperClient;
 
@@ -526,9 +526,9 @@ impl Process for LinuxTask {
         Ok(to_state(self.client.call(Request::State { exec_id: None }).await?))
     }
 
-    async fn start(&self) -> Result<()> {
+    async fn start(&self) -> Result<u32> {
         self.alive()?;
-        self.client.call::<serde_json::Value>(Request::Start { exec_id: None }).await.map(|_| ())
+        self.client.call::<Started>(Request::Start { exec_id: None }).await.map(|s| s.pid as u32)
     }
 
     async fn kill(&self, signal: u32, all: bool) -> Result<()> {
@@ -646,8 +646,8 @@ impl Process for LinuxProcess {
         Ok(to_state(self.client.call(Request::State { exec_id: self.key() }).await?))
     }
 
-    async fn start(&self) -> Result<()> {
-        self.client.call::<serde_json::Value>(Request::Start { exec_id: self.key() }).await.map(|_| ())
+    async fn start(&self) -> Result<u32> {
+        self.client.call::<Started>(Request::Start { exec_id: self.key() }).await.map(|s| s.pid as u32)
     }
 
     async fn kill(&self, signal: u32, _all: bool) -> Result<()> {

@@ -498,8 +498,9 @@ impl Process for ExecHandle {
         Ok(self.0.state_now())
     }
 
-    async fn start(&self) -> Result<()> {
-        self.0.launch().await
+    async fn start(&self) -> Result<u32> {
+        self.0.launch().await?;
+        Ok(self.0.state_now().pid)
     }
 
     async fn kill(&self, signal: u32, _all: bool) -> Result<()> {
@@ -580,7 +581,7 @@ impl Process for WasmTask {
         Ok(self.init.state_now())
     }
 
-    async fn start(&self) -> Result<()> {
+    async fn start(&self) -> Result<u32> {
         self.init.launch().await?;
         // When the init ends, so do the exec'd processes, as in a container.
         let (init, execs) = (Arc::clone(&self.init), Arc::clone(&self.execs));
@@ -592,7 +593,7 @@ impl Process for WasmTask {
                 exec.signal(9);
             }
         });
-        Ok(())
+        Ok(self.init.state_now().pid)
     }
 
     async fn kill(&self, signal: u32, all: bool) -> Result<()> {
