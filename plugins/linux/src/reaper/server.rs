@@ -601,10 +601,10 @@ impl Reaper {
 
     /// Waits for the unmount begun by `unmount_after_exit`, if any.
     fn settle_unmount(&mut self) {
-        if let Some(handle) = self.unmounting.take() {
-            if let Ok(Err(e)) = handle.join() {
-                eprintln!("berth-reaper: unmounting the root filesystem after init exited: {e}");
-            }
+        if let Some(handle) = self.unmounting.take()
+            && let Ok(Err(e)) = handle.join()
+        {
+            eprintln!("berth-reaper: unmounting the root filesystem after init exited: {e}");
         }
     }
 
