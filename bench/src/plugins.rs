@@ -2,9 +2,10 @@
 //!
 //! Per call, in this process, on a tokio runtime like berthd's, through the trait object the daemon uses
 //! (`SharedSnapshotter`): `stat` of a snapshot with one label (small), `stat` of one with 64 KiB of labels,
-//! the same after one of its labels changed (`stat-64k-changed`: an update, not timed, before each call, so a
-//! source that keeps stat answers under the plugin's revision fetches every one whole), and `mounts`, each
-//! against
+//! the same after one of its labels changed (`stat-64k-changed`: an update, not timed, before each call; a
+//! source that keeps stat answers under the plugin's revision keeps the update's answer), the first stat of
+//! a snapshot just made with 64 KiB of labels (`stat-64k-new`: nothing kept, the whole answer crosses), and
+//! `mounts`, each against
 //!
 //! * `builtin`: `snapshot.native`, berth's built-in copying snapshotter;
 //! * `native`: examples/native-snapshot (`snapshot.example`, the same kind of backend) loaded from its `.so`
@@ -210,6 +211,7 @@ async fn measure_source(source: &Source, scratch: &Path, calls: usize, rounds: u
         figures.push(figure(source.label, phase, medians, calls));
     }
     figures.push(measure_changed_stat(source, &snapshotter, calls, rounds).await?);
+    figures.push(measure_new_stat(source, &snapshotter, calls, rounds).await?);
     snapshotter.remove("small").await?;
     snapshotter.remove("big").await?;
     drop(snapshotter);
@@ -246,6 +248,37 @@ async fn measure_changed_stat(
         medians.push(median);
     }
     Ok(figure(source.label, "stat-64k-changed", medians, calls))
+}
+
+/// The first `stat` of a snapshot just made with 64 KiB of labels: nothing of it is kept yet, so a plugin's
+/// whole answer crosses. The untimed prepare and remove write the backend's records: a tenth of the calls.
+async fn measure_new_stat(
+    source: &Source,
+    snapshotter: &SharedSnapshotter,
+    calls: usize,
+    rounds: usize,
+) -> Result<Figure> {
+    let calls = (calls / 10).max(1);
+    let mut medians = Vec::new();
+    for round in 0..rounds {
+        let s = Arc::clone(snapshotter);
+        let median = tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(calls);
+            for i in 0..calls {
+                let key = format!("new-{round}-{i}");
+                s.prepare(&key, None, big_labels()).await?;
+                let started = Instant::now();
+                let stat = s.stat(&key).await?;
+                samples.push(started.elapsed());
+                anyhow::ensure!(stat.labels.len() == big_labels().len(), "the new snapshot's stat lost labels");
+                s.remove(&key).await?;
+            }
+            Ok::<_, anyhow::Error>(median_ns(samples))
+        })
+        .await??;
+        medians.push(median);
+    }
+    Ok(figure(source.label, "stat-64k-new", medians, calls))
 }
 
 /// One empty `spawn_blocking` round trip from a runtime worker, and one empty `block_in_place`.

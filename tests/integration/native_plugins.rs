@@ -71,7 +71,8 @@ async fn native_snapshot_example_passes_the_snapshot_suite() {
     started.shutdown();
 }
 
-/// The adapter keeps a plugin's stat answers while the plugin's revision stays (ABI 1.2), and a plugin built
+/// The adapter keeps a plugin's stat answers while the plugin's revision stays (ABI 1.2), and its update
+/// answers under the revision read right after them; a plugin built
 /// for ABI 1.1 (no revision method) or keeping no revisions (the SDK's default) has every stat fetched. The faulty plugin with `count_stats` shows which:
 /// its answers count its stats without moving the revision, so an answer from berthd's copy repeats a count.
 #[tokio::test(flavor = "multi_thread")]
@@ -98,20 +99,32 @@ async fn stats_are_kept_while_the_revision_stays_and_abi_1_1_plugins_are_asked_e
         assert!(Arc::ptr_eq(&again.labels, &first.labels), "a kept answer's labels are shared, not copied");
     }
     assert_eq!(calls(&first), 1);
+    // The faulty plugin's update stores the labels it is given: without the count, its answer has none, where
+    // any stat it answers carries one.
     let mut info = first.clone();
-    Arc::make_mut(&mut info.labels).insert("label-000".into(), "changed".into());
-    counted.update(info, &["labels.label-000".into()]).await.unwrap();
-    let updated = counted.stat("k").await.unwrap();
-    assert_eq!((updated.labels["label-000"].as_str(), calls(&updated)), ("changed", 2), "an update is fetched anew");
-    assert_eq!(calls(&counted.stat("k").await.unwrap()), 2, "and kept again");
+    let labels = Arc::make_mut(&mut info.labels);
+    labels.insert("label-000".into(), "changed".into());
+    labels.remove("faulty.stat-calls");
+    let returned = counted.update(info, &["labels.label-000".into()]).await.unwrap();
+    for _ in 0..2 {
+        let updated = counted.stat("k").await.unwrap();
+        assert_eq!(updated, returned, "the stat after an update is the update's answer, kept");
+        assert!(Arc::ptr_eq(&updated.labels, &returned.labels), "and shares its labels");
+        assert!(!updated.labels.contains_key("faulty.stat-calls"), "the plugin was not asked for the stat");
+    }
     counted.remove("k").await.unwrap();
     assert!(counted.stat("k").await.is_err(), "a removed snapshot is not answered from the copy");
     counted.prepare("k", None, [("other".to_string(), "labels".to_string())].into()).await.unwrap();
     let remade = counted.stat("k").await.unwrap();
-    assert_eq!((remade.labels.get("other").map(String::as_str), calls(&remade)), (Some("labels"), 3));
+    assert_eq!((remade.labels.get("other").map(String::as_str), calls(&remade)), (Some("labels"), 2));
     counted.commit("c", "k", Default::default()).await.unwrap();
     let committed = counted.stat("c").await.unwrap();
-    assert_eq!((committed.kind, calls(&committed)), (berth_core::snapshot::Kind::Committed, 4));
+    assert_eq!((committed.kind, calls(&committed)), (berth_core::snapshot::Kind::Committed, 3));
+    // A refused update keeps nothing: the stat is fetched (and still the committed one).
+    let mut bad = committed.clone();
+    bad.name = "missing".into();
+    assert!(counted.update(bad, &[]).await.is_err());
+    assert_eq!(calls(&counted.stat("c").await.unwrap()), 3, "the kept stat of c stays");
 
     let old = snapshotter("abi-1.1");
     assert_eq!(

@@ -479,12 +479,20 @@ async fn wasm_repeated_stats_come_from_the_cache_until_the_instances_change() {
     assert_eq!(instance().await, after_reload);
     assert_eq!(calls().await, 2, "the reloaded instance served big once, then this");
 
-    // An update moves the revision: the next stat is fetched, and kept again.
+    // An update moves the revision, and its answer is kept under the new one: the stats after it are that
+    // answer, not fetched again.
     let update = berth_core::snapshot::Info { labels: Arc::new(labels(&[("only", "this")])), ..big };
-    assert_eq!(*sn.update(update, &[]).await.unwrap().labels, labels(&[("only", "this")]));
-    assert_eq!(*sn.stat("big").await.unwrap().labels, labels(&[("only", "this")]));
-    assert_eq!(*sn.stat("big").await.unwrap().labels, labels(&[("only", "this")]));
-    assert_eq!(calls().await, 4, "one fetch after the update");
+    let returned = sn.update(update, &[]).await.unwrap();
+    assert_eq!(*returned.labels, labels(&[("only", "this")]));
+    for _ in 0..2 {
+        let after = sn.stat("big").await.unwrap();
+        assert_eq!(*after.labels, labels(&[("only", "this")]));
+        assert!(Arc::ptr_eq(&after.labels, &returned.labels), "the update's answer is kept, its labels shared");
+    }
+    assert_eq!(calls().await, 3, "no fetch after the update");
+    // A trap replaces the instance, and its lineage's copies go: big is the fresh instance's again.
+    assert!(sn.stat("trap").await.is_err());
+    assert_eq!(sn.stat("big").await.unwrap().labels.len(), 65, "not the update kept from the old instance");
     drop(sn);
     started.shutdown();
 }

@@ -12,7 +12,7 @@
 //! is kept under: a change after the read moves the revision, and the next call fetches again. The plugin
 //! promises that a revision never names two different states of one key (see the SDK's
 //! `Snapshotter::revision`); the adapter forgets what it kept when the plugin is replaced (a wasm reload),
-//! and when berthd itself removes or commits the key.
+//! and when berthd itself removes or commits the key. An update's answer is kept too ([`StatCache::keep`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -67,7 +67,12 @@ impl StatCache {
         entries.get(key).filter(|(kept, _)| *kept == revision).map(|(_, info)| info.clone())
     }
 
-    fn keep(&self, key: &str, revision: u64, info: &Info) {
+    /// Keeps `info` as the answer for `key` at `revision`. Besides the fetches of [`Self::stat`], an adapter
+    /// keeps an update's answer under the revision it read right after the update, with no other update of
+    /// the plugin in between (the SDK's `Snapshotter::revision` promises that only berthd's calls move a
+    /// revision): the stat that follows a label change (`ctr snapshots label`, then `info`) is answered
+    /// from it instead of fetching every label again.
+    pub fn keep(&self, key: &str, revision: u64, info: &Info) {
         if self.capacity == 0 {
             return;
         }

@@ -38,7 +38,12 @@ pub trait Snapshotter: Sized + Send + Sync + 'static {
     /// plugin and for as long as berthd runs. A counter kept with the records and moved by every change
     /// (update, commit, a remove and a new snapshot of the same key) keeps it; a counter per process or
     /// per instance does not when several instances share the records. Must be cheap: it is called on
-    /// every stat.
+    /// every stat, and after every update.
+    ///
+    /// Only berthd's calls may move it: berthd keeps an [`update`](Self::update)'s answer under the revision
+    /// it reads right after that update (it runs one update of a plugin at a time), so the answer must be
+    /// what a stat at that revision would give. A backend whose snapshots can change without a call from
+    /// berthd (another program editing its records) keeps no revisions.
     fn revision(&self, key: &str) -> Result<Option<u64>> {
         let _ = key;
         Ok(None)

@@ -119,12 +119,15 @@ pub struct WasmSnapshotter {
     /// ([`WasmPlugin::call_in_lineage`]): a reload or a fresh instance starts an empty cache, as what a guest
     /// keeps in memory (a counter) may have started again.
     stats: Mutex<(u64, Arc<StatCache>)>,
+    /// Held across an update and the revision read after it, so the revision names that update's answer
+    /// and not a later update's state (see `update`).
+    updates: tokio::sync::Mutex<()>,
 }
 
 impl WasmSnapshotter {
     /// Wraps a loaded plugin.
     pub fn new(plugin: Arc<WasmPlugin<SnapshotWorld>>) -> Self {
-        Self { plugin, stats: Mutex::new((0, Arc::new(StatCache::default()))) }
+        Self { plugin, stats: Mutex::new((0, Arc::new(StatCache::default()))), updates: tokio::sync::Mutex::new(()) }
     }
 
     /// The cache of answers of `lineage`; none for an answer of instances older than the kept ones.
@@ -344,10 +347,31 @@ impl Snapshotter for WasmSnapshotter {
     async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
         let name = info.name.clone();
         let (info, paths) = (info_to(info), fieldpaths.to_vec());
-        let answer =
-            self.call("update", move |b, s| b.berth_snapshot_snapshotter().call_update(s, &info, &paths)).await;
+        let _one_update_at_a_time = self.updates.lock().await;
+        let answer = self
+            .call_in_lineage("update", move |b, s| b.berth_snapshot_snapshotter().call_update(s, &info, &paths))
+            .await;
         self.forget(&[&name]);
-        Ok(info_from(answer?))
+        let (info, lineage) = answer?;
+        let info = info_from(info);
+        // The answer is the snapshot's new state, whole: kept under the revision read right after it (no
+        // other update can come between, and only berthd's calls move a revision), so the next stat need
+        // not copy every label out of the guest again. Only when both calls were answered by the instances
+        // whose answers the cache holds; a failed read (the snapshot removed meanwhile) keeps nothing.
+        let key = name.clone();
+        let revision = self
+            .call_in_lineage("revision", move |b, s| match &b.revisions {
+                Some(revisions) => revisions.call_revision(s, &key),
+                None => Ok(Ok(None)),
+            })
+            .await;
+        if let Ok((Some(revision), read_in)) = revision
+            && read_in == lineage
+            && let Some(stats) = self.stats_of(lineage)
+        {
+            stats.keep(&name, revision, &info);
+        }
+        Ok(info)
     }
 
     async fn usage(&self, key: &str) -> Result<Usage> {

@@ -2,7 +2,8 @@
 //! (`containerd.services.snapshots.v1`) across the ABI.
 //!
 //! A plugin with the `revision` method (ABI 1.2) has its stat answers kept in a [`StatCache`]: a stat asks
-//! for the snapshot's revision (a few bytes each way) and crosses for the whole answer only when it moved.
+//! for the snapshot's revision (a few bytes each way) and crosses for the whole answer only when it moved;
+//! an update's answer is kept too, so a stat after a label change does not cross whole either.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,12 +28,15 @@ pub(crate) struct NativeSnapshotter {
     stats: StatCache,
     /// Whether stats go through `stats`: the plugin has the revision method and has not said it keeps none.
     revisions: AtomicBool,
+    /// Held across an update and the revision read after it, so the revision names that update's answer
+    /// and not a later update's state (see `update`).
+    updates: tokio::sync::Mutex<()>,
 }
 
 impl NativeSnapshotter {
     pub(crate) fn new(plugin: Arc<NativePlugin>) -> Self {
         let revisions = AtomicBool::new(plugin.has(m::REVISION));
-        Self { plugin, stats: StatCache::default(), revisions }
+        Self { plugin, stats: StatCache::default(), revisions, updates: tokio::sync::Mutex::new(()) }
     }
 
     /// The whole answer, across the ABI.
@@ -152,11 +156,21 @@ impl Snapshotter for NativeSnapshotter {
             info: Some(info_to(info)),
             update_mask: (!fieldpaths.is_empty()).then(|| FieldMask { paths: fieldpaths.to_vec() }),
         };
+        let _one_update_at_a_time = self.updates.lock().await;
         let response = self.plugin.call::<_, wire::InfoResponse>(m::UPDATE, request).await;
         // Forgotten whatever the outcome: the plugin moves the revision too, this keeps nothing stale even
         // when it does not.
         self.stats.forget(&name);
-        info_from(response.map_err(|e| self.error(e))?.info)
+        let info = info_from(response.map_err(|e| self.error(e))?.info)?;
+        // The answer is the snapshot's new state, whole: kept under the revision read right after it (no
+        // other update can come between, and only berthd's calls move a revision), so the next stat need
+        // not fetch every label again. A failed read (the snapshot removed meanwhile) keeps nothing.
+        if self.revisions.load(Ordering::Relaxed)
+            && let Ok(Some(revision)) = self.revision(&name).await
+        {
+            self.stats.keep(&name, revision, &info);
+        }
+        Ok(info)
     }
 
     async fn usage(&self, key: &str) -> Result<Usage> {
