@@ -38,6 +38,35 @@ pub fn open_output(path: &str) -> io::Result<File> {
     Ok(file)
 }
 
+/// How long a closed output opened read-write waits for the client's reader to take what it holds.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Drops `file`, but not while it is a FIFO opened read-write (no reader had joined) that still holds
+/// bytes: its descriptor may be the pipe's last, and closing it would discard what the task wrote before
+/// the client's reader joined (a short exec's whole output). A thread keeps it until the bytes are read or
+/// [`LINGER`] passes.
+fn linger_until_read(file: File) {
+    let unread = |file: &File| {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD into a c_int, on a descriptor we own.
+        let ok = unsafe { libc::ioctl(file.as_raw_fd(), libc::FIONREAD, &mut n) } == 0;
+        ok && n > 0
+    };
+    // SAFETY: fcntl on a descriptor we own.
+    let read_write = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) } & libc::O_ACCMODE == libc::O_RDWR;
+    if !read_write || !unread(&file) {
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("berth-wasm-linger".into()).spawn(move || {
+        let deadline = std::time::Instant::now() + LINGER;
+        while unread(&file) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    });
+    // Without a thread the file is dropped here, as before.
+    drop(spawned);
+}
+
 fn set_nonblocking(file: &File, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor we own.
     unsafe {
@@ -65,8 +94,10 @@ impl Output {
     /// Closes the stream: later writes fail, the client reads end-of-file. A write in progress (a full FIFO
     /// nobody reads) keeps it until it returns.
     pub fn close(&self) {
-        if let Ok(mut file) = self.file.try_lock() {
-            file.take();
+        if let Ok(mut file) = self.file.try_lock()
+            && let Some(file) = file.take()
+        {
+            linger_until_read(file);
         }
     }
 
@@ -416,8 +447,34 @@ mod tests {
         stream.write(Bytes::from_static(b"out\n")).unwrap();
         output.close();
         assert!(matches!(stream.write(Bytes::from_static(b"more")), Err(StreamError::Closed)));
+        // The closed output lingers until its bytes are read, then ends: end-of-file within the linger.
+        let (mut text, deadline) = (Vec::new(), std::time::Instant::now() + LINGER * 2);
+        loop {
+            let mut chunk = [0u8; 64];
+            match reader.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => text.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(2))
+                }
+                Err(e) => panic!("reading the closed output: {e}"),
+            }
+        }
+        assert_eq!(text, b"out\n");
+    }
+
+    #[test]
+    fn a_closed_output_keeps_what_it_holds_until_a_late_reader_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fifo(dir.path(), "late");
+        let output = Output::new(open_output(&path).unwrap());
+        output.clone().write(Bytes::from_static(b"early\n")).unwrap();
+        output.close();
+        // The reader joins after the only writer closed: the bytes are still there.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut reader = OpenOptions::new().read(true).open(&path).unwrap();
         let mut text = String::new();
         reader.read_to_string(&mut text).unwrap();
-        assert_eq!(text, "out\n");
+        assert_eq!(text, "early\n");
     }
 }
