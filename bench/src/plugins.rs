@@ -25,7 +25,9 @@
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -219,66 +221,81 @@ async fn measure_source(source: &Source, scratch: &Path, calls: usize, rounds: u
     Ok(figures)
 }
 
-/// `stat` of the big snapshot right after one of its labels changed: every call meets a new revision. The
-/// untimed update writes the backend's records, so a tenth of the calls are made.
+/// A timed step of `measure_stepped`: the untimed set-up and check around one timed call, for call `i` of
+/// `round`, returning the timed part.
+type Step = fn(SharedSnapshotter, usize, usize) -> Pin<Box<dyn Future<Output = Result<Duration>> + Send>>;
+
+/// `phase` of `source`: a tenth of `calls` steps a round (their untimed parts write the backend's records),
+/// each on a runtime worker as a gRPC handler calls it.
+async fn measure_stepped(
+    source: &Source,
+    snapshotter: &SharedSnapshotter,
+    phase: &str,
+    step: Step,
+    calls: usize,
+    rounds: usize,
+) -> Result<Figure> {
+    let calls = (calls / 10).max(1);
+    let mut medians = Vec::new();
+    for round in 0..rounds {
+        let s = Arc::clone(snapshotter);
+        let median = tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(calls);
+            for i in 0..calls {
+                samples.push(step(Arc::clone(&s), round, i).await?);
+            }
+            Ok::<_, anyhow::Error>(median_ns(samples))
+        })
+        .await??;
+        medians.push(median);
+    }
+    Ok(figure(source.label, phase, medians, calls))
+}
+
+/// `stat` of the big snapshot right after one of its labels changed (the update not timed): every call meets
+/// a new revision.
 async fn measure_changed_stat(
     source: &Source,
     snapshotter: &SharedSnapshotter,
     calls: usize,
     rounds: usize,
 ) -> Result<Figure> {
-    let calls = (calls / 10).max(1);
-    let mut medians = Vec::new();
-    for round in 0..rounds {
-        let s = Arc::clone(snapshotter);
-        let median = tokio::spawn(async move {
+    let step: Step = |s, round, i| {
+        Box::pin(async move {
             let mut info = s.stat("big").await?;
-            let mut samples = Vec::with_capacity(calls);
-            for i in 0..calls {
-                Arc::make_mut(&mut info.labels).insert("bench.berth.dev/changed".into(), format!("{round}-{i}"));
-                info = s.update(info, &["labels.bench.berth.dev/changed".into()]).await?;
-                let started = Instant::now();
-                let stat = s.stat("big").await?;
-                samples.push(started.elapsed());
-                anyhow::ensure!(stat.labels == info.labels, "a stat after an update must show the update");
-            }
-            Ok::<_, anyhow::Error>(median_ns(samples))
+            Arc::make_mut(&mut info.labels).insert("bench.berth.dev/changed".into(), format!("{round}-{i}"));
+            let info = s.update(info, &["labels.bench.berth.dev/changed".into()]).await?;
+            let started = Instant::now();
+            let stat = s.stat("big").await?;
+            let elapsed = started.elapsed();
+            anyhow::ensure!(stat.labels == info.labels, "a stat after an update must show the update");
+            Ok(elapsed)
         })
-        .await??;
-        medians.push(median);
-    }
-    Ok(figure(source.label, "stat-64k-changed", medians, calls))
+    };
+    measure_stepped(source, snapshotter, "stat-64k-changed", step, calls, rounds).await
 }
 
 /// The first `stat` of a snapshot just made with 64 KiB of labels: nothing of it is kept yet, so a plugin's
-/// whole answer crosses. The untimed prepare and remove write the backend's records: a tenth of the calls.
+/// whole answer crosses. The prepare and remove are not timed.
 async fn measure_new_stat(
     source: &Source,
     snapshotter: &SharedSnapshotter,
     calls: usize,
     rounds: usize,
 ) -> Result<Figure> {
-    let calls = (calls / 10).max(1);
-    let mut medians = Vec::new();
-    for round in 0..rounds {
-        let s = Arc::clone(snapshotter);
-        let median = tokio::spawn(async move {
-            let mut samples = Vec::with_capacity(calls);
-            for i in 0..calls {
-                let key = format!("new-{round}-{i}");
-                s.prepare(&key, None, big_labels()).await?;
-                let started = Instant::now();
-                let stat = s.stat(&key).await?;
-                samples.push(started.elapsed());
-                anyhow::ensure!(stat.labels.len() == big_labels().len(), "the new snapshot's stat lost labels");
-                s.remove(&key).await?;
-            }
-            Ok::<_, anyhow::Error>(median_ns(samples))
+    let step: Step = |s, round, i| {
+        Box::pin(async move {
+            let key = format!("new-{round}-{i}");
+            s.prepare(&key, None, big_labels()).await?;
+            let started = Instant::now();
+            let stat = s.stat(&key).await?;
+            let elapsed = started.elapsed();
+            anyhow::ensure!(stat.labels.len() == big_labels().len(), "the new snapshot's stat lost labels");
+            s.remove(&key).await?;
+            Ok(elapsed)
         })
-        .await??;
-        medians.push(median);
-    }
-    Ok(figure(source.label, "stat-64k-new", medians, calls))
+    };
+    measure_stepped(source, snapshotter, "stat-64k-new", step, calls, rounds).await
 }
 
 /// One empty `spawn_blocking` round trip from a runtime worker, and one empty `block_in_place`.
