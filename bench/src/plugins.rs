@@ -18,6 +18,10 @@
 //! change every native call makes so a plugin may block (and, for comparison, one empty `block_in_place`).
 //! The `abi` rows include `revision`, the small call a native stat makes first (ABI 1.2).
 //!
+//! The same stats and mounts are also measured through `Namespaced` (phases `service ...`), the namespaced view of
+//! the backend that berthd's Snapshots service calls: berthd answers a stat from its own record, whose labels
+//! the backend is never given, so there a stat does not reach the plugin at all and a mounts does.
+//!
 //! Start-up (`--berthd`): berthd started on a fresh root until its socket answers, then stopped, alternately
 //! with the built-in plugins only and with the native examples loaded (snapshot, runtime, monitor).
 //!
@@ -35,7 +39,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use berth_core::config::Config;
 use berth_core::registry::{Registry, Started};
+use berth_core::snapshot::namespaced::Namespaced;
 use berth_core::snapshot::{Labels, SharedSnapshotter};
+use berth_core::store::{MetadataStore, StoreOptions};
 use berth_plugin_sdk::abi::{self, Buffer, Bytes, Header, HostApi, snapshot_methods as m};
 use berth_plugin_sdk::proto::snapshots as pb;
 use berth_plugin_sdk::proto::{InitRequest, Message};
@@ -214,6 +220,7 @@ async fn measure_source(source: &Source, scratch: &Path, calls: usize, rounds: u
     }
     figures.push(measure_changed_stat(source, &snapshotter, calls, rounds).await?);
     figures.push(measure_new_stat(source, &snapshotter, calls, rounds).await?);
+    figures.extend(measure_service(source, &dir, &snapshotter, calls, rounds).await?);
     snapshotter.remove("small").await?;
     snapshotter.remove("big").await?;
     drop(snapshotter);
@@ -221,28 +228,28 @@ async fn measure_source(source: &Source, scratch: &Path, calls: usize, rounds: u
     Ok(figures)
 }
 
-/// A timed step of `measure_stepped`: the untimed set-up and check around one timed call, for call `i` of
-/// `round`, returning the timed part.
-type Step = fn(SharedSnapshotter, usize, usize) -> Pin<Box<dyn Future<Output = Result<Duration>> + Send>>;
+/// A timed step of `measure_stepped` on a `T` (the snapshotter, or berthd's namespaced view of it): the untimed
+/// set-up and check around one timed call, for call `i` of `round`, returning the timed part.
+type Step<T> = fn(T, usize, usize) -> Pin<Box<dyn Future<Output = Result<Duration>> + Send>>;
 
 /// `phase` of `source`: a tenth of `calls` steps a round (their untimed parts write the backend's records),
 /// each on a runtime worker as a gRPC handler calls it.
-async fn measure_stepped(
+async fn measure_stepped<T: Clone + Send + 'static>(
     source: &Source,
-    snapshotter: &SharedSnapshotter,
+    target: &T,
     phase: &str,
-    step: Step,
+    step: Step<T>,
     calls: usize,
     rounds: usize,
 ) -> Result<Figure> {
     let calls = (calls / 10).max(1);
     let mut medians = Vec::new();
     for round in 0..rounds {
-        let s = Arc::clone(snapshotter);
+        let s = target.clone();
         let median = tokio::spawn(async move {
             let mut samples = Vec::with_capacity(calls);
             for i in 0..calls {
-                samples.push(step(Arc::clone(&s), round, i).await?);
+                samples.push(step(s.clone(), round, i).await?);
             }
             Ok::<_, anyhow::Error>(median_ns(samples))
         })
@@ -260,7 +267,7 @@ async fn measure_changed_stat(
     calls: usize,
     rounds: usize,
 ) -> Result<Figure> {
-    let step: Step = |s, round, i| {
+    let step: Step<SharedSnapshotter> = |s, round, i| {
         Box::pin(async move {
             let mut info = s.stat("big").await?;
             Arc::make_mut(&mut info.labels).insert("bench.berth.dev/changed".into(), format!("{round}-{i}"));
@@ -283,7 +290,7 @@ async fn measure_new_stat(
     calls: usize,
     rounds: usize,
 ) -> Result<Figure> {
-    let step: Step = |s, round, i| {
+    let step: Step<SharedSnapshotter> = |s, round, i| {
         Box::pin(async move {
             let key = format!("new-{round}-{i}");
             s.prepare(&key, None, big_labels()).await?;
@@ -296,6 +303,72 @@ async fn measure_new_stat(
         })
     };
     measure_stepped(source, snapshotter, "stat-64k-new", step, calls, rounds).await
+}
+
+/// The namespace berthd's view of the snapshotter is measured in.
+const SERVICE_NS: &str = "bench";
+
+/// The same requests through `Namespaced`, the view of the backend that berthd's Snapshots service calls (with a
+/// metadata store of its own under `dir`): a stat is answered from berthd's record of the snapshot, whose
+/// labels the backend is never given, and a mounts asks the backend. Phases `service stat`, `service stat-64k`,
+/// `service mounts` and `service stat-64k-new` (the first stat of a snapshot just made with 64 KiB of labels).
+async fn measure_service(
+    source: &Source,
+    dir: &Path,
+    snapshotter: &SharedSnapshotter,
+    calls: usize,
+    rounds: usize,
+) -> Result<Vec<Figure>> {
+    let store = MetadataStore::open(&dir.join("service-store"), StoreOptions::default())?;
+    let view = Namespaced::new(store.clone(), Arc::clone(snapshotter));
+    view.prepare(SERVICE_NS, "small", None, small_labels(), None).await?;
+    view.prepare(SERVICE_NS, "big", None, big_labels(), None).await?;
+    let mut figures = Vec::new();
+    for (phase, key) in [("service stat", "small"), ("service stat-64k", "big"), ("service mounts", "small")] {
+        let mut medians = Vec::new();
+        for _ in 0..rounds {
+            let v = view.clone();
+            let is_mounts = phase == "service mounts";
+            let median = tokio::spawn(async move {
+                time_async(calls, || {
+                    let v = v.clone();
+                    async move {
+                        if is_mounts {
+                            v.mounts(SERVICE_NS, key).await?;
+                        } else {
+                            let info = v.stat(SERVICE_NS, key).await?;
+                            anyhow::ensure!(!info.labels.is_empty(), "the stat lost the labels");
+                        }
+                        Ok(())
+                    }
+                })
+                .await
+            })
+            .await??;
+            medians.push(median);
+        }
+        figures.push(figure(source.label, phase, medians, calls));
+    }
+    let step: Step<Namespaced> = |v, round, i| {
+        Box::pin(async move {
+            let key = format!("new-{round}-{i}");
+            v.prepare(SERVICE_NS, &key, None, big_labels(), None).await?;
+            let started = Instant::now();
+            let stat = v.stat(SERVICE_NS, &key).await?;
+            let elapsed = started.elapsed();
+            anyhow::ensure!(stat.labels.len() == big_labels().len(), "the new snapshot's stat lost labels");
+            v.remove(SERVICE_NS, &key).await?;
+            Ok(elapsed)
+        })
+    };
+    figures.push(measure_stepped(source, &view, "service stat-64k-new", step, calls, rounds).await?);
+    view.remove(SERVICE_NS, "small").await?;
+    view.remove(SERVICE_NS, "big").await?;
+    // The backend's files of the removed snapshots go before the snapshotter is stopped.
+    view.removals_done().await;
+    drop(view);
+    store.close();
+    Ok(figures)
 }
 
 /// One empty `spawn_blocking` round trip from a runtime worker, and one empty `block_in_place`.
