@@ -12,6 +12,9 @@
 //! assert_eq!(ns.name, "default");
 //! ```
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation, missing_docs)]
+// The generated docs are the .proto files' comments, containerd's own among them, which write `<key>` and
+// `[name]` as plain text.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
 
 include!(concat!(env!("OUT_DIR"), "/berth_api.rs"));
 

@@ -97,7 +97,7 @@ impl MetadataStore {
     }
 
     /// Makes lease `lease` of namespace `ns` hold `resource`; NotFound if there is no such lease,
-    /// InvalidArgument if the resource is not one containerd knows (see [`validate_resource`]).
+    /// InvalidArgument if the resource is not one containerd knows (see `validate_resource`).
     /// Adding a resource the lease holds already changes nothing.
     pub async fn add_lease_resource(&self, ns: &str, lease: &str, resource: LeaseResource) -> Result<()> {
         validate_namespace(ns)?;

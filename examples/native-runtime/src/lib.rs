@@ -25,7 +25,7 @@
 //!   pipes of the container's). It returns once the pid file names the container's init. `runc run` exits with the
 //!   container's status (128 + signal when it was killed); a thread waits for the waiter and reports the exit
 //!   to berthd. With `terminal`, runc makes the container's pty and copies it to its own stdio, a pty of ours
-//!   that threads copy to and from the client's FIFOs ([`console`]); resize_pty resizes it and tells runc.
+//!   that threads copy to and from the client's FIFOs (module `console`); resize_pty resizes it and tells runc.
 //! * **exec** + start is the same with `runc exec --process ... ID`.
 //! * **kill** is `runc kill [--all] ID SIGNAL` for init, kill(2) for an exec'd process.
 //! * **pause**, **resume**, **pids** are `runc pause`, `runc resume`, `runc ps --format json`.

@@ -180,7 +180,7 @@ impl Buffer {
 }
 
 /// Frees a buffer made by [`Buffer::from_vec`] in this library: keeps it as this thread's spare (see
-/// [`spare_vec`]) when it is not larger than [`SPARE_MAX`].
+/// `spare_vec`) when it is not larger than `SPARE_MAX` (256 KiB).
 ///
 /// # Safety
 /// The arguments must be those of a `Vec<u8>` of this library's allocator, not freed yet.
@@ -352,7 +352,7 @@ pub mod log_level {
 }
 
 /// Return codes of [`CreateFn`] and [`MethodFn`]: containerd's error categories, plus what only a plugin
-/// boundary has. A code the host does not know counts as [`INTERNAL`].
+/// boundary has. A code the host does not know counts as [`INTERNAL`](code::INTERNAL).
 pub mod code {
     /// Success: the buffer holds the response.
     pub const OK: i32 = 0;

@@ -101,10 +101,10 @@ pub unsafe fn create<T: Send + Sync + 'static>(
     }
 }
 
-/// Drops an instance made by [`create`].
+/// Drops an instance made by `create`.
 ///
 /// # Safety
-/// `instance` must come from [`create`] with the same `T` and not be used afterwards.
+/// `instance` must come from `create` with the same `T` and not be used afterwards.
 pub unsafe extern "C" fn destroy<T>(instance: *mut c_void) {
     if instance.is_null() {
         return;

@@ -223,7 +223,7 @@ impl<K: Kind> WasmPlugin<K> {
         Self::load_with(plugin, options, status, cache_dir, None)
     }
 
-    /// [`WasmPlugin::load`], with `host` in every instance's [`Ctx::host`] for the kind's host imports.
+    /// [`WasmPlugin::load`], with `host` in every instance's `Ctx::host` for the kind's host imports.
     pub fn load_with(
         plugin: ExternalPlugin,
         options: WasmOptions,
@@ -480,7 +480,7 @@ impl<K: Kind> WasmPlugin<K> {
     }
 
     /// A dedicated instance of the serving generation for one long call (a runtime task's invocation), in a
-    /// store whose context is `ctx` (the task's own stdio, args and environment: [`Ctx::with`]), under the
+    /// store whose context is `ctx` (the task's own stdio, args and environment: `Ctx::with`), under the
     /// memory limit and initialised with the plugin's config within `call_timeout`. It is neither pooled nor
     /// counted against `instances`; the caller sets the deadline of its call. Blocks.
     pub fn dedicated(&self, ctx: Ctx, method: &'static str) -> Result<(Store<Ctx>, K::Bindings), CallError> {

@@ -1,7 +1,7 @@
 //! A wasm runtime plugin as a core [`Runtime`]: a function runtime. berthd's side keeps the task table and the
 //! containerd lifecycle, as the built-in runtime does (create, start, kill, wait, delete, exec, state, pids,
 //! events); the component, of world `berth:runtime/function-runtime`, runs each process as one `invoke` of a
-//! fresh instance of its own ([`task`]).
+//! fresh instance of its own (module `task`).
 //!
 //! - create: the OCI spec's `process` (`args`, `env`, `cwd`) is read and checked; nothing runs, the task is
 //!   Created with pid 0 (a task has no host process: pids stay 0). The task's root filesystem is the

@@ -3,6 +3,10 @@
 //! berthd speaks containerd's v1 API, so commands and their output follow containerd's `ctr`
 //! where ctr has the same command; that keeps scripts and habits portable between the two.
 
+// The commands' doc comments are their --help text (clap), written for the terminal: `UID[:GID]` there is
+// a usage pattern, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod cio;
 mod containers;
 mod images;

@@ -14,7 +14,7 @@
 //!    plugin reports is located in the config file like berthd's own.
 //!
 //! The plugin then stands behind the core trait of its kind ([`snapshot`], [`runtime`], [`monitor`]). Every call runs on
-//! a blocking thread, never on an async worker ([`NativePlugin::call`]); a call that fails inside the plugin (a
+//! a blocking thread, never on an async worker (`NativePlugin::call`); a call that fails inside the plugin (a
 //! caught panic, an internal error) fails that call only and is kept as the plugin's last error.
 
 mod elf;

@@ -92,7 +92,7 @@ impl State {
 pub struct Record {
     #[serde(flatten)]
     pub state: State,
-    /// Field 22 of /proc/<pid>/stat when init was created: tells a reused pid from init.
+    /// Field 22 of `/proc/<pid>/stat` when init was created: tells a reused pid from init.
     pub init_start_time: u64,
     /// The cgroup path as given to the cgroup manager.
     pub cgroup_path: String,
@@ -195,7 +195,7 @@ pub fn init_alive(pid: i32, start_time: u64) -> bool {
     }
 }
 
-/// (state letter, start time) from /proc/<pid>/stat.
+/// (state letter, start time) from `/proc/<pid>/stat`.
 pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may contain spaces and parentheses: fields start after the last ')'.

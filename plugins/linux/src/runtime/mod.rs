@@ -1,7 +1,7 @@
 //! The `runtime.linux` plugin: berth's Runtime trait over one reaper per task (see [`crate::reaper`]).
 //!
 //! berthd never forks a container: `create` writes the bundle and hands it to the reaper spawner
-//! ([`spawner`]; `berth-reaper create` when there is none), and every other call is a request on the task's
+//! (module `spawner`; `berth-reaper create` when there is none), and every other call is a request on the task's
 //! `reaper.sock`. Tasks outlive berthd; at start-up the plugin finds
 //! them again by scanning its task directories, in parallel and with a deadline per task, so one dead or
 //! wedged reaper cannot stall start-up (containerd#11409). A task whose reaper is gone is reported stopped,

@@ -40,7 +40,7 @@ pub fn send_fd(sock: RawFd, fd: RawFd, name: &str) -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// Receives one fd sent by [`send_fd`] (used by `run` and `exec` when they hold the console themselves, and by
+/// Receives one fd sent by `send_fd` (used by `run` and `exec` when they hold the console themselves, and by
 /// tests).
 pub fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
