@@ -192,31 +192,13 @@ async fn measure_source(source: &Source, scratch: &Path, calls: usize, rounds: u
     let big = snapshotter.stat("big").await?;
     let size: usize = big.labels.iter().map(|(k, v)| k.len() + v.len()).sum();
     anyhow::ensure!(size >= 64 * 1024, "the big snapshot has {size} bytes of labels");
+    let stat: Call<SharedSnapshotter> =
+        |s, key| Box::pin(async move { s.stat(key).await.map(drop).map_err(Into::into) });
+    let mounts: Call<SharedSnapshotter> =
+        |s, key| Box::pin(async move { s.mounts(key).await.map(drop).map_err(Into::into) });
     let mut figures = Vec::new();
-    for (phase, key) in [("stat", "small"), ("stat-64k", "big"), ("mounts", "small")] {
-        let mut medians = Vec::new();
-        for _ in 0..rounds {
-            let s = Arc::clone(&snapshotter);
-            let is_mounts = phase == "mounts";
-            // On a runtime worker, as a gRPC handler calls it.
-            let median = tokio::spawn(async move {
-                time_async(calls, || {
-                    let s = Arc::clone(&s);
-                    async move {
-                        if is_mounts {
-                            s.mounts(key).await?;
-                        } else {
-                            s.stat(key).await?;
-                        }
-                        Ok(())
-                    }
-                })
-                .await
-            })
-            .await??;
-            medians.push(median);
-        }
-        figures.push(figure(source.label, phase, medians, calls));
+    for (phase, key, call) in [("stat", "small", stat), ("stat-64k", "big", stat), ("mounts", "small", mounts)] {
+        figures.push(measure_repeated(source, &snapshotter, phase, key, call, calls, rounds).await?);
     }
     figures.push(measure_changed_stat(source, &snapshotter, calls, rounds).await?);
     figures.push(measure_new_stat(source, &snapshotter, calls, rounds).await?);
@@ -226,6 +208,28 @@ async fn measure_source(source: &Source, scratch: &Path, calls: usize, rounds: u
     drop(snapshotter);
     started.shutdown();
     Ok(figures)
+}
+
+/// One call of `measure_repeated` on a `T` (the snapshotter, or berthd's namespaced view of it) for `key`.
+type Call<T> = fn(T, &'static str) -> Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
+/// `phase` of `source`: `calls` calls a round of `call` for `key`, each awaited on a runtime worker as a gRPC
+/// handler awaits it.
+async fn measure_repeated<T: Clone + Send + Sync + 'static>(
+    source: &Source,
+    target: &T,
+    phase: &str,
+    key: &'static str,
+    call: Call<T>,
+    calls: usize,
+    rounds: usize,
+) -> Result<Figure> {
+    let mut medians = Vec::new();
+    for _ in 0..rounds {
+        let t = target.clone();
+        medians.push(tokio::spawn(async move { time_async(calls, || call(t.clone(), key)).await }).await??);
+    }
+    Ok(figure(source.label, phase, medians, calls))
 }
 
 /// A timed step of `measure_stepped` on a `T` (the snapshotter, or berthd's namespaced view of it): the untimed
@@ -323,31 +327,20 @@ async fn measure_service(
     let view = Namespaced::new(store.clone(), Arc::clone(snapshotter));
     view.prepare(SERVICE_NS, "small", None, small_labels(), None).await?;
     view.prepare(SERVICE_NS, "big", None, big_labels(), None).await?;
+    let stat: Call<Namespaced> = |v, key| {
+        Box::pin(async move {
+            let info = v.stat(SERVICE_NS, key).await?;
+            anyhow::ensure!(!info.labels.is_empty(), "the stat lost the labels");
+            Ok(())
+        })
+    };
+    let mounts: Call<Namespaced> =
+        |v, key| Box::pin(async move { v.mounts(SERVICE_NS, key).await.map(drop).map_err(Into::into) });
     let mut figures = Vec::new();
-    for (phase, key) in [("service stat", "small"), ("service stat-64k", "big"), ("service mounts", "small")] {
-        let mut medians = Vec::new();
-        for _ in 0..rounds {
-            let v = view.clone();
-            let is_mounts = phase == "service mounts";
-            let median = tokio::spawn(async move {
-                time_async(calls, || {
-                    let v = v.clone();
-                    async move {
-                        if is_mounts {
-                            v.mounts(SERVICE_NS, key).await?;
-                        } else {
-                            let info = v.stat(SERVICE_NS, key).await?;
-                            anyhow::ensure!(!info.labels.is_empty(), "the stat lost the labels");
-                        }
-                        Ok(())
-                    }
-                })
-                .await
-            })
-            .await??;
-            medians.push(median);
-        }
-        figures.push(figure(source.label, phase, medians, calls));
+    for (phase, key, call) in
+        [("service stat", "small", stat), ("service stat-64k", "big", stat), ("service mounts", "small", mounts)]
+    {
+        figures.push(measure_repeated(source, &view, phase, key, call, calls, rounds).await?);
     }
     let step: Step<Namespaced> = |v, round, i| {
         Box::pin(async move {
