@@ -76,7 +76,12 @@ pub(crate) fn run(daemon: &Daemon, id: &str, extra: &[&str], script: &str) -> i3
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--rootfs", rootfs.to_str().unwrap(), id, "sh", "-c", script]);
     let out = daemon.ctr(&args);
-    out.status.code().unwrap_or_else(|| panic!("ctr run {id}: {}", String::from_utf8_lossy(&out.stderr)))
+    let code = out.status.code().unwrap_or_else(|| panic!("ctr run {id}: {}", String::from_utf8_lossy(&out.stderr)));
+    if !out.stderr.is_empty() {
+        // Shown with the test's failure: a wrong exit code is ctr's own error more often than the task's.
+        eprintln!("ctr run {id} (exit {code}): {}", String::from_utf8_lossy(&out.stderr));
+    }
+    code
 }
 
 /// The next event of `stream` within 30 s.

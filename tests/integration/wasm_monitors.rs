@@ -3,7 +3,8 @@
 //! the Tasks service of a real berthd, raising alerts (JSON lines in its granted directory and `/berth/alert`
 //! events) for real containers run by ctr that exit non-zero, are OOM-killed and loop through restarts; a
 //! monitor that traps, loops or allocates past its cap (examples/wasm/faulty-monitor) contained while tasks
-//! and the other monitors carry on. Container ids start with `wmon-`: cgroups are host-wide.
+//! and the other monitors carry on. Cgroups are host-wide, so every test has ids of its own: the alerts
+//! test's start with `wmon-`, the faults test's with `wfault-` (the two ran `wmon-loop` at once and collided).
 //!
 //! The components are built apart from this workspace, for wasm32-wasip2 (see
 //! [`BUILD`](crate::plugin_fixtures::BUILD)); .ci/test builds them before the tests.
@@ -186,9 +187,9 @@ async fn wasm_monitor_faults_are_contained() {
     }
 
     // A healthy event first: the faulty monitor publishes what it saw, counting in its instance.
-    assert_eq!(run(&daemon, "wmon-before", &[], "exit 0"), 0);
+    assert_eq!(run(&daemon, "wfault-before", &[], "exit 0"), 0);
     let seen = until(&mut events, |e| e.topic == "/faulty/seen").await;
-    assert_eq!(String::from_utf8_lossy(&seen.event.unwrap().value), "wmon-before created 1");
+    assert_eq!(String::from_utf8_lossy(&seen.event.unwrap().value), "wfault-before created 1");
 
     // Tasks run and end as usual while the monitor traps, loops past its time limit or allocates past its
     // memory cap in every call about them; the watch monitor, fed after it, still raises its alerts.
@@ -199,9 +200,12 @@ async fn wasm_monitor_faults_are_contained() {
             .to_string()
     };
     for (id, want) in [
-        ("wmon-trap", "plugin monitor.faulty: call event trapped: wasm trap: wasm `unreachable` instruction executed"),
-        ("wmon-loop", "plugin monitor.faulty: call event exceeded its time limit of 300ms"),
-        ("wmon-alloc", "plugin monitor.faulty: call event exceeded its memory limit of 16 MiB"),
+        (
+            "wfault-trap",
+            "plugin monitor.faulty: call event trapped: wasm trap: wasm `unreachable` instruction executed",
+        ),
+        ("wfault-loop", "plugin monitor.faulty: call event exceeded its time limit of 300ms"),
+        ("wfault-alloc", "plugin monitor.faulty: call event exceeded its memory limit of 16 MiB"),
     ] {
         assert_eq!(run(&daemon, id, &[], "exit 4"), 4, "{id}");
         let alert = until(&mut events, |e| e.topic == "/berth/alert").await;
@@ -214,14 +218,15 @@ async fn wasm_monitor_faults_are_contained() {
     }
     assert!(daemon.log_text().contains("monitor call failed"), "{}", daemon.log_text());
     // What the component wrote to stderr (its panic message) is in berthd's log, tagged with the plugin.
-    assert_logged_by(&daemon, "monitor.faulty", &["asked to trap on an event of task wmon-trap", "berth_plugin"]);
+    assert_logged_by(&daemon, "monitor.faulty", &["asked to trap on an event of task wfault-trap", "berth_plugin"]);
     daemon.berth_ok(&["version"]);
 
     // Afterwards a fresh instance serves the next task's events: its count starts over.
-    assert_eq!(run(&daemon, "wmon-after", &[], "exit 0"), 0);
+    assert_eq!(run(&daemon, "wfault-after", &[], "exit 0"), 0);
     let seen = until(&mut events, |e| {
-        e.topic == "/faulty/seen" && String::from_utf8_lossy(&e.event.as_ref().unwrap().value).starts_with("wmon-after")
+        e.topic == "/faulty/seen"
+            && String::from_utf8_lossy(&e.event.as_ref().unwrap().value).starts_with("wfault-after")
     })
     .await;
-    assert_eq!(String::from_utf8_lossy(&seen.event.unwrap().value), "wmon-after created 1");
+    assert_eq!(String::from_utf8_lossy(&seen.event.unwrap().value), "wfault-after created 1");
 }
