@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::RoutesBuilder;
 
 use crate::config::Config;
@@ -30,9 +29,6 @@ pub enum DaemonError {
     /// The setup is unsafe or conflicting (another daemon, a world-writable socket directory).
     #[error("{0}")]
     Refused(String),
-    /// The gRPC server failed.
-    #[error("grpc server: {0}")]
-    Server(#[from] tonic::transport::Error),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -157,13 +153,11 @@ pub async fn run_until(
         stop.await;
         let _ = stopping_tx.send(());
     };
-    let server = tonic::transport::Server::builder()
-        .layer(crate::services::rpclog::RpcLogLayer)
-        .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), graceful);
+    let service = tower::Layer::layer(&crate::services::rpclog::RpcLogLayer, routes.routes());
+    let server = crate::server::serve(listener, service, graceful);
     let timeout = Duration::from_secs(config.shutdown_timeout_secs);
     let result = tokio::select! {
-        r = server => r.map_err(DaemonError::from),
+        () = server => Ok(()),
         _ = async { if stopping_rx.await.is_ok() { tokio::time::sleep(timeout).await } else { std::future::pending().await } } => {
             tracing::warn!(seconds = timeout.as_secs(), "requests still running after the shutdown timeout; stopping anyway");
             Ok(())

@@ -26,6 +26,7 @@ pub mod mount;
 pub mod plugin;
 pub mod registry;
 pub mod runtime;
+pub mod server;
 pub mod services;
 pub mod snapshot;
 pub mod store;
