@@ -209,3 +209,75 @@ where
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tonic::body::Body;
+    use tonic::codegen::http::{Request, Response, StatusCode};
+
+    use super::serve;
+
+    /// `/panic` panics in the handler, `/slow` answers after 300 ms, anything else at once.
+    async fn handler(request: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
+        match request.uri().path() {
+            "/panic" => panic!("handler panic (expected by the test)"),
+            "/slow" => tokio::time::sleep(Duration::from_millis(300)).await,
+            _ => {}
+        }
+        Ok(Response::new(Body::empty()))
+    }
+
+    async fn client(socket: &std::path::Path) -> hyper::client::conn::http2::SendRequest<Body> {
+        let io = TokioIo::new(tokio::net::UnixStream::connect(socket).await.unwrap());
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::builder().uri(format!("http://berthd{path}")).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_resets_its_stream_and_the_connection_keeps_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, tower::service_fn(handler), async {
+            let _ = stop_rx.await;
+        }));
+        let mut sender = client(&socket).await;
+        let answer = sender.send_request(get("/panic")).await;
+        assert!(answer.is_err(), "a panicking handler must not answer: {answer:?}");
+        for _ in 0..3 {
+            let answer = sender.send_request(get("/ok")).await.expect("the same connection still serves");
+            assert_eq!(answer.status(), StatusCode::OK);
+        }
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("serve returns after stop").unwrap();
+    }
+
+    #[tokio::test]
+    async fn stopping_lets_open_requests_finish_and_refuses_new_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, tower::service_fn(handler), async {
+            let _ = stop_rx.await;
+        }));
+        let mut sender = client(&socket).await;
+        let slow = tokio::spawn(sender.send_request(get("/slow")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop_tx.send(()).unwrap();
+        let answer = slow.await.unwrap().expect("a request open at the stop is answered");
+        assert_eq!(answer.status(), StatusCode::OK);
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("serve returns once it closed").unwrap();
+        assert!(tokio::net::UnixStream::connect(&socket).await.is_err(), "no new connections after the stop");
+    }
+}
