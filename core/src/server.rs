@@ -238,6 +238,19 @@ mod tests {
         sender
     }
 
+    /// `serve` on a socket in `dir`, with [`handler`]; stopped by sending on the returned sender.
+    fn start(
+        dir: &std::path::Path,
+    ) -> (std::path::PathBuf, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let socket = dir.join("s.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, tower::service_fn(handler), async {
+            let _ = stop_rx.await;
+        }));
+        (socket, stop_tx, server)
+    }
+
     fn get(path: &str) -> Request<Body> {
         Request::builder().uri(format!("http://berthd{path}")).body(Body::empty()).unwrap()
     }
@@ -245,12 +258,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_handler_resets_its_stream_and_the_connection_keeps_serving() {
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("s.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, tower::service_fn(handler), async {
-            let _ = stop_rx.await;
-        }));
+        let (socket, stop_tx, server) = start(dir.path());
         let mut sender = client(&socket).await;
         let answer = sender.send_request(get("/panic")).await;
         assert!(answer.is_err(), "a panicking handler must not answer: {answer:?}");
@@ -265,12 +273,7 @@ mod tests {
     #[tokio::test]
     async fn stopping_lets_open_requests_finish_and_refuses_new_connections() {
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("s.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, tower::service_fn(handler), async {
-            let _ = stop_rx.await;
-        }));
+        let (socket, stop_tx, server) = start(dir.path());
         let mut sender = client(&socket).await;
         let slow = tokio::spawn(sender.send_request(get("/slow")));
         tokio::time::sleep(Duration::from_millis(50)).await;
