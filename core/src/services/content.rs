@@ -244,6 +244,9 @@ impl Content for ContentService {
 
 /// The messages of a Read: `[offset, end)` of `file` in pieces of `chunk` bytes, each read on a
 /// blocking thread when the client is ready for it.
+/// Reads up to this size are made on the handler's own task rather than on a blocking thread.
+const INLINE_READ: usize = 16 * 1024;
+
 fn read_stream(
     file: Arc<std::fs::File>,
     digest: Digest,
@@ -256,11 +259,13 @@ fn read_stream(
         async move {
             let offset = next.filter(|&o| o < end)?;
             let len = usize::try_from(end - offset).unwrap_or(usize::MAX).min(chunk);
-            let read = tokio::task::spawn_blocking(move || {
+            let read_at = move || {
                 let mut data = vec![0; len];
                 std::os::unix::fs::FileExt::read_exact_at(&*file, &mut data, offset).map(|()| data)
-            })
-            .await;
+            };
+            // Manifests, configs and indexes are read here: a blocking thread's hand-off costs
+            // more than the read, and would send the answer's HEADERS apart from its DATA.
+            let read = if len <= INLINE_READ { Ok(read_at()) } else { tokio::task::spawn_blocking(read_at).await };
             match read {
                 Ok(Ok(data)) => {
                     let message = ReadContentResponse { offset: to_i64(offset), data };
