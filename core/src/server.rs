@@ -11,7 +11,7 @@
 //!
 //! Polling streams in the connection's task is not enough on its own: h2 gives a stream send capacity
 //! only when the connection is polled, so HEADERS, DATA and trailers still reach the socket in separate
-//! writes as the connection and the stream take turns. So hyper writes into [`BufferedIo`], which
+//! writes as the connection and the stream take turns. So hyper writes into `BufferedIo`, which
 //! only queues, and the `Connection` future writes the queue out once, when connection and streams
 //! are both idle: an answer, the trailers and the PING acknowledgement gRPC-Go's clients ask for
 //! after every answer leave in one `write`, and the client wakes once per answer.
