@@ -13,8 +13,9 @@
 //! only when the connection is polled, so HEADERS, DATA and trailers still reach the socket in separate
 //! writes as the connection and the stream take turns. So hyper writes into `BufferedIo`, which
 //! only queues, and the `Connection` future writes the queue out once, when connection and streams
-//! are both idle: an answer, the trailers and the PING acknowledgement gRPC-Go's clients ask for
-//! after every answer leave in one `write`, and the client wakes once per answer.
+//! are both idle: an answer's HEADERS, DATA and trailers, and a PING acknowledgement read with its
+//! request, leave in one `write`. (gRPC-Go's clients send a PING after nearly every answer; one that
+//! arrives on its own is acknowledged at once.)
 //!
 //! The cost is that one connection's handlers share one task: handlers do their blocking work
 //! (LMDB commits, files, processes) on blocking threads, so a connection's requests still overlap;
@@ -377,10 +378,7 @@ where
                     // hyper is done with the connection: its streams ended or were reset with it.
                     // A write error is moot now; what is left only has to reach the socket.
                     this.closing = true;
-                    return match this.poll_drain(cx) {
-                        Poll::Ready(()) => Poll::Ready(()),
-                        Poll::Pending => Poll::Pending,
-                    };
+                    return this.poll_drain(cx);
                 }
             }
             let queued = std::mem::take(&mut *this.exec.queued.lock().unwrap_or_else(|p| p.into_inner()));

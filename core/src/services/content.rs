@@ -242,11 +242,11 @@ impl Content for ContentService {
     }
 }
 
-/// The messages of a Read: `[offset, end)` of `file` in pieces of `chunk` bytes, each read on a
-/// blocking thread when the client is ready for it.
 /// Reads up to this size are made on the handler's own task rather than on a blocking thread.
 const INLINE_READ: usize = 16 * 1024;
 
+/// The messages of a Read: `[offset, end)` of `file` in pieces of `chunk` bytes, each read when the
+/// client is ready for it: on a blocking thread, or at once if it is [`INLINE_READ`] or less.
 fn read_stream(
     file: Arc<std::fs::File>,
     digest: Digest,
