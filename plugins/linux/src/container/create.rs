@@ -153,10 +153,12 @@ impl Runtime {
             state_dir_fd: state_dirfd.as_raw_fd(),
             hook_state: st.hook_json(),
         };
+        let has_unified = cgroup_entry.unified().is_some();
         // FORK: the intermediate joins and creates namespaces; it gets child_ch (moved: closed here when the
         // closure is dropped in the parent) and closes its copy of parent_ch.
-        let (inter, in_unified) = fork::fork_child_into(cgroup_entry.unified(), move || child.intermediate(child_ch))
-            .step(|| "forking the container process")?;
+        let (inter, in_unified) =
+            fork::fork_child_into(cgroup_entry.unified(), move |in_unified| child.intermediate(child_ch, in_unified))
+                .step(|| "forking the container process")?;
         undo.pids.push(inter);
         drop(cgroup_entry);
         undo.poststop = Some((spec, State { status: Status::Stopped, ..st.clone() }.hook_json()));
@@ -164,12 +166,12 @@ impl Runtime {
         drop(state_dirfd);
 
         // In the cgroup before it creates anything: init and a new cgroup namespace inherit it. The intermediate
-        // joins the v1 hierarchies itself, first thing after Go; the cgroup2 one it was forked into, or is added
-        // to here.
-        if !in_unified {
+        // joins the v1 hierarchies itself, first thing; the cgroup2 one it was forked into, or is added to here,
+        // and then it waits for Go (see `Child::intermediate`).
+        if needs_unified_join(has_unified, in_unified) {
             undo.cgroup.as_ref().expect("cgroup set above").add_process_unified(inter)?;
+            parent_ch.send(&Msg::Go).step(|| "sync with the container process")?;
         }
-        parent_ch.send(&Msg::Go).step(|| "sync with the container process")?;
 
         let mut init_pid = 0;
         loop {
@@ -182,11 +184,11 @@ impl Runtime {
                 Some(Msg::Pid(pid)) => {
                     init_pid = pid;
                     undo.pids.push(pid);
-                    // The intermediate's job is done; reap it so it leaves no zombie.
+                    // The intermediate's job is done; reap it so it leaves no zombie. Init does not wait for us:
+                    // it sends nothing before the intermediate has sent this (see `pid_sent`).
                     let _ = sys::waitpid(inter, 0);
                     undo.pids.retain(|p| *p != inter);
                     st.pid = pid;
-                    parent_ch.send(&Msg::Go).step(|| "sync with the container init")?;
                 }
                 Some(Msg::RunHooks) => {
                     let json = st.hook_json();
@@ -272,6 +274,12 @@ fn write_id_maps(pid: i32, linux: &Linux) -> Result<()> {
     Ok(())
 }
 
+/// Whether the intermediate still has to be added to the cgroup2 cgroup by its pid (it was not forked into it),
+/// and so waits for Go before it creates anything. Both sides decide with this.
+fn needs_unified_join(has_unified: bool, forked_into_unified: bool) -> bool {
+    has_unified && !forked_into_unified
+}
+
 /// What the children need, borrowed from the runtime's stack (they run on a copy of it).
 struct Child<'a> {
     cgroup_entry: &'a cgroups::Entry,
@@ -290,13 +298,13 @@ struct Child<'a> {
 impl Child<'_> {
     /// The intermediate process: joins the spec's namespace paths, creates the user namespace (the runtime
     /// writes its maps), creates the other namespaces, then clones init as our sibling and reports its pid.
-    fn intermediate(self, ch: Channel) -> i32 {
+    fn intermediate(self, ch: Channel, forked_into_unified: bool) -> i32 {
         // SAFETY: our copy of the runtime's end; closing it makes EOF reliable for the runtime.
         unsafe { libc::close(self.parent_fd) };
         // Not dumpable before any namespace is joined: a process already in a joined pid namespace must not reach
         // us (or init, which inherits this until execve) through /proc (CVE-2019-5736), as runc does.
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
-        if ch.wait_go().is_err() {
+        if needs_unified_join(self.cgroup_entry.unified().is_some(), forked_into_unified) && ch.wait_go().is_err() {
             return 1;
         }
         // Into the cgroup before anything else, while single-threaded and still with the host's credentials.
@@ -352,12 +360,19 @@ impl Child<'_> {
         let in_userns = init::in_userns(&ns);
         let new_cgroupns = init::new_cgroupns(&ns);
         let ch_fd = ch.as_raw_fd();
+        // Init reads this pipe to EOF before it sends anything, so the runtime has init's pid (sent below) before
+        // any message of init's, without a round trip through the runtime.
+        let (pid_sent_read, pid_sent_write) = sys::pipe().map_err(|e| format!("creating a pipe: {e}"))?;
+        let (pid_sent_read_fd, pid_sent_write_fd) = (pid_sent_read.as_raw_fd(), pid_sent_write.as_raw_fd());
         // CLONE: init, pid 1 of a new pid namespace, as the runtime's child (CLONE_PARENT) so `run` can wait for it.
         let pid = fork::clone_sibling(|| {
+            // SAFETY: init's copy of the write end, closed so that only ours keeps the pipe open.
+            unsafe { libc::close(pid_sent_write_fd) };
             // SAFETY: init owns its copies of these inherited fds from here on.
-            let (channel, console_socket, state_dir) = unsafe {
+            let (channel, pid_sent, console_socket, state_dir) = unsafe {
                 (
                     Channel::from_raw_fd(ch_fd),
+                    OwnedFd::from_raw_fd(pid_sent_read_fd),
                     self.console_fd.map(|fd| OwnedFd::from_raw_fd(fd)),
                     OwnedFd::from_raw_fd(self.state_dir_fd),
                 )
@@ -367,6 +382,7 @@ impl Child<'_> {
                 rootfs: self.rootfs,
                 bundle: self.bundle,
                 channel: Some(channel),
+                pid_sent: Some(pid_sent),
                 console_socket,
                 state_dir: Some(state_dir),
                 in_userns,
@@ -376,6 +392,8 @@ impl Child<'_> {
         })
         .map_err(|e| format!("cloning init: {e}"))?;
         ch.send(&Msg::Pid(pid)).map_err(|e| e.to_string())?;
+        drop(pid_sent_write);
+        drop(pid_sent_read);
         Ok(())
     }
 }

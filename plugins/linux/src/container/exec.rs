@@ -88,7 +88,7 @@ impl Runtime {
         let cgroup_entry = cgroup.entry()?;
         let entry_ref = &cgroup_entry;
         // FORK: the intermediate; child_ch moves into it (closed here when the closure is dropped).
-        let (inter, in_unified) = fork::fork_child_into(cgroup_entry.unified(), move || {
+        let (inter, in_unified) = fork::fork_child_into(cgroup_entry.unified(), move |_| {
             // SAFETY: our copy of the runtime's end.
             unsafe { libc::close(parent_fd) };
             // Single-threaded and still with the host's credentials: the v1 hierarchies, itself.

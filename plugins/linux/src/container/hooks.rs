@@ -33,6 +33,11 @@ impl Kind {
     }
 }
 
+/// Whether the spec has hooks the runtime runs while init waits after its mounts (prestart, createRuntime).
+pub fn has_runtime_hooks(spec: &Spec) -> bool {
+    !list(spec, Kind::Prestart).is_empty() || !list(spec, Kind::CreateRuntime).is_empty()
+}
+
 pub fn list(spec: &Spec, kind: Kind) -> Vec<Hook> {
     let Some(h) = spec.hooks() else { return Vec::new() };
     #[allow(deprecated)]

@@ -17,6 +17,12 @@
 //!                            ◀─ parent writes uid/gid maps ─▶      waits on exec.fifo, execve
 //!                            unshare(other namespaces)
 //! ```
+//! The runtime waits for the intermediate only when it must add it to the cgroup2 cgroup itself (it was not
+//! forked into it), and init never waits for the runtime to start: it sends nothing before the intermediate
+//! has sent init's pid (it reads a pipe the intermediate closes then), and asks the runtime to run hooks only
+//! when the spec has prestart or createRuntime ones. Each round trip skipped is a wake-up on the path of every
+//! create.
+//!
 //! The intermediate exists because a new PID namespace (and joined ones) only applies to children, and because
 //! joined namespaces must be entered before the user namespace is created. `CLONE_PARENT` makes init a direct
 //! child of the runtime process, so `run` and `exec` can wait for it (a grandchild would be re-parented to host

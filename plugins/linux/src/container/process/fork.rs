@@ -33,10 +33,10 @@ pub fn fork_child(child: impl FnOnce() -> i32) -> io::Result<i32> {
 
 /// Like [`fork_child`], but the child starts in the cgroup2 cgroup `cgroup` when the kernel can do that and the
 /// caller is single-threaded. Returns the pid and whether the child is in that cgroup; if not, the caller adds
-/// it the usual way.
-pub fn fork_child_into(cgroup: Option<BorrowedFd<'_>>, child: impl FnOnce() -> i32) -> io::Result<(i32, bool)> {
+/// it the usual way. The child gets the same answer as its argument, so it knows whether to wait for that.
+pub fn fork_child_into(cgroup: Option<BorrowedFd<'_>>, child: impl FnOnce(bool) -> i32) -> io::Result<(i32, bool)> {
     let Some(cgroup) = cgroup.filter(|_| single_threaded()) else {
-        return fork_child(child).map(|pid| (pid, false));
+        return fork_child(|| child(false)).map(|pid| (pid, false));
     };
     // struct clone_args of <linux/sched.h> up to `cgroup` (Linux 5.7).
     #[repr(C)]
@@ -65,13 +65,13 @@ pub fn fork_child_into(cgroup: Option<BorrowedFd<'_>>, child: impl FnOnce() -> i
     // SAFETY: clone3 without CLONE_VM from a single-threaded process; the child only runs `child` and _exits.
     let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) };
     match sys::cvt_long(pid) {
-        Ok(0) => run_and_exit(child),
+        Ok(0) => run_and_exit(|| child(true)),
         Ok(pid) => Ok((pid as i32, true)),
         // ENOSYS (before 5.3, or a seccomp filter), E2BIG/EINVAL (no CLONE_INTO_CGROUP before 5.7), or a
         // cgroup the kernel will not start a process in: the usual way reports that one properly.
         Err(e) => {
             tracing::debug!("clone3 into the cgroup failed ({e}); forking and adding the pid instead");
-            fork_child(child).map(|pid| (pid, false))
+            fork_child(|| child(false)).map(|pid| (pid, false))
         }
     }
 }
@@ -129,7 +129,10 @@ mod tests {
         let has_unified = entry.unified().is_some();
         // The test runs among libtest's threads: fork a single-threaded helper first, as berthd starts a reaper.
         let helper = fork_child(|| {
-            let Ok((pid, in_unified)) = fork_child_into(entry.unified(), || {
+            let Ok((pid, in_unified)) = fork_child_into(entry.unified(), |started_in| {
+                if started_in != has_unified {
+                    return 8;
+                }
                 if entry.join_v1().is_err() {
                     return 2;
                 }
@@ -145,7 +148,8 @@ mod tests {
         let status = sys::waitpid(helper, 0).unwrap().map(sys::exit_code);
         drop(entry);
         cg.delete().unwrap();
-        // 2: join_v1 failed, 4: a hierarchy without the cgroup, 7: clone3 did not start it in the cgroup2 one.
+        // 2: join_v1 failed, 4: a hierarchy without the cgroup, 7: clone3 did not start it in the cgroup2 one,
+        // 8: the child was told otherwise.
         assert_eq!(status, Some(0));
     }
 }
