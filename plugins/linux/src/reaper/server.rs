@@ -110,6 +110,8 @@ struct Reaper {
     own_pid_namespace: bool,
     /// The unmount of the root filesystem started when init exited; see `unmount_after_exit`.
     unmounting: Option<std::thread::JoinHandle<io::Result<()>>>,
+    /// The container's mount namespace, held so that init's exit does not tear it down: see `hold_mount_ns`.
+    mount_ns: Option<OwnedFd>,
 }
 
 /// Entry point of `berth-reaper`: `berth-reaper create DIR` or `berth-reaper cleanup DIR`.
@@ -288,6 +290,20 @@ pub(super) fn daemon(dir: &Path, ready: OwnedFd) -> i32 {
     }
 }
 
+/// Opens the mount namespace of the container whose init is `pid`. While this is open, init's exit does not
+/// unmount the container's mounts: the kernel does that in the exiting process, before its parent hears of the
+/// exit (an RCU grace period and the end of each of a dozen filesystems, on the path of every Wait), and with
+/// the namespace held it happens when `unmount_after_exit` lets go, after the exit has been announced.
+fn hold_mount_ns(pid: i32) -> Option<OwnedFd> {
+    match fs::File::open(format!("/proc/{pid}/ns/mnt")) {
+        Ok(file) => Some(OwnedFd::from(file)),
+        Err(e) => {
+            eprintln!("berth-reaper: opening the container's mount namespace: {e}");
+            None
+        }
+    }
+}
+
 /// stdin from /dev/null, stdout and stderr to the task's log (what the runtime library or hooks print).
 fn redirect_stdio(log: &Path) {
     let null = fs::File::open("/dev/null");
@@ -368,6 +384,7 @@ impl Reaper {
         }
         // Without a memory controller there is nothing to watch; OOM events are then simply not reported.
         let oom = cgroups::Cgroup::open(&cgroup_path).ok().and_then(|cg| cg.oom_watcher().ok());
+        let mount_ns = if own_pid_namespace { hold_mount_ns(pid) } else { None };
         let sock = dir.join(SOCKET_FILE);
         let _ = fs::remove_file(&sock);
         let listener = match UnixListener::bind(&sock) {
@@ -391,6 +408,7 @@ impl Reaper {
             deleting: None,
             own_pid_namespace,
             unmounting: None,
+            mount_ns,
         })
     }
 
@@ -578,7 +596,8 @@ impl Reaper {
         }
     }
 
-    /// Starts unmounting the root filesystem once init has exited and the exit has been announced.
+    /// Starts unmounting the root filesystem once init has exited and the exit has been announced, after
+    /// letting go of the container's mount namespace (`hold_mount_ns`), whose mounts go then.
     ///
     /// Unmounting an overlay syncs its upper filesystem (~1 ms on ext4), and done in Delete that sits on
     /// the client's path; started here it overlaps the client's reaction to the exit (containerd's
@@ -588,11 +607,20 @@ impl Reaper {
     /// `settle_unmount` before anything that forks or needs the mount gone, and Delete unmounts again
     /// (a no-op then) so a failure here is still reported there.
     fn unmount_after_exit(&mut self) {
-        if !self.own_pid_namespace || self.cfg.rootfs.is_empty() || self.unmounting.is_some() {
+        if !self.own_pid_namespace || self.unmounting.is_some() {
             return;
         }
-        let root = self.dir.join(ROOTFS_DIR);
-        match std::thread::Builder::new().name("unmount".into()).spawn(move || rootfs::unmount(&root)) {
+        let mount_ns = self.mount_ns.take();
+        let root = (!self.cfg.rootfs.is_empty()).then(|| self.dir.join(ROOTFS_DIR));
+        if mount_ns.is_none() && root.is_none() {
+            return;
+        }
+        let unmount = move || {
+            // The container's mounts go first (they hold the root filesystem's mount too).
+            drop(mount_ns);
+            root.map_or(Ok(()), |root| rootfs::unmount(&root))
+        };
+        match std::thread::Builder::new().name("unmount".into()).spawn(unmount) {
             Ok(handle) => self.unmounting = Some(handle),
             // Delete unmounts anyway.
             Err(e) => eprintln!("berth-reaper: starting the unmount after init exited: {e}"),
