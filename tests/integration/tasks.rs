@@ -130,6 +130,21 @@ fn spawners_of(parent: u32) -> Vec<u32> {
     found
 }
 
+/// The live children of `pid`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let mut fields = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace()).into_iter().flatten();
+        let (state, ppid) = (fields.next(), fields.next().and_then(|p| p.parse::<u32>().ok()));
+        if ppid == Some(parent) && state != Some("Z") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 /// Whether `pid` is gone or a zombie.
 fn gone(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -358,15 +373,38 @@ fn a_killed_reaper_spawner_is_replaced() {
     }
     kill_and_remove(&daemon, "named");
 
+    // The spawner keeps one reaper forked ahead for the next task (with none of berthd's files either). One
+    // that died is not waited for: the next create forks its reaper on the spot, and a new one waits after it.
+    eventually("the spawner's reapers of ended tasks gone", 5, || children_of(first[0]).len() == 1);
+    let waiting = children_of(first[0]);
+    for fd in std::fs::read_dir(format!("/proc/{}/fd", waiting[0])).unwrap().flatten() {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        assert!(!target.starts_with(&root), "the waiting reaper keeps berthd's {} open", target.display());
+    }
+    // SAFETY: plain syscall on the waiting reaper's pid, found above.
+    unsafe { kill(waiting[0] as i32, 9) };
+    eventually(&format!("waiting reaper {} dying", waiting[0]), 5, || gone(waiting[0]));
+    let (code, out, err) = ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], "unwarmed", &["echo", "three"]));
+    assert_eq!((code, out.trim()), (0, "three"), "{err}");
+    eventually("a new reaper waiting", 5, || {
+        let now = children_of(first[0]);
+        now.len() == 1 && now != waiting
+    });
+    assert_eq!(spawners_of(daemon.pid()), first, "the same spawner after a waiting reaper died");
+    let waiting = children_of(first[0]);
+
     // SAFETY: plain syscall on the spawner's pid, checked above.
     unsafe { kill(first[0] as i32, 9) };
     eventually(&format!("spawner {} dying", first[0]), 5, || gone(first[0]));
+    // Its waiting reaper ends with it.
+    eventually(&format!("waiting reaper {} ending with the spawner", waiting[0]), 5, || gone(waiting[0]));
     let (code, out, err) = ctr(&daemon, &run_args(fifo, rootfs, &["--rm"], "after", &["echo", "two"]));
     assert_eq!((code, out.trim()), (0, "two"), "{err}");
     let second = spawners_of(daemon.pid());
     assert!(second.len() == 1 && second != first, "a new spawner replaces the killed one: {second:?} after {first:?}");
     assert!(daemon.log_text().contains("reaper spawner is gone"), "{}", daemon.log_text());
     assert_nothing_left(&daemon, "default", "before");
+    assert_nothing_left(&daemon, "default", "unwarmed");
     assert_nothing_left(&daemon, "default", "after");
 }
 
