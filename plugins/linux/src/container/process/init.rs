@@ -79,9 +79,9 @@ fn init(a: &mut InitArgs) -> Result<std::convert::Infallible, String> {
 
     // prestart and createRuntime hooks run in the runtime namespace, by the runtime, now that our namespaces
     // exist and before pivot_root; then createContainer hooks run here, in the container's namespaces.
-    // Only with hooks to run: a round trip through the runtime is about 0.1 ms of every create.
     wait_pid_sent(&mut a.pid_sent);
     let channel = a.channel.as_ref().ok_or("no channel")?;
+    // Asked for only when there are such hooks: the round trip through the runtime is a wake-up on each side.
     if hooks::has_runtime_hooks(spec) {
         step("sync with runtime", channel.send(&Msg::RunHooks))?;
         step("sync with runtime", channel.wait_go())?;
