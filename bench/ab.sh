@@ -14,6 +14,8 @@
 set -euo pipefail
 
 die() { echo "ab.sh: $*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 (( $# >= 2 )) || die "usage: bench/ab.sh DIR_A DIR_B [RUNS]"
 [[ $EUID -eq 0 ]] || die "run as root"
 for tool in ctr docker-registry umoci skopeo busybox curl python3; do
@@ -44,13 +46,8 @@ cleanup() {
 trap cleanup EXIT
 
 # busybox as a one-layer image, in a registry of this run on loopback.
-mkdir -p "$work/rootfs/bin" "$work/rootfs/etc"
-cp "$(command -v busybox)" "$work/rootfs/bin/busybox"
-for applet in $("$work/rootfs/bin/busybox" --list); do
-    [[ $applet == busybox ]] || ln -s busybox "$work/rootfs/bin/$applet"
-done
-echo 'root:x:0:0:root:/root:/bin/sh' >"$work/rootfs/etc/passwd"
-echo 'root:x:0:' >"$work/rootfs/etc/group"
+busybox_bin=$(command -v busybox)
+busybox_rootfs "$work/rootfs"
 umoci init --layout "$work/layout"
 umoci new --image "$work/layout:latest"
 umoci insert --image "$work/layout:latest" "$work/rootfs" / >/dev/null

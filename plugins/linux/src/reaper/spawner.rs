@@ -19,7 +19,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
@@ -56,19 +56,12 @@ pub fn main(fd: RawFd) -> i32 {
         eprintln!("berth-reaper spawner: telling berthd it is ready: {}", io::Error::last_os_error());
         return 1;
     }
-    let mut warm = Warm::fork(&sock);
+    let mut warm = fork_ahead(&sock);
     loop {
         match receive(&sock) {
             Ok(Some((dir, reply))) => {
-                // The waiting reaper if it takes the request, else a fork now; then the next one waits.
-                let reply = match warm.take() {
-                    Some(w) => w.hand_over(&dir, reply),
-                    None => Some(reply),
-                };
-                if let Some(reply) = reply {
-                    spawn(&sock, dir, reply);
-                }
-                warm = Warm::fork(&sock);
+                spawn(&sock, warm.take(), &dir, reply);
+                warm = fork_ahead(&sock);
             }
             // berthd closed its end: it stopped, or died.
             Ok(None) => return 0,
@@ -122,15 +115,22 @@ struct Warm {
     sock: OwnedFd,
 }
 
+/// The reaper for the next task; None if it could not be forked (the next task's is then forked when it comes).
+fn fork_ahead(berthd: &OwnedFd) -> Option<Warm> {
+    Warm::fork(berthd).inspect_err(|e| eprintln!("berth-reaper spawner: forking a reaper ahead: {e}")).ok()
+}
+
 impl Warm {
-    /// None if the socket or the fork failed: the next request is then forked for when it comes.
-    fn fork(berthd: &OwnedFd) -> Option<Warm> {
-        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).ok()?;
-        // FORK: as in `spawn`; the child waits for its task instead of having it already.
-        // SAFETY: we are single-threaded, so the child may run ordinary code.
+    fn fork(berthd: &OwnedFd) -> io::Result<Warm> {
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+        // FORK: the task's reaper daemon, which waits for its task. We are single-threaded, so the child may run
+        // ordinary code.
+        // SAFETY: see above.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            // SAFETY: the child's copies of berthd's socket and of our end (see `spawn`), and SIGCHLD as in `spawn`.
+            // SAFETY: the child's copies of berthd's socket (closing it keeps berthd's end-of-stream ours alone)
+            // and of our end; and back to the default SIGCHLD, which the daemon's signalfd needs for its
+            // container's exits.
             unsafe {
                 libc::close(berthd.as_raw_fd());
                 libc::close(ours.as_raw_fd());
@@ -148,14 +148,13 @@ impl Warm {
             unsafe { libc::_exit(code) };
         }
         if pid < 0 {
-            eprintln!("berth-reaper spawner: forking a reaper ahead: {}", io::Error::last_os_error());
-            return None;
+            return Err(io::Error::other(format!("fork: {}", io::Error::last_os_error())));
         }
-        Some(Warm { sock: ours })
+        Ok(Warm { sock: ours })
     }
 
     /// Gives the request to the waiting reaper. The reply pipe comes back if it could not take it (it died).
-    fn hand_over(self, dir: &std::path::Path, reply: OwnedFd) -> Option<OwnedFd> {
+    fn hand_over(self, dir: &Path, reply: OwnedFd) -> Option<OwnedFd> {
         let fds = [reply.as_raw_fd()];
         let cmsg = [ControlMessage::ScmRights(&fds)];
         let path = [IoSlice::new(dir.as_os_str().as_bytes())];
@@ -163,32 +162,28 @@ impl Warm {
             // The reaper has its own copy of the pipe now.
             Ok(_) => None,
             Err(e) => {
-                eprintln!("berth-reaper spawner: handing a task to the reaper forked ahead: {e}; forking one now");
+                eprintln!("berth-reaper spawner: handing a task to its reaper: {e}");
                 Some(reply)
             }
         }
     }
 }
 
-fn spawn(sock: &OwnedFd, dir: PathBuf, reply: OwnedFd) {
-    // FORK: the task's reaper daemon. We are single-threaded, so the child may run ordinary code.
-    // SAFETY: see above.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: the child's copy of the socket: closing it keeps berthd's end-of-stream ours alone; and back to
-        // the default SIGCHLD, which the daemon's signalfd needs for its container's exits.
-        unsafe {
-            libc::close(sock.as_raw_fd());
-            libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-        }
-        let code = super::server::daemon(&dir, reply);
-        // SAFETY: leave without running atexit handlers that belong to the spawner.
-        unsafe { libc::_exit(code) };
-    }
-    if pid < 0 {
-        let error = ReaperError::new(ErrorKind::Internal, format!("fork: {}", io::Error::last_os_error()));
-        let _ = write_frame(&mut std::fs::File::from(reply), &Reply::Error(error));
-    }
+/// Starts the task in `dir`: the reaper forked ahead takes it, or, when there is none or it died, one forked now.
+fn spawn(berthd: &OwnedFd, warm: Option<Warm>, dir: &Path, reply: OwnedFd) {
+    let reply = match warm {
+        Some(w) => w.hand_over(dir, reply),
+        None => Some(reply),
+    };
+    let Some(reply) = reply else { return };
+    let (reply, message) = match Warm::fork(berthd) {
+        Ok(w) => match w.hand_over(dir, reply) {
+            None => return,
+            Some(reply) => (reply, "the task's reaper exited before it took the task".to_string()),
+        },
+        Err(e) => (reply, format!("starting the task's reaper: {e}")),
+    };
+    let _ = write_frame(&mut std::fs::File::from(reply), &Reply::Error(ReaperError::new(ErrorKind::Internal, message)));
 }
 
 /// Closes every fd from `first` up, but `keep`.
