@@ -159,6 +159,12 @@ pub trait Process: Send + Sync {
     fn id(&self) -> &str;
     /// Its current state.
     async fn state(&self) -> Result<State>;
+    /// Its pid, when the backend holds it without asking anyone (it learnt it creating the
+    /// process): the Tasks service then answers Create without a `state` call. `None`, the
+    /// default, sends callers to `state`.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
     /// Starts it (a created process waits for this); returns its pid, as the shim API's Start does.
     async fn start(&self) -> Result<u32>;
     /// Sends `signal`; with `all`, to every process of the task (init only).

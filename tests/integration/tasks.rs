@@ -561,6 +561,54 @@ async fn pids_limit_makes_fork_fail() {
     assert_nothing_left(&daemon, "default", "pids");
 }
 
+/// Once init's exit has been announced, its state is answered by berthd alone: a reaper that cannot answer
+/// (stopped here) does not hold up Tasks.Get or Wait, which clients call right after the exit.
+#[tokio::test]
+async fn a_stopped_task_is_answered_without_its_reaper() {
+    if !requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let client = daemon.client().await;
+    container_with_spec(&daemon, &client, "stopped", &["sh", "-c", "exit 7"], |_| {}).await;
+    let mut exits = client
+        .events()
+        .subscribe(SubscribeRequest { filters: vec!["topic==/tasks/exit".into()] })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut tasks = client.tasks();
+    let request = |id: &str| ns_request("default", GetRequest { container_id: id.into(), exec_id: String::new() });
+    let create = CreateTaskRequest { container_id: "stopped".into(), ..Default::default() };
+    let pid = tasks.create(ns_request("default", create)).await.unwrap().into_inner().pid;
+    tasks
+        .start(ns_request("default", StartRequest { container_id: "stopped".into(), exec_id: String::new() }))
+        .await
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(20), exits.message()).await.expect("an exit event");
+    assert_eq!(exit.unwrap().unwrap().topic, "/tasks/exit");
+
+    let dir = daemon.task_dirs().into_iter().find(|d| d.ends_with("stopped")).expect("the task's directory");
+    let reaper: i32 = std::fs::read_to_string(dir.join("reaper.pid")).unwrap().trim().parse().unwrap();
+    // SAFETY: plain syscalls on the task's reaper, found above; it is continued below whatever happens.
+    unsafe { libc::kill(reaper, libc::SIGSTOP) };
+    let get = tokio::time::timeout(Duration::from_secs(5), tasks.get(request("stopped"))).await;
+    let wait = WaitRequest { container_id: "stopped".into(), exec_id: String::new() };
+    let waited = tokio::time::timeout(Duration::from_secs(5), tasks.wait(ns_request("default", wait))).await;
+    unsafe { libc::kill(reaper, libc::SIGCONT) };
+    let process = get.expect("Tasks.Get answers without the reaper").unwrap().into_inner().process.unwrap();
+    assert_eq!(
+        (process.status, process.exit_status, process.pid),
+        (containerd_client::types::v1::Status::Stopped as i32, 7, pid)
+    );
+    assert!(process.exited_at.is_some(), "{process:?}");
+    assert_eq!(waited.expect("Wait answers without the reaper").unwrap().into_inner().exit_status, 7);
+
+    tasks.delete(ns_request("default", DeleteTaskRequest { container_id: "stopped".into() })).await.unwrap();
+    daemon.ctr_ok(&["containers", "rm", "stopped"]);
+    assert_nothing_left(&daemon, "default", "stopped");
+}
+
 #[tokio::test]
 async fn bad_input_is_refused_and_leaves_nothing() {
     let Some((daemon, rootfs, fifo)) = busybox_daemon("") else { return };

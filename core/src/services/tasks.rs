@@ -569,11 +569,18 @@ impl TasksService {
             task_options: r.options,
         };
         let created = runtime.create(ns, id, options).await?;
-        let pid = created
-            .state()
-            .await
-            .map_err(|e| Error::from(e).context(format!("task {id:?} was created but its state cannot be read")))?
-            .pid;
+        let pid = match created.pid() {
+            Some(pid) => pid,
+            None => {
+                created
+                    .state()
+                    .await
+                    .map_err(|e| {
+                        Error::from(e).context(format!("task {id:?} was created but its state cannot be read"))
+                    })?
+                    .pid
+            }
+        };
         // A container deleted while its task was being made: nothing could reach that task.
         // Deleted after this check, it is removed on the deletion's event instead.
         if let Err(e) = self.store.get_container(ns, id) {

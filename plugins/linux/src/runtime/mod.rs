@@ -184,6 +184,7 @@ impl LinuxRuntime {
             pid,
             io,
             dead,
+            exited: std::sync::OnceLock::new(),
             deleting: tokio::sync::Mutex::new(()),
         })
     }
@@ -193,16 +194,20 @@ impl LinuxRuntime {
         let client = task.client.clone();
         let (ns, id) = (task.ns.clone(), task.id.clone());
         let events = self.inner.events.clone();
+        let task = Arc::downgrade(task);
         tokio::spawn(async move {
             let Ok(mut conn) = client.subscribe().await else { return };
             while let Some(event) = client::next_event(&mut conn).await {
                 let event = match event {
-                    proto::Event::Exit { exec_id, exit } => RuntimeEvent::Exit {
-                        namespace: ns.clone(),
-                        container_id: id.clone(),
-                        exec_id,
-                        exit: to_exit(exit),
-                    },
+                    proto::Event::Exit { exec_id, exit } => {
+                        let exit = to_exit(exit);
+                        if exec_id.is_none()
+                            && let Some(task) = task.upgrade()
+                        {
+                            let _ = task.exited.set(exit);
+                        }
+                        RuntimeEvent::Exit { namespace: ns.clone(), container_id: id.clone(), exec_id, exit }
+                    }
                     proto::Event::Oom => RuntimeEvent::Oom { namespace: ns.clone(), container_id: id.clone() },
                 };
                 if events.send(event).is_err() {
@@ -494,6 +499,9 @@ pub struct LinuxTask {
     io: Io,
     /// Set when the reaper was gone at recovery: the task only reports this exit, then is deleted.
     dead: Option<Exit>,
+    /// Init's exit, once the reaper has announced it: a stopped init's state cannot change, so
+    /// `state` answers from here instead of asking the reaper (clients ask right after the exit).
+    exited: std::sync::OnceLock<Exit>,
     /// Held while the task is being deleted.
     deleting: tokio::sync::Mutex<()>,
 }
@@ -514,16 +522,27 @@ impl Process for LinuxTask {
     }
 
     async fn state(&self) -> Result<State> {
+        let stopped = |exit: Exit, status| State {
+            status,
+            pid: self.pid,
+            exit_status: exit.status,
+            exited_at: Some(exit.timestamp),
+            io: self.io.clone(),
+        };
         if let Some(exit) = self.dead {
-            return Ok(State {
-                status: if exit.status == 255 && exit.pid == 0 { Status::Unknown } else { Status::Stopped },
-                pid: self.pid,
-                exit_status: exit.status,
-                exited_at: Some(exit.timestamp),
-                io: self.io.clone(),
-            });
+            return Ok(stopped(
+                exit,
+                if exit.status == 255 && exit.pid == 0 { Status::Unknown } else { Status::Stopped },
+            ));
+        }
+        if let Some(&exit) = self.exited.get() {
+            return Ok(stopped(exit, Status::Stopped));
         }
         Ok(to_state(self.client.call(Request::State { exec_id: None }).await?))
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid)
     }
 
     async fn start(&self) -> Result<u32> {
@@ -551,7 +570,7 @@ impl Process for LinuxTask {
     }
 
     async fn wait(&self) -> Result<Exit> {
-        if let Some(exit) = self.dead {
+        if let Some(exit) = self.dead.or_else(|| self.exited.get().copied()) {
             return Ok(exit);
         }
         Ok(to_exit(self.client.call_unbounded(Request::Wait { exec_id: None }).await?))
