@@ -578,7 +578,6 @@ async fn a_stopped_task_is_answered_without_its_reaper() {
         .unwrap()
         .into_inner();
     let mut tasks = client.tasks();
-    let request = |id: &str| ns_request("default", GetRequest { container_id: id.into(), exec_id: String::new() });
     let create = CreateTaskRequest { container_id: "stopped".into(), ..Default::default() };
     let pid = tasks.create(ns_request("default", create)).await.unwrap().into_inner().pid;
     tasks
@@ -592,7 +591,8 @@ async fn a_stopped_task_is_answered_without_its_reaper() {
     let reaper: i32 = std::fs::read_to_string(dir.join("reaper.pid")).unwrap().trim().parse().unwrap();
     // SAFETY: plain syscalls on the task's reaper, found above; it is continued below whatever happens.
     unsafe { libc::kill(reaper, libc::SIGSTOP) };
-    let get = tokio::time::timeout(Duration::from_secs(5), tasks.get(request("stopped"))).await;
+    let get = GetRequest { container_id: "stopped".into(), exec_id: String::new() };
+    let get = tokio::time::timeout(Duration::from_secs(5), tasks.get(ns_request("default", get))).await;
     let wait = WaitRequest { container_id: "stopped".into(), exec_id: String::new() };
     let waited = tokio::time::timeout(Duration::from_secs(5), tasks.wait(ns_request("default", wait))).await;
     unsafe { libc::kill(reaper, libc::SIGCONT) };

@@ -500,13 +500,18 @@ pub struct LinuxTask {
     /// Set when the reaper was gone at recovery: the task only reports this exit, then is deleted.
     dead: Option<Exit>,
     /// Init's exit, once the reaper has announced it: a stopped init's state cannot change, so
-    /// `state` answers from here instead of asking the reaper (clients ask right after the exit).
+    /// `state` and `wait` answer from here instead of asking the reaper (clients ask right after the exit).
     exited: std::sync::OnceLock<Exit>,
     /// Held while the task is being deleted.
     deleting: tokio::sync::Mutex<()>,
 }
 
 impl LinuxTask {
+    /// Init's exit when berthd knows it without asking the reaper: found at recovery, or announced.
+    fn known_exit(&self) -> Option<Exit> {
+        self.dead.or_else(|| self.exited.get().copied())
+    }
+
     fn alive(&self) -> Result<()> {
         match self.dead {
             Some(_) => Err(RuntimeError::ProcessAlreadyExited(format!("task {:?}", self.id))),
@@ -522,21 +527,14 @@ impl Process for LinuxTask {
     }
 
     async fn state(&self) -> Result<State> {
-        let stopped = |exit: Exit, status| State {
-            status,
-            pid: self.pid,
-            exit_status: exit.status,
-            exited_at: Some(exit.timestamp),
-            io: self.io.clone(),
-        };
-        if let Some(exit) = self.dead {
-            return Ok(stopped(
-                exit,
-                if exit.status == 255 && exit.pid == 0 { Status::Unknown } else { Status::Stopped },
-            ));
-        }
-        if let Some(&exit) = self.exited.get() {
-            return Ok(stopped(exit, Status::Stopped));
+        if let Some(exit) = self.known_exit() {
+            return Ok(State {
+                status: if exit.status == 255 && exit.pid == 0 { Status::Unknown } else { Status::Stopped },
+                pid: self.pid,
+                exit_status: exit.status,
+                exited_at: Some(exit.timestamp),
+                io: self.io.clone(),
+            });
         }
         Ok(to_state(self.client.call(Request::State { exec_id: None }).await?))
     }
@@ -570,7 +568,7 @@ impl Process for LinuxTask {
     }
 
     async fn wait(&self) -> Result<Exit> {
-        if let Some(exit) = self.dead.or_else(|| self.exited.get().copied()) {
+        if let Some(exit) = self.known_exit() {
             return Ok(exit);
         }
         Ok(to_exit(self.client.call_unbounded(Request::Wait { exec_id: None }).await?))
